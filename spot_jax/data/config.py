@@ -1,0 +1,98 @@
+"""What data a job reads: the one config object behind every input iterator.
+
+This module must stay importable without TensorFlow: the training core builds a
+`DatasetConfig` from gin before it knows whether the data will come from SeqIO or
+from the numpy synthetic source.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+
+# The name that routes a config to `spot_jax.data.synthetic` instead of SeqIO.
+SYNTHETIC = "synthetic"
+
+# Task features every text-to-text task provides (seqio's EncDecFeatureConverter names).
+TASK_FEATURES = ("inputs", "targets")
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetConfig:
+    """Selects a split of a SeqIO task/mixture (or the synthetic source) and how to batch it.
+
+    Mirrors T5X's `utils.DatasetConfig` for the fields prompt tuning uses.
+
+    Attributes:
+        mixture_or_task_name: a registered SeqIO task or mixture name, or `'synthetic'` for
+            the numpy source used by tests and benchmarks.
+        task_feature_lengths: maximum lengths of the task features, keys `'inputs'` (T) and
+            `'targets'` (L). Batches have shapes `[b, T]` and `[b, L]`.
+        split: dataset split, e.g. `'train'` or `'validation'`.
+        batch_size: the GLOBAL batch size B; each of `num_shards` hosts gets B // num_shards
+            rows.
+        shuffle: whether the (train) stream is shuffled. Eval iterators never shuffle.
+        seed: seed of the shuffle (and of the synthetic examples). Fixed seeds make the stream
+            reproducible, which resume after a crash relies on.
+        pack: whether the feature converter packs several examples into one row. Prompt
+            tuning does not pack.
+        use_cached: read a SeqIO task's offline cache instead of preprocessing on the fly.
+        vocab_size: vocabulary size of the synthetic source (token ids lie in [3, vocab_size)).
+        module: a Python module to import before looking the task up, so that it registers
+            its tasks (T5X's MIXTURE_OR_TASK_MODULE).
+    """
+
+    mixture_or_task_name: str
+    task_feature_lengths: Mapping[str, int]
+    split: str = "train"
+    batch_size: int = 32
+    shuffle: bool = True
+    seed: int = 0
+    pack: bool = False
+    use_cached: bool = False
+    vocab_size: int | None = None
+    module: str | None = None
+
+    def __post_init__(self):
+        missing = [k for k in TASK_FEATURES if k not in self.task_feature_lengths]
+        if missing:
+            raise ValueError(
+                f"DatasetConfig.task_feature_lengths needs keys {list(TASK_FEATURES)}; "
+                f"missing {missing} in {dict(self.task_feature_lengths)}."
+            )
+        for key, length in self.task_feature_lengths.items():
+            if int(length) < 1:
+                raise ValueError(f"task_feature_lengths[{key!r}] must be >= 1, got {length}.")
+        if self.batch_size < 1:
+            raise ValueError(f"DatasetConfig.batch_size must be >= 1, got {self.batch_size}.")
+
+    @property
+    def is_synthetic(self) -> bool:
+        """Whether this config selects the numpy synthetic source."""
+        return self.mixture_or_task_name == SYNTHETIC
+
+    @property
+    def inputs_length(self) -> int:
+        """T, the encoder length."""
+        return int(self.task_feature_lengths["inputs"])
+
+    @property
+    def targets_length(self) -> int:
+        """L, the decoder length."""
+        return int(self.task_feature_lengths["targets"])
+
+    def per_shard_batch_size(self, num_shards: int) -> int:
+        """Rows per host, b = B // num_shards.
+
+        Raises:
+            ValueError: if the global batch does not split evenly, since hosts must run the
+                same global step on equal slices (T5X's `get_data_layout` refuses it too).
+        """
+        if num_shards < 1:
+            raise ValueError(f"num_shards must be >= 1, got {num_shards}.")
+        if self.batch_size % num_shards:
+            raise ValueError(
+                f"Global batch size {self.batch_size} is not divisible by the number of data "
+                f"shards {num_shards}; choose a batch size that is a multiple of {num_shards}."
+            )
+        return self.batch_size // num_shards

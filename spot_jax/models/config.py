@@ -1,0 +1,131 @@
+"""T5 1.1 model configuration: one frozen dataclass and the named sizes.
+
+Sizes follow T5X's `t5x/examples/t5/t5_1_1/*.gin`; 'tiny' is our test shape and the two
+fixture shapes match the real T5X test checkpoints under `shared/fixtures/t5x/`.
+"""
+
+import dataclasses
+from typing import Any
+
+import jax.numpy as jnp
+
+
+@dataclasses.dataclass(frozen=True)
+class T5Config:
+    """Hyperparameters of a T5 1.1 encoder-decoder.
+
+    Attributes:
+      vocab_size: rows of the embedding and columns of the logits (32128 for T5).
+      emb_dim: model width H.
+      num_heads: attention heads.
+      num_encoder_layers: encoder depth.
+      num_decoder_layers: decoder depth.
+      head_dim: width of one head; num_heads * head_dim is T5X's 'joined_kv'.
+      mlp_dim: hidden width of the gated-GELU MLP.
+      relpos_buckets: relative position buckets (32 in T5).
+      relpos_max_distance: distance beyond which buckets saturate (128 in T5).
+      dropout_rate: dropout everywhere (0.1 when fine-tuning in T5X).
+      dtype: activation dtype; params are kept in `param_dtype`.
+      param_dtype: dtype of params as created (float32 in T5X).
+      frozen_dtype: if set, frozen weights are cast to this dtype (e.g. bfloat16) when loaded,
+        halving their memory; trainable params stay in `param_dtype`.
+      float32_attention_logits: compute attention softmax in float32.
+      remat_policy: 'none', 'full' (recompute each layer) or 'dots' (save matmul outputs).
+      scan_layers: stack layers and run them with `nn.scan` (faster compiles at depth).
+    """
+
+    vocab_size: int = 32128
+    emb_dim: int = 768
+    num_heads: int = 12
+    num_encoder_layers: int = 12
+    num_decoder_layers: int = 12
+    head_dim: int = 64
+    mlp_dim: int = 2048
+    relpos_buckets: int = 32
+    relpos_max_distance: int = 128
+    dropout_rate: float = 0.0
+    dtype: Any = "bfloat16"
+    param_dtype: Any = "float32"
+    frozen_dtype: Any = None
+    float32_attention_logits: bool = False
+    remat_policy: str = "none"
+    scan_layers: bool = False
+
+    def __post_init__(self):
+        if self.remat_policy not in ("none", "full", "dots"):
+            raise ValueError(f"remat_policy must be none, full or dots, got {self.remat_policy!r}")
+
+    @property
+    def activation_dtype(self) -> jnp.dtype:
+        return jnp.dtype(self.dtype)
+
+    @property
+    def joined_kv(self) -> int:
+        return self.num_heads * self.head_dim
+
+    def shape_dict(self) -> dict[str, int]:
+        """The fields that fix parameter shapes (what a checkpoint must agree with)."""
+        return {
+            "vocab_size": self.vocab_size,
+            "emb_dim": self.emb_dim,
+            "num_heads": self.num_heads,
+            "num_encoder_layers": self.num_encoder_layers,
+            "num_decoder_layers": self.num_decoder_layers,
+            "head_dim": self.head_dim,
+            "mlp_dim": self.mlp_dim,
+            "relpos_buckets": self.relpos_buckets,
+        }
+
+
+_SIZES = {
+    "tiny": dict(
+        vocab_size=512,
+        emb_dim=8,
+        num_heads=4,
+        num_encoder_layers=2,
+        num_decoder_layers=2,
+        head_dim=2,
+        mlp_dim=16,
+        relpos_buckets=8,
+        relpos_max_distance=16,
+    ),
+    # Shape of t5x/testdata/test_t5_tiny.checkpoint_0 (shared/fixtures/t5x/).
+    "t5x_test_tiny": dict(
+        emb_dim=8, num_heads=4, num_encoder_layers=2, num_decoder_layers=2, head_dim=3, mlp_dim=16
+    ),
+    # Shape of prompt-tuning's test_data/test_t5_1_1_tiny/checkpoint_3.
+    "pt_test_tiny": dict(
+        emb_dim=4,
+        num_heads=2,
+        num_encoder_layers=2,
+        num_decoder_layers=2,
+        head_dim=2,
+        mlp_dim=8,
+        relpos_buckets=4,
+        relpos_max_distance=8,
+    ),
+    "small": dict(
+        emb_dim=512, num_heads=6, num_encoder_layers=8, num_decoder_layers=8, mlp_dim=1024
+    ),
+    "base": dict(
+        emb_dim=768, num_heads=12, num_encoder_layers=12, num_decoder_layers=12, mlp_dim=2048
+    ),
+    "large": dict(
+        emb_dim=1024, num_heads=16, num_encoder_layers=24, num_decoder_layers=24, mlp_dim=2816
+    ),
+    "xl": dict(
+        emb_dim=2048, num_heads=32, num_encoder_layers=24, num_decoder_layers=24, mlp_dim=5120
+    ),
+    "xxl": dict(
+        emb_dim=4096, num_heads=64, num_encoder_layers=24, num_decoder_layers=24, mlp_dim=10240
+    ),
+}
+
+SIZES = tuple(_SIZES)
+
+
+def named_config(name: str, **overrides) -> T5Config:
+    """Returns the T5 1.1 config called `name` ('tiny', 'small', ..., 'xxl'), with overrides."""
+    if name not in _SIZES:
+        raise ValueError(f"unknown T5 size {name!r}; choose one of {', '.join(SIZES)}")
+    return T5Config(**{**_SIZES[name], **overrides})

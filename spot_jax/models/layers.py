@@ -1,0 +1,270 @@
+"""T5 1.1 building blocks in Flax linen, with T5X's parameter names, shapes and logical axes.
+
+Kernels are 2-D (T5X's DenseGeneral stores `[prod(in), prod(out)]`), so attention projections
+are `[H, heads * head_dim]` with the 'joined_kv' axis and checkpoints map one to one. Params are
+created in `param_dtype` (float32) and cast to the activation dtype at use.
+"""
+
+import functools
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from spot_jax import axes
+
+Array = jax.Array
+
+# Attention bias for masked positions: large negative, not -inf, so fully masked rows (padding)
+# give a uniform softmax instead of NaN.
+NEG_INF = -1e10
+
+attention_kernel_init = nn.initializers.variance_scaling(1.0, "fan_in", "normal")
+mlp_kernel_init = nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal")
+
+
+def _param(module: nn.Module, name: str, init, shape, logical_axes, dtype) -> Array:
+    """Creates a param annotated with its logical axes (read back by `nn.get_partition_spec`)."""
+    return module.param(name, nn.with_logical_partitioning(init, logical_axes), shape, dtype)
+
+
+def constrain(x: Array, logical_axes: tuple[str | None, ...]) -> Array:
+    """Sharding constraint on an activation at a block boundary (no-op without a mesh)."""
+    return nn.with_logical_constraint(x, logical_axes)
+
+
+class RMSNorm(nn.Module):
+    """T5 layer norm: scale only, no mean subtraction, statistics in float32."""
+
+    dtype: Any = jnp.bfloat16
+    param_dtype: Any = jnp.float32
+    epsilon: float = 1e-6
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        x32 = jnp.asarray(x, jnp.float32)
+        y = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + self.epsilon)
+        scale = _param(
+            self, "scale", nn.initializers.ones, (x.shape[-1],), (axes.EMBED,), self.param_dtype
+        )
+        return jnp.asarray(y, self.dtype) * jnp.asarray(scale, self.dtype)
+
+
+class Dense(nn.Module):
+    """Bias-free projection with a 2-D kernel `[in, out]` and logical axes."""
+
+    features: int
+    kernel_axes: tuple[str, str]
+    kernel_init: Any = mlp_kernel_init
+    dtype: Any = jnp.bfloat16
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        kernel = _param(
+            self,
+            "kernel",
+            self.kernel_init,
+            (x.shape[-1], self.features),
+            self.kernel_axes,
+            self.param_dtype,
+        )
+        return jnp.dot(jnp.asarray(x, self.dtype), jnp.asarray(kernel, self.dtype))
+
+
+class Embed(nn.Module):
+    """Token embedding `[V, H]`; T5 1.1 has no sqrt(H) scaling and untied logits."""
+
+    num_embeddings: int
+    features: int
+    dtype: Any = jnp.bfloat16
+    param_dtype: Any = jnp.float32
+
+    def setup(self):
+        self.embedding = _param(
+            self,
+            "embedding",
+            nn.initializers.normal(stddev=1.0),
+            (self.num_embeddings, self.features),
+            (axes.VOCAB, axes.EMBED),
+            self.param_dtype,
+        )
+
+    def __call__(self, ids: Array) -> Array:
+        """ids: [B, T] int -> [B, T, H] in the activation dtype."""
+        return jnp.asarray(jnp.take(self.embedding, ids, axis=0), self.dtype)
+
+
+def relative_position_bucket(
+    relative_position: np.ndarray, bidirectional: bool, num_buckets: int, max_distance: int
+) -> np.ndarray:
+    """T5's bucketing of `memory_position - query_position` (exact near, log-spaced far)."""
+    n = -relative_position
+    ret = np.zeros_like(n)
+    if bidirectional:
+        num_buckets //= 2
+        ret += (n < 0).astype(np.int32) * num_buckets
+        n = np.abs(n)
+    else:
+        n = np.maximum(n, 0)
+    max_exact = num_buckets // 2
+    is_small = n < max_exact
+    eps = np.finfo(np.float32).eps
+    val_if_large = max_exact + (
+        np.log(n.astype(np.float32) / max_exact + eps)
+        / np.log(max_distance / max_exact)
+        * (num_buckets - max_exact)
+    ).astype(np.int32)
+    val_if_large = np.minimum(val_if_large, num_buckets - 1)
+    return ret + np.where(is_small, n, val_if_large)
+
+
+class RelativePositionBias(nn.Module):
+    """Per-head scalar bias by relative-position bucket, shared by all layers of a stack."""
+
+    num_buckets: int
+    max_distance: int
+    num_heads: int
+    bidirectional: bool
+    dtype: Any = jnp.bfloat16
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, q_len: int, k_len: int, q_offset: Array | int = 0) -> Array:
+        """Returns the bias [1, heads, q_len, k_len] for queries at q_offset + arange(q_len)."""
+        rel_embedding = _param(
+            self,
+            "rel_embedding",
+            nn.initializers.variance_scaling(1.0, "fan_avg", "uniform"),
+            (self.num_heads, self.num_buckets),
+            (axes.HEADS, axes.RELPOS_BUCKETS),
+            self.param_dtype,
+        )
+        # Buckets are static for a static offset; in decoding the offset is traced, so bucket the
+        # whole square once (numpy, at trace time) and slice the query rows.
+        full = max(q_len, k_len)
+        positions = np.arange(full)
+        buckets = relative_position_bucket(
+            positions[None, :] - positions[:, None],
+            self.bidirectional,
+            self.num_buckets,
+            self.max_distance,
+        )
+        buckets = jnp.asarray(buckets[:, :k_len], jnp.int32)
+        buckets = jax.lax.dynamic_slice_in_dim(buckets, q_offset, q_len, axis=0)
+        bias = jnp.take(jnp.asarray(rel_embedding, self.dtype), buckets, axis=1)
+        return bias[None]
+
+
+class MultiHeadAttention(nn.Module):
+    """T5 attention: no 1/sqrt(d) at run time (folded into the query init), no biases.
+
+    In decode mode it keeps a key/value cache `[B, max_len, heads, head_dim]` and attends one
+    new query position per call.
+    """
+
+    num_heads: int
+    head_dim: int
+    dropout_rate: float = 0.0
+    dtype: Any = jnp.bfloat16
+    param_dtype: Any = jnp.float32
+    float32_logits: bool = False
+
+    @nn.compact
+    def __call__(
+        self,
+        inputs_q: Array,
+        inputs_kv: Array,
+        bias: Array | None,
+        *,
+        deterministic: bool,
+        decode: bool = False,
+    ) -> Array:
+        """inputs_q: [B, Q, H]; inputs_kv: [B, K, H]; bias: broadcastable to [B, heads, Q, K]."""
+        features = inputs_q.shape[-1]
+        joined = self.num_heads * self.head_dim
+        dense = functools.partial(
+            Dense,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            kernel_axes=(axes.EMBED, axes.JOINED_KV),
+        )
+        query_init = lambda *a: attention_kernel_init(*a) / np.sqrt(self.head_dim)  # noqa: E731
+        split = lambda x: x.reshape(x.shape[:2] + (self.num_heads, self.head_dim))  # noqa: E731
+        q = split(dense(joined, kernel_init=query_init, name="query")(inputs_q))
+        k = split(dense(joined, kernel_init=attention_kernel_init, name="key")(inputs_kv))
+        v = split(dense(joined, kernel_init=attention_kernel_init, name="value")(inputs_kv))
+        head_axes = (axes.BATCH, axes.LENGTH, axes.HEADS, axes.KV)
+        q, k, v = (constrain(t, head_axes) for t in (q, k, v))
+
+        if decode:
+            k, v, bias = self._update_cache(k, v, bias)
+
+        logits_dtype = jnp.float32 if self.float32_logits else self.dtype
+        logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=logits_dtype)
+        if bias is not None:
+            logits = logits + jnp.asarray(bias, logits_dtype)
+        weights = jax.nn.softmax(logits).astype(self.dtype)
+        if not deterministic and self.dropout_rate > 0:
+            # One mask per key column, shared over query rows (T5X broadcasts the query dim).
+            shape = weights.shape[:2] + (1,) + weights.shape[3:]
+            keep = jax.random.bernoulli(self.make_rng("dropout"), 1 - self.dropout_rate, shape)
+            weights = weights * keep.astype(self.dtype) / (1 - self.dropout_rate)
+        out = jnp.einsum("bhqk,bkhd->bqhd", weights, v).reshape(inputs_q.shape[:2] + (joined,))
+        return Dense(
+            features,
+            kernel_axes=(axes.JOINED_KV, axes.EMBED),
+            kernel_init=attention_kernel_init,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            name="out",
+        )(out)
+
+    def _update_cache(self, k: Array, v: Array, bias: Array | None):
+        """Writes this step's key/value at `cache_index` and returns the whole cache.
+
+        The first call (cache initialisation, via `init` with the full-length decoder input)
+        only sizes the cache; later calls take one token.
+        """
+        initialized = self.has_variable("cache", "cached_key")
+        cached_key = self.variable("cache", "cached_key", jnp.zeros, k.shape, k.dtype)
+        cached_value = self.variable("cache", "cached_value", jnp.zeros, v.shape, v.dtype)
+        cache_index = self.variable("cache", "cache_index", lambda: jnp.array(0, jnp.int32))
+        if not initialized:
+            return k, v, bias
+        if k.shape[1] != 1:
+            raise ValueError(f"decode mode takes one token per call, got length {k.shape[1]}")
+        index = cache_index.value
+        max_len = cached_key.value.shape[1]
+        cached_key.value = jax.lax.dynamic_update_slice_in_dim(cached_key.value, k, index, axis=1)
+        cached_value.value = jax.lax.dynamic_update_slice_in_dim(
+            cached_value.value, v, index, axis=1
+        )
+        cache_index.value = index + 1
+        # Only positions written so far are visible.
+        visible = jnp.arange(max_len) <= index
+        causal_bias = jnp.where(visible, 0.0, NEG_INF)[None, None, None, :]
+        bias = causal_bias if bias is None else bias + causal_bias
+        return cached_key.value, cached_value.value, bias
+
+
+class MlpBlock(nn.Module):
+    """Gated GELU: gelu(x @ wi_0) * (x @ wi_1) -> dropout -> wo."""
+
+    mlp_dim: int
+    dropout_rate: float = 0.0
+    dtype: Any = jnp.bfloat16
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array, *, deterministic: bool) -> Array:
+        dense = functools.partial(Dense, dtype=self.dtype, param_dtype=self.param_dtype)
+        gate = dense(self.mlp_dim, kernel_axes=(axes.EMBED, axes.MLP), name="wi_0")(x)
+        linear = dense(self.mlp_dim, kernel_axes=(axes.EMBED, axes.MLP), name="wi_1")(x)
+        # flax's gelu defaults to the tanh approximation, as T5X (and HF's gelu_new) use.
+        h = nn.gelu(gate) * linear
+        h = nn.Dropout(self.dropout_rate, broadcast_dims=(-2,))(h, deterministic=deterministic)
+        h = constrain(h, (axes.BATCH, axes.LENGTH, axes.MLP))
+        return dense(x.shape[-1], kernel_axes=(axes.MLP, axes.EMBED), name="wo")(h)

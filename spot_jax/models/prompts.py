@@ -1,0 +1,196 @@
+"""The soft prompt: a `[P, H]` parameter prefixed to the encoder's token embeddings.
+
+The parameter lives at `encoder/prompt/prompt/prompt` with axes ('prompt', 'prompt_embed'),
+exactly where prompt-tuning keeps it, so prompts move between the two projects as .npy files.
+Initialisers share the signature `init(rng, shape) -> [P, H]`; those that read the embedding
+table take it as an argument (the caller restores it from the frozen checkpoint).
+"""
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+
+from spot_jax import axes
+
+Array = jax.Array
+Initializer = Callable[[jax.Array, tuple[int, ...]], Array]
+
+
+class Prompt(nn.Module):
+    """Holds the prompt parameter `[P, H]` (float32 master copy)."""
+
+    length: int
+    init: Initializer
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, embed_dim: int) -> Array:
+        return self.param(
+            "prompt",
+            nn.with_logical_partitioning(self.init, (axes.PROMPT, axes.PROMPT_EMBED)),
+            (self.length, embed_dim),
+            self.param_dtype,
+        )
+
+
+class PrefixPrompt(nn.Module):
+    """Prepends the prompt to embedded inputs: [B, T, H] -> [B, P + T, H]."""
+
+    length: int
+    init: Initializer
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x_embed: Array) -> Array:
+        prompt = Prompt(self.length, self.init, self.param_dtype, name="prompt")(x_embed.shape[-1])
+        batch = jnp.broadcast_to(
+            jnp.asarray(prompt, x_embed.dtype)[None], (x_embed.shape[0],) + prompt.shape
+        )
+        return jnp.concatenate([batch, x_embed], axis=1)
+
+
+def with_prompt_mask(tokens: Array, prompt_length: int) -> Array:
+    """Marks prompt positions as real tokens: [B, T] -> [B, P + T] (ones, then tokens)."""
+    ones = jnp.ones((tokens.shape[0], prompt_length), tokens.dtype)
+    return jnp.concatenate([ones, tokens], axis=1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Initialisers.
+
+
+def random_uniform(scale: float = 0.5, minval: float | None = None) -> Initializer:
+    """Uniform init. Default U[0, 0.5), as prompt-tuning (flax's `uniform(scale)`) uses.
+
+    Args:
+      scale: width of the range.
+      minval: lower end; default 0 (prompt-tuning); -scale/2 gives a symmetric range.
+    """
+    low = 0.0 if minval is None else minval
+
+    def init(rng, shape, dtype=jnp.float32):
+        return jax.random.uniform(rng, shape, dtype, low, low + scale)
+
+    return init
+
+
+def sampled_vocab(embeddings=None, population_size: int = 5000) -> Initializer:
+    """Rows of the embedding table sampled from the first `population_size` ids.
+
+    SPoT's source-prompt init: "sampled vocabulary (the 5,000 most common tokens)". Sampling is
+    without replacement unless the prompt is longer than the population.
+
+    Args:
+      embeddings: [V, H] table; None means the frozen model's own `token_embedder/embedding`,
+        which the trainer passes at call time (see `needs_embeddings`).
+      population_size: sample among ids [0, population_size).
+    """
+
+    def init(rng, shape, dtype=jnp.float32, *, embeddings=embeddings):
+        embeddings = _table(embeddings, shape)
+        population = min(population_size, embeddings.shape[0])
+        replace = shape[0] > population
+        if replace:
+            logging.warning(
+                "prompt length %d > population %d: sampling with replacement", shape[0], population
+            )
+        idx = jax.random.choice(rng, population, (shape[0],), replace=replace)
+        return jnp.asarray(embeddings[np.asarray(idx)], dtype)
+
+    init.needs_embeddings = embeddings is None
+    return init
+
+
+def class_labels(
+    label_ids: Sequence[Sequence[int]], embeddings=None, population_size: int = 5000
+) -> Initializer:
+    """Each of the first rows is the mean embedding of one label's subword ids.
+
+    The remaining rows are sampled vocab (prompt-tuning's `from_class_labels.gin`).
+
+    Args:
+      label_ids: the tokenised class labels, e.g. vocab.encode('positive').
+      embeddings: [V, H] token embedding table; None means the frozen model's own.
+      population_size: population of the sampled-vocab rows.
+    """
+
+    def init(rng, shape, dtype=jnp.float32, *, embeddings=embeddings):
+        embeddings = _table(embeddings, shape)
+        prompt = np.array(sampled_vocab(embeddings, population_size)(rng, shape))
+        if len(label_ids) > shape[0]:
+            logging.warning("%d labels but only %d prompt positions", len(label_ids), shape[0])
+        for i, ids in enumerate(label_ids[: shape[0]]):
+            if len(ids) == 0:
+                raise ValueError(f"class label {i} tokenises to no ids")
+            prompt[i] = embeddings[np.asarray(ids)].mean(axis=0)
+        return jnp.asarray(prompt, dtype)
+
+    init.needs_embeddings = embeddings is None
+    return init
+
+
+def from_text(
+    token_ids: Sequence[int], embeddings=None, population_size: int = 5000
+) -> Initializer:
+    """The first rows are the embeddings of `token_ids` (a tokenised text), truncated to P;
+    the rest sampled vocab."""
+
+    def init(rng, shape, dtype=jnp.float32, *, embeddings=embeddings):
+        embeddings = _table(embeddings, shape)
+        prompt = np.array(sampled_vocab(embeddings, population_size)(rng, shape))
+        ids = np.asarray(token_ids[: shape[0]], np.int64)
+        prompt[: len(ids)] = embeddings[ids]
+        return jnp.asarray(prompt, dtype)
+
+    init.needs_embeddings = embeddings is None
+    return init
+
+
+def from_array(prompt: np.ndarray, source: str = "array") -> Initializer:
+    """A fixed prompt (e.g. a SPoT source prompt); its shape must equal the model's [P, H]."""
+    prompt = np.asarray(prompt, np.float32)
+
+    def init(rng, shape, dtype=jnp.float32):
+        del rng
+        if tuple(prompt.shape) != tuple(shape):
+            raise ValueError(
+                f"prompt from {source} has shape {list(prompt.shape)} but the model needs "
+                f"{list(shape)} (PROMPT_LENGTH x emb_dim); use a prompt trained for this model "
+                "size and prompt length"
+            )
+        if not np.all(np.isfinite(prompt)):
+            raise ValueError(f"prompt from {source} contains NaN or inf")
+        return jnp.asarray(prompt, dtype)
+
+    return init
+
+
+def from_file(path: str) -> Initializer:
+    """Loads a prompt saved with np.save (e.g. `.../encoder.prompt.prompt.prompt` or `.npy`)."""
+    from etils import epath  # local: keeps module import light
+
+    p = epath.Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"PROMPT_FILE {path} does not exist")
+    with p.open("rb") as f:
+        try:
+            prompt = np.load(f)
+        except Exception as e:  # np.load raises several types on garbage
+            raise ValueError(f"PROMPT_FILE {path} is not a numpy file ({e})") from e
+    return from_array(prompt, source=str(path))
+
+
+def _table(embeddings, shape) -> np.ndarray:
+    if embeddings is None:
+        raise ValueError("this prompt initialiser needs the model's embedding table")
+    embeddings = np.asarray(embeddings, np.float32)
+    if embeddings.shape[-1] != shape[-1]:
+        raise ValueError(
+            f"embedding width {embeddings.shape[-1]} does not match the prompt width {shape[-1]}"
+        )
+    return embeddings

@@ -1,0 +1,296 @@
+"""T5 1.1 encoder-decoder with an optional soft prompt, in Flax linen.
+
+Parameter paths equal T5X's (`encoder/layers_0/attention/query/kernel`, ...); with a prompt the
+encoder also holds `encoder/prompt/prompt/prompt`. With `scan_layers` the layers are stacked
+under `encoder/layers/...` with a leading 'layers' axis (see `checkpoints` for the conversion).
+"""
+
+import functools
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from spot_jax import axes
+from spot_jax.models import layers, prompts
+from spot_jax.models.config import T5Config
+
+Array = jax.Array
+ACT = (axes.BATCH, axes.LENGTH, axes.EMBED)
+
+
+def attention_bias(q_mask: Array, k_mask: Array) -> Array:
+    """[B, Q] x [B, K] validity masks -> additive bias [B, 1, Q, K]."""
+    mask = jnp.logical_and(q_mask[:, :, None] > 0, k_mask[:, None, :] > 0)
+    return jnp.where(mask, 0.0, layers.NEG_INF)[:, None].astype(jnp.float32)
+
+
+def causal_bias(length: int) -> Array:
+    """Additive causal bias [1, 1, L, L]."""
+    idx = jnp.arange(length)
+    return jnp.where(idx[:, None] >= idx[None, :], 0.0, layers.NEG_INF)[None, None]
+
+
+class EncoderLayer(nn.Module):
+    """Pre-norm self-attention and MLP, each with a residual."""
+
+    config: T5Config
+    deterministic: bool
+
+    @nn.compact
+    def __call__(self, x: Array, bias: Array) -> tuple[Array, None]:
+        c = self.config
+        kw = dict(dtype=c.activation_dtype, param_dtype=c.param_dtype)
+        drop = nn.Dropout(c.dropout_rate, broadcast_dims=(-2,))
+        h = layers.RMSNorm(name="pre_attention_layer_norm", **kw)(x)
+        h = layers.MultiHeadAttention(
+            c.num_heads,
+            c.head_dim,
+            c.dropout_rate,
+            float32_logits=c.float32_attention_logits,
+            name="attention",
+            **kw,
+        )(h, h, bias, deterministic=self.deterministic)
+        x = layers.constrain(x + drop(h, deterministic=self.deterministic), ACT)
+        h = layers.RMSNorm(name="pre_mlp_layer_norm", **kw)(x)
+        h = layers.MlpBlock(c.mlp_dim, c.dropout_rate, name="mlp", **kw)(
+            h, deterministic=self.deterministic
+        )
+        x = layers.constrain(x + drop(h, deterministic=self.deterministic), ACT)
+        return x, None
+
+
+class DecoderLayer(nn.Module):
+    """Pre-norm causal self-attention, cross-attention and MLP."""
+
+    config: T5Config
+    deterministic: bool
+    decode: bool = False
+
+    @nn.compact
+    def __call__(
+        self, x: Array, encoded: Array, self_bias: Array, cross_bias: Array
+    ) -> tuple[Array, None]:
+        c = self.config
+        kw = dict(dtype=c.activation_dtype, param_dtype=c.param_dtype)
+        drop = nn.Dropout(c.dropout_rate, broadcast_dims=(-2,))
+        attn = functools.partial(
+            layers.MultiHeadAttention,
+            c.num_heads,
+            c.head_dim,
+            c.dropout_rate,
+            float32_logits=c.float32_attention_logits,
+            **kw,
+        )
+        h = layers.RMSNorm(name="pre_self_attention_layer_norm", **kw)(x)
+        h = attn(name="self_attention")(
+            h, h, self_bias, deterministic=self.deterministic, decode=self.decode
+        )
+        x = layers.constrain(x + drop(h, deterministic=self.deterministic), ACT)
+        h = layers.RMSNorm(name="pre_cross_attention_layer_norm", **kw)(x)
+        h = attn(name="encoder_decoder_attention")(
+            h, encoded, cross_bias, deterministic=self.deterministic
+        )
+        x = layers.constrain(x + drop(h, deterministic=self.deterministic), ACT)
+        h = layers.RMSNorm(name="pre_mlp_layer_norm", **kw)(x)
+        h = layers.MlpBlock(c.mlp_dim, c.dropout_rate, name="mlp", **kw)(
+            h, deterministic=self.deterministic
+        )
+        x = layers.constrain(x + drop(h, deterministic=self.deterministic), ACT)
+        return x, None
+
+
+def _stack(layer_cls, config: T5Config, num_layers: int, num_broadcast: int, **layer_kw):
+    """Builds `num_layers` layers: a Python loop (T5X names) or one `nn.scan` (stacked params).
+
+    Returns a callable `(x, *broadcast_args) -> x`.
+    """
+    if config.remat_policy != "none":
+        policy = (
+            jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims
+            if config.remat_policy == "dots"
+            else None
+        )
+        layer_cls = nn.remat(layer_cls, policy=policy, prevent_cse=not config.scan_layers)
+    if config.scan_layers:
+        scanned = nn.scan(
+            layer_cls,
+            variable_axes={"params": 0},
+            split_rngs={"params": True, "dropout": True},
+            in_axes=(nn.broadcast,) * num_broadcast,
+            length=num_layers,
+            metadata_params={nn.PARTITION_NAME: axes.LAYERS},
+        )(config, name="layers", **layer_kw)
+        return lambda x, *args: scanned(x, *args)[0]
+    stack = [layer_cls(config, name=f"layers_{i}", **layer_kw) for i in range(num_layers)]
+
+    def run(x, *args):
+        for layer in stack:
+            x, _ = layer(x, *args)
+        return x
+
+    return run
+
+
+class Encoder(nn.Module):
+    """Token embedding (shared, passed in) -> [prompt] -> layers -> final norm."""
+
+    config: T5Config
+    prompt_length: int = 0
+    prompt_init: Any = None
+
+    @nn.compact
+    def __call__(self, embedded: Array, tokens: Array, *, deterministic: bool) -> Array:
+        """embedded: [B, T, H]; tokens: [B, T] (0 = pad). Returns [B, P + T, H]."""
+        c = self.config
+        kw = dict(dtype=c.activation_dtype, param_dtype=c.param_dtype)
+        mask = tokens
+        if self.prompt_length:
+            init = self.prompt_init or prompts.random_uniform()
+            # Placeholder param init for inits that need the embedding table: the trainer
+            # replaces the prompt with the real init once the frozen weights are restored.
+            if getattr(init, "needs_embeddings", False):
+                init = nn.initializers.zeros
+            embedded = prompts.PrefixPrompt(self.prompt_length, init, c.param_dtype, name="prompt")(
+                embedded
+            )
+            mask = prompts.with_prompt_mask(tokens, self.prompt_length)
+        # Dropout after the prompt is added, as prompt-tuning's PromptEncoder does.
+        x = nn.Dropout(c.dropout_rate, broadcast_dims=(-2,))(embedded, deterministic=deterministic)
+        x = layers.constrain(x.astype(c.activation_dtype), ACT)
+        length = x.shape[1]
+        bias = attention_bias(mask, mask) + layers.RelativePositionBias(
+            c.relpos_buckets, c.relpos_max_distance, c.num_heads, True, name="relpos_bias", **kw
+        )(length, length)
+        x = _stack(EncoderLayer, c, c.num_encoder_layers, 1, deterministic=deterministic)(x, bias)
+        x = layers.RMSNorm(name="encoder_norm", **kw)(x)
+        x = nn.Dropout(c.dropout_rate)(x, deterministic=deterministic)
+        # Zero the outputs at padding, as prompt-tuning's encoder does.
+        return x * (mask > 0)[..., None].astype(x.dtype)
+
+
+class Decoder(nn.Module):
+    """Shared embedding -> layers (self, cross, MLP) -> norm -> untied float32 logits."""
+
+    config: T5Config
+
+    @nn.compact
+    def __call__(
+        self,
+        embedded: Array,
+        encoded: Array,
+        encoder_mask: Array,
+        decoder_target_tokens: Array | None,
+        *,
+        deterministic: bool,
+        decode: bool = False,
+        decode_position: Array | int = 0,
+        max_decode_length: int | None = None,
+    ) -> Array:
+        """embedded: [B, L, H]; encoded: [B, S, H]; encoder_mask: [B, S]. Returns [B, L, V].
+
+        In decode mode `embedded` is one token [B, 1, H] at `decode_position`, and the
+        relative position bias is computed for `max_decode_length` keys.
+        """
+        c = self.config
+        kw = dict(dtype=c.activation_dtype, param_dtype=c.param_dtype)
+        x = nn.Dropout(c.dropout_rate, broadcast_dims=(-2,))(embedded, deterministic=deterministic)
+        x = layers.constrain(x.astype(c.activation_dtype), ACT)
+        relpos = layers.RelativePositionBias(
+            c.relpos_buckets, c.relpos_max_distance, c.num_heads, False, name="relpos_bias", **kw
+        )
+        length = x.shape[1]
+        if decode:
+            # Causality comes from the cache (only written positions are visible).
+            self_bias = relpos(1, max_decode_length, decode_position).astype(jnp.float32)
+            cross_bias = attention_bias(jnp.ones(x.shape[:2], jnp.int32), encoder_mask)
+        else:
+            self_bias = (
+                attention_bias(decoder_target_tokens, decoder_target_tokens)
+                + causal_bias(length)
+                + relpos(length, length)
+            )
+            cross_bias = attention_bias(decoder_target_tokens, encoder_mask)
+        x = _stack(
+            DecoderLayer, c, c.num_decoder_layers, 3, deterministic=deterministic, decode=decode
+        )(x, encoded, self_bias, cross_bias)
+        x = layers.RMSNorm(name="decoder_norm", **kw)(x)
+        x = nn.Dropout(c.dropout_rate, broadcast_dims=(-2,))(x, deterministic=deterministic)
+        # Logits in float32 (T5X's logits_dense has dtype float32).
+        return layers.Dense(
+            c.vocab_size,
+            kernel_axes=(axes.EMBED, axes.VOCAB),
+            dtype=jnp.float32,
+            param_dtype=c.param_dtype,
+            name="logits_dense",
+        )(x)
+
+
+class Transformer(nn.Module):
+    """The T5 1.1 encoder-decoder; `prompt_length > 0` makes it a prompted T5."""
+
+    config: T5Config
+    prompt_length: int = 0
+    prompt_init: Any = None
+
+    def setup(self):
+        c = self.config
+        self.token_embedder = layers.Embed(
+            c.vocab_size, c.emb_dim, dtype=c.activation_dtype, param_dtype=c.param_dtype
+        )
+        self.encoder = Encoder(c, self.prompt_length, self.prompt_init)
+        self.decoder = Decoder(c)
+
+    def encoder_mask(self, encoder_input_tokens: Array) -> Array:
+        """[B, T] -> [B, P + T] validity of each encoder output position."""
+        if self.prompt_length:
+            return prompts.with_prompt_mask(encoder_input_tokens, self.prompt_length)
+        return encoder_input_tokens
+
+    def encode(self, encoder_input_tokens: Array, *, deterministic: bool = True) -> Array:
+        """[B, T] -> [B, P + T, H]."""
+        embedded = self.token_embedder(encoder_input_tokens)
+        return self.encoder(embedded, encoder_input_tokens, deterministic=deterministic)
+
+    def decode(
+        self,
+        encoded: Array,
+        encoder_input_tokens: Array,
+        decoder_input_tokens: Array,
+        decoder_target_tokens: Array | None,
+        *,
+        deterministic: bool = True,
+        decode: bool = False,
+        decode_position: Array | int = 0,
+        max_decode_length: int | None = None,
+    ) -> Array:
+        """Decoder logits [B, L, V] given encoder outputs [B, P + T, H]."""
+        return self.decoder(
+            self.token_embedder(decoder_input_tokens),
+            encoded,
+            self.encoder_mask(encoder_input_tokens),
+            decoder_target_tokens,
+            deterministic=deterministic,
+            decode=decode,
+            decode_position=decode_position,
+            max_decode_length=max_decode_length,
+        )
+
+    def __call__(
+        self,
+        encoder_input_tokens: Array,
+        decoder_input_tokens: Array,
+        decoder_target_tokens: Array,
+        *,
+        deterministic: bool = True,
+    ) -> Array:
+        """Teacher-forced logits [B, L, V] (float32)."""
+        encoded = self.encode(encoder_input_tokens, deterministic=deterministic)
+        return self.decode(
+            encoded,
+            encoder_input_tokens,
+            decoder_input_tokens,
+            decoder_target_tokens,
+            deterministic=deterministic,
+        )
