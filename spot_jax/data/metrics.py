@@ -34,7 +34,7 @@ def accuracy(targets: Sequence[Any], predictions: Sequence[Any]) -> dict[str, fl
         `{'accuracy': 100 * mean(target == prediction)}`.
     """
     _check_lengths(targets, predictions)
-    hits = [t == p for t, p in zip(targets, predictions)]
+    hits = [t == p for t, p in zip(targets, predictions, strict=True)]
     return {"accuracy": 100.0 * float(np.mean(hits))}
 
 
@@ -53,7 +53,7 @@ def sequence_accuracy(targets: Sequence[Any], predictions: Sequence[Any]) -> dic
     """
     _check_lengths(targets, predictions)
     hits = []
-    for target, prediction in zip(targets, predictions):
+    for target, prediction in zip(targets, predictions, strict=True):
         if isinstance(target, str) or isinstance(prediction, str):
             hits.append(target == prediction)
         else:

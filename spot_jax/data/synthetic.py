@@ -29,13 +29,6 @@ TRAIN_SPLIT = "train"
 # Every split other than train is finite and this small, so eval passes stay cheap.
 EVAL_SPLIT_SIZE = 64
 
-FEATURE_KEYS = (
-    "encoder_input_tokens",
-    "decoder_input_tokens",
-    "decoder_target_tokens",
-    "decoder_loss_weights",
-)
-
 
 def _split_key(split: str) -> int:
     # A stable hash: Python's hash() of a str changes with PYTHONHASHSEED between processes.
@@ -112,9 +105,10 @@ def _batch_of(
     valid: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """Model features for the examples `indices`; rows with valid=False stay all zero."""
-    t, l = int(task_feature_lengths["inputs"]), int(task_feature_lengths["targets"])
-    inputs = np.zeros((len(indices), t), np.int32)
-    targets = np.zeros((len(indices), l), np.int32)
+    inputs_length = int(task_feature_lengths["inputs"])
+    targets_length = int(task_feature_lengths["targets"])
+    inputs = np.zeros((len(indices), inputs_length), np.int32)
+    targets = np.zeros((len(indices), targets_length), np.int32)
     for row, index in enumerate(indices):
         if valid is not None and not valid[row]:
             continue
@@ -122,8 +116,8 @@ def _batch_of(
             int(index),
             split=split,
             seed=seed,
-            inputs_length=t,
-            targets_length=l,
+            inputs_length=inputs_length,
+            targets_length=targets_length,
             vocab_size=vocab_size,
         )
         inputs[row, : len(x)] = x

@@ -19,7 +19,8 @@ can be wrapped in `jax.jit` (e.g. via `functools.partial`); the loops are
 `lax.while_loop`s that stop as soon as no further progress is possible.
 """
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp

@@ -194,3 +194,15 @@ def _table(embeddings, shape) -> np.ndarray:
             f"embedding width {embeddings.shape[-1]} does not match the prompt width {shape[-1]}"
         )
     return embeddings
+
+
+def tokenize(texts: Sequence[str], vocabulary_path: str) -> list[list[int]]:
+    """Tokenises class labels with a SentencePiece model (no TensorFlow needed)."""
+    import sentencepiece
+    from etils import epath
+
+    path = epath.Path(vocabulary_path)
+    if not path.exists():
+        raise FileNotFoundError(f"VOCABULARY_PATH {vocabulary_path} does not exist")
+    sp = sentencepiece.SentencePieceProcessor(model_proto=path.read_bytes())
+    return [list(sp.encode(t)) for t in texts]

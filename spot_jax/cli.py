@@ -1,0 +1,151 @@
+"""`spot-jax` command line: gin-launched train / eval / infer jobs.
+
+    spot-jax train --gin_file=test/tiny_prompt.gin --gin.MODEL_DIR="'/tmp/run'"
+    python -m spot_jax.train --gin_file=... --gin.TRAIN_STEPS=100
+
+`--gin_file` is looked up relative to the current directory, then the repo's `gin/` and any
+`--gin_search_paths`. `--gin.NAME=VALUE` is shorthand for `--gin_bindings='NAME = VALUE'`; a
+bare word value (`--gin.MODEL_DIR=/tmp/x`) is quoted for you. Bad input ends in one line on
+stderr and exit status 1.
+"""
+
+import argparse
+import os
+import re
+import sys
+from pathlib import Path
+
+GIN_DIR = Path(__file__).resolve().parent.parent / "gin"
+JOBS = {
+    "train": ("spot_jax.train.trainer", "train"),
+    "eval": ("spot_jax.train.inference", "evaluate_job"),
+    "infer": ("spot_jax.train.inference", "infer_job"),
+}
+
+
+def _quote_if_bare(value: str) -> str:
+    """Leaves Python literals and gin references alone; quotes bare words such as paths."""
+    import ast
+
+    v = value.strip()
+    if v.startswith(("@", "%", "'", '"', "[", "(", "{")) or v in ("None", "True", "False"):
+        return v
+    try:
+        ast.literal_eval(v)
+        return v
+    except (ValueError, SyntaxError):
+        return repr(v)
+
+
+def parse_gin_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="spot-jax")
+    p.add_argument("--gin_file", action="append", default=[], help="gin file (repeatable)")
+    p.add_argument("--gin_bindings", action="append", default=[], help="gin binding")
+    p.add_argument("--gin_search_paths", default="", help="comma-separated extra gin dirs")
+    p.add_argument("--multiprocess", action="store_true", help="call jax.distributed.initialize")
+    p.add_argument("--coordinator_address", default=None)
+    p.add_argument("--process_count", type=int, default=None)
+    p.add_argument("--process_index", type=int, default=None)
+    rewritten = []
+    for arg in argv:
+        m = re.fullmatch(r"--gin\.([\w./@]+)=(.*)", arg, flags=re.S)
+        if m:
+            rewritten += ["--gin_bindings", f"{m.group(1)} = {_quote_if_bare(m.group(2))}"]
+        else:
+            rewritten.append(arg)
+    return p.parse_args(rewritten)
+
+
+def _resolve(gin_file: str, search: list[Path]) -> str:
+    for base in [Path.cwd(), *search]:
+        candidate = base / gin_file
+        if candidate.exists():
+            return str(candidate)
+    raise FileNotFoundError(
+        f"gin file {gin_file!r} not found in the current directory or {', '.join(map(str, search))}"
+    )
+
+
+def run_job(job: str, argv: list[str]) -> int:
+    import importlib
+
+    import gin
+
+    args = parse_gin_args(argv)
+    if not args.gin_file:
+        raise SystemExit(f"spot-jax {job}: give at least one --gin_file")
+    if args.multiprocess or args.process_count:
+        import jax
+
+        jax.distributed.initialize(
+            coordinator_address=args.coordinator_address,
+            num_processes=args.process_count,
+            process_id=args.process_index,
+        )
+    search = [Path(s) for s in args.gin_search_paths.split(",") if s] + [GIN_DIR]
+    for path in search:
+        gin.add_config_file_search_path(str(path))
+    files = [_resolve(f, search) for f in args.gin_file]
+    module_name, fn_name = JOBS[job]
+    fn = getattr(importlib.import_module(module_name), fn_name)
+    gin.parse_config_files_and_bindings(files, args.gin_bindings)
+    model_dir = gin.query_parameter("%MODEL_DIR")
+    if not isinstance(model_dir, str):
+        raise ValueError("set MODEL_DIR, e.g. --gin.MODEL_DIR=/tmp/my_run")
+    _write_config(model_dir)
+    gin.get_configurable(fn)()
+    return 0
+
+
+def _write_config(model_dir: str) -> None:
+    """Writes the operative config to MODEL_DIR/config.gin (process 0)."""
+    import gin
+    import jax
+    from etils import epath
+
+    if jax.process_index() == 0:
+        path = epath.Path(model_dir)
+        path.mkdir(parents=True, exist_ok=True)
+        (path / "config.gin").write_text(gin.config_str())
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip()
+    m = re.search(r"Required bindings for `(\w+)` not provided in config: \[(.*?)\]", text)
+    if m:
+        return (
+            f"missing required setting(s) {m.group(2)} of {m.group(1)}: set the macro, "
+            "e.g. --gin.MODEL_DIR=/path/to/dir (see the run file's header)"
+        )
+    m = re.search(r"macro '?(\w+)'? .*REQUIRED|(\w+) = %gin.REQUIRED", text)
+    first = text.splitlines()[0] if text else type(e).__name__
+    return f"{type(e).__name__}: {first}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    commands = sorted(JOBS)
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in commands:
+        print(f"usage: spot-jax {{{','.join(commands)}}} --gin_file=F [--gin.NAME=VALUE ...]")
+        return 0 if not argv or argv[0] in ("-h", "--help") else 2
+    return run_gin_job(argv[0], argv[1:])
+
+
+def run_gin_job(job: str, argv: list[str]) -> int:
+    """Runs a job; bad input -> one line on stderr, exit 1 (tracebacks with SPOT_JAX_DEBUG=1)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    try:
+        run_job(job, argv)
+        return 0
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # one clear line for users; the traceback on demand
+        if os.environ.get("SPOT_JAX_DEBUG"):
+            raise
+        print(f"spot-jax {job}: error: {_one_line(e)}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,222 @@
+"""PromptedT5: the frozen T5 1.1 + soft prompt as a model with loss, scoring and decoding.
+
+The Flax module (`t5.Transformer`) knows nothing of losses or decoding; this class adds them
+over plain nested param dicts, as T5X's EncoderDecoderModel does over its module.
+"""
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+
+from spot_jax.models import decoding, t5
+from spot_jax.models.config import T5Config
+from spot_jax.train import losses
+
+Array = jax.Array
+Batch = Mapping[str, Array]
+PROMPT_PATH = "encoder/prompt/prompt/prompt"
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodingConfig:
+    """How `predict` decodes: 'greedy', 'sample' (temperature/top-k/top-p) or 'beam'."""
+
+    method: str = "greedy"
+    num_decodes: int = 1
+    temperature: float = 1.0
+    topk: int = 0
+    topp: float = 0.0
+    beam_alpha: float = 0.6
+    eos_id: int = 1
+
+
+class PromptedT5:
+    """A T5 1.1 encoder-decoder with a `[P, H]` prompt prefixed to the encoder input.
+
+    Args:
+      config: the T5 config.
+      prompt_length: P; 0 gives plain T5 (model tuning).
+      prompt_init: initialiser of the prompt (see `prompts`).
+      z_loss: coefficient of the z-loss in training (1e-4 as T5X).
+      decoding: how `predict` decodes.
+    """
+
+    def __init__(
+        self,
+        config: T5Config,
+        prompt_length: int = 100,
+        prompt_init: Any = None,
+        z_loss: float = 1e-4,
+        decoding: DecodingConfig = DecodingConfig(),
+    ):
+        if prompt_length < 0:
+            raise ValueError(f"PROMPT_LENGTH must be >= 0, got {prompt_length}")
+        self.config = config
+        self.prompt_length = prompt_length
+        self.prompt_init = prompt_init
+        self.z_loss = z_loss
+        self.decoding = decoding
+        self.module = t5.Transformer(config, prompt_length, prompt_init)
+
+    # -- parameters ------------------------------------------------------------------------
+
+    def init(self, rng: Array, batch: Batch):
+        """Boxed params (with logical-axis metadata) for a batch of the given shapes."""
+        return self.module.init(
+            rng,
+            batch["encoder_input_tokens"],
+            batch["decoder_input_tokens"],
+            batch["decoder_target_tokens"],
+        )["params"]
+
+    def abstract_params(self, batch_size: int, input_length: int, target_length: int):
+        """Boxed `ShapeDtypeStruct` params, without allocating anything."""
+        ids = lambda n: jax.ShapeDtypeStruct((batch_size, n), jnp.int32)  # noqa: E731
+        batch = {
+            "encoder_input_tokens": ids(input_length),
+            "decoder_input_tokens": ids(target_length),
+            "decoder_target_tokens": ids(target_length),
+        }
+        return jax.eval_shape(self.init, jax.random.PRNGKey(0), batch)
+
+    # -- training and scoring ----------------------------------------------------------------
+
+    def logits(self, params, batch: Batch, *, dropout_rng: Array | None = None) -> Array:
+        """Teacher-forced logits [B, L, V] (float32); dropout on iff `dropout_rng` is given."""
+        return self.module.apply(
+            {"params": params},
+            batch["encoder_input_tokens"],
+            batch["decoder_input_tokens"],
+            batch["decoder_target_tokens"],
+            deterministic=dropout_rng is None,
+            rngs=None if dropout_rng is None else {"dropout": dropout_rng},
+        )
+
+    def loss(self, params, batch: Batch, dropout_rng: Array | None = None):
+        """(summed loss, metrics) for a batch; metrics are sums, divided when logged."""
+        logits = self.logits(params, batch, dropout_rng=dropout_rng)
+        targets, weights = batch["decoder_target_tokens"], batch["decoder_loss_weights"]
+        loss, z_loss, weight_sum = losses.weighted_cross_entropy(
+            logits, targets, weights, self.z_loss
+        )
+        correct, _ = losses.token_accuracy(logits, targets, weights)
+        metrics = {
+            "loss": loss,
+            "z_loss": z_loss,
+            "weight_sum": weight_sum,
+            "correct_tokens": correct,
+            "sequences": jnp.sum(jnp.any(weights > 0, axis=-1)),
+        }
+        return loss, metrics
+
+    def score(self, params, batch: Batch) -> Array:
+        """Log-likelihood of each target sequence [B] (rank classification, T5X score_batch)."""
+        logits = self.logits(params, batch)
+        return losses.sequence_log_likelihood(
+            logits, batch["decoder_target_tokens"], batch["decoder_loss_weights"]
+        )
+
+    # -- decoding ---------------------------------------------------------------------------
+
+    def predict(
+        self, params, batch: Batch, *, max_decode_length: int, rng: Array | None = None
+    ) -> tuple[Array, Array]:
+        """Decodes with a KV cache. Returns (tokens [B, D, L], scores [B, D]), best last."""
+        cfg = self.decoding
+        module, params = self.module, params
+        if self.config.scan_layers:
+            # Decoding runs layer by layer (per-layer caches), so unstack scanned params.
+            module = t5.Transformer(
+                dataclasses.replace(self.config, scan_layers=False, remat_policy="none"),
+                self.prompt_length,
+                self.prompt_init,
+            )
+            params = unstack_layers(params)
+        enc_tokens = batch["encoder_input_tokens"]
+        batch_size = enc_tokens.shape[0]
+        encoded = module.apply({"params": params}, enc_tokens, method=t5.Transformer.encode)
+
+        def decode_call(tokens, cache, index, encoded, enc_tokens, mutable):
+            return module.apply(
+                {"params": params, **({"cache": cache} if cache is not None else {})},
+                encoded,
+                enc_tokens,
+                tokens,
+                None,
+                decode=True,
+                decode_position=index,
+                max_decode_length=max_decode_length,
+                method=t5.Transformer.decode,
+                mutable=mutable,
+            )
+
+        # Size the cache without computing anything, then start from zeros.
+        dummy = jnp.zeros((batch_size, max_decode_length), jnp.int32)
+        _, shapes = jax.eval_shape(
+            lambda: decode_call(dummy, None, 0, encoded, enc_tokens, ["cache"])
+        )
+        cache = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes["cache"])
+
+        n = cfg.num_decodes
+        expanded_encoded = decoding.expand_batch(encoded, n)
+        expanded_tokens = decoding.expand_batch(enc_tokens, n)
+
+        def tokens_to_logits(token_ids, cache, index):
+            logits, new_vars = decode_call(
+                token_ids, cache, index, expanded_encoded, expanded_tokens, ["cache"]
+            )
+            return logits[:, 0], new_vars["cache"]
+
+        common = dict(batch_size=batch_size, max_decode_len=max_decode_length, eos_id=cfg.eos_id)
+        if cfg.method == "beam":
+            return decoding.beam_search(
+                tokens_to_logits, cache, num_beams=n, alpha=cfg.beam_alpha, **common
+            )
+        if cfg.method in ("greedy", "sample"):
+            greedy = cfg.method == "greedy"
+            return decoding.temperature_sample(
+                tokens_to_logits,
+                cache,
+                rng=rng if rng is not None else jax.random.PRNGKey(0),
+                temperature=0.0 if greedy else cfg.temperature,
+                topk=1 if greedy else cfg.topk,
+                topp=0.0 if greedy else cfg.topp,
+                num_decodes=n,
+                **common,
+            )
+        raise ValueError(f"unknown decoding method {cfg.method!r}; use greedy, sample or beam")
+
+
+def unstack_layers(params):
+    """Scanned params (`encoder/layers/...` with a leading layer axis) -> `layers_{i}`."""
+    flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(params), sep="/")
+    out = {}
+    for path, value in flat.items():
+        parts = path.split("/")
+        if len(parts) > 2 and parts[1] == "layers":
+            for i in range(value.shape[0]):
+                out["/".join([parts[0], f"layers_{i}"] + parts[2:])] = value[i]
+        else:
+            out[path] = value
+    return flax.traverse_util.unflatten_dict(out, sep="/")
+
+
+def stack_layers(params):
+    """Inverse of `unstack_layers`: `layers_{i}` -> `layers` with a leading layer axis."""
+    flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(params), sep="/")
+    groups: dict[str, dict[int, Array]] = {}
+    out = {}
+    for path, value in flat.items():
+        parts = path.split("/")
+        if len(parts) > 2 and parts[1].startswith("layers_"):
+            key = "/".join([parts[0], "layers"] + parts[2:])
+            groups.setdefault(key, {})[int(parts[1][len("layers_") :])] = value
+        else:
+            out[path] = value
+    for key, by_index in groups.items():
+        out[key] = jnp.stack([by_index[i] for i in sorted(by_index)])
+    return flax.traverse_util.unflatten_dict(out, sep="/")

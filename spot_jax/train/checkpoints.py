@@ -1,0 +1,254 @@
+"""Checkpoints: Orbax train state in MODEL_DIR, numpy prompts, frozen-model checkpoints.
+
+Restore policy (as T5X, maxtext and big_vision):
+  1. resume MODEL_DIR if it holds a checkpoint (trainable state, step, data position);
+  2. else start the trainable state fresh: frozen weights from INITIAL_CHECKPOINT_PATH and the
+     prompt from its initialiser (random, sampled vocab, class labels or PROMPT_FILE);
+  3. with no INITIAL_CHECKPOINT_PATH the frozen weights are a seeded fresh init (tests, demos).
+Frozen weights are restored straight into their shardings; nothing is built on one device.
+
+MODEL_DIR layout:
+  checkpoints/<step>/{state,meta}   Orbax: trainable params + optimizer state; JSON meta
+  numpy_checkpoints/checkpoint_<step>/encoder.prompt.prompt.prompt   np.save, float32 [P, H]
+  model.json                        the model's shape, checked on every resume
+  metrics.jsonl, config.gin
+"""
+
+import json
+import os
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from etils import epath
+
+from spot_jax.models.config import T5Config
+
+PROMPT_PATH = "encoder/prompt/prompt/prompt"
+FROZEN_META = "spot_model.json"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that does not fit the configured model, or is missing or broken."""
+
+
+def _model_fingerprint(config: T5Config, prompt_length: int) -> dict[str, Any]:
+    return {**config.shape_dict(), "prompt_length": prompt_length}
+
+
+def check_model_dir(model_dir: epath.PathLike, config: T5Config, prompt_length: int) -> None:
+    """Records the model shape in MODEL_DIR, or refuses a MODEL_DIR of a different model.
+
+    This guards against T5X's stale-model_dir trap (t5x#1067): a checkpoint of another size
+    silently taking precedence.
+    """
+    path = epath.Path(model_dir) / "model.json"
+    want = _model_fingerprint(config, prompt_length)
+    if path.exists():
+        have = json.loads(path.read_text())
+        diffs = [
+            f"{k}: {have.get(k)} in MODEL_DIR vs {v} now"
+            for k, v in want.items()
+            if have.get(k) != v
+        ]
+        if diffs:
+            raise CheckpointError(
+                f"MODEL_DIR {model_dir} holds a run of a different model ({'; '.join(diffs)}); "
+                "use a new MODEL_DIR or the model it was trained with"
+            )
+    elif jax.process_index() == 0:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(want, indent=2))
+
+
+# ---------------------------------------------------------------------------------------------
+# Train state (Orbax).
+
+
+class TrainCheckpointer:
+    """Orbax CheckpointManager over MODEL_DIR/checkpoints: keeps the last `keep` and the best."""
+
+    def __init__(
+        self,
+        model_dir: epath.PathLike,
+        keep: int = 1,
+        best_metric: str | None = None,
+        best_mode: str = "max",
+    ):
+        policies = [ocp.checkpoint_managers.LatestN(keep)]
+        if best_metric:
+            policies.append(
+                ocp.checkpoint_managers.BestN(
+                    get_metric_fn=lambda m: m[best_metric], reverse=best_mode == "min", n=1
+                )
+            )
+        options = ocp.CheckpointManagerOptions(
+            preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(policies),
+            create=True,
+            # Prompt states are tiny; a synchronous save keeps the kill-and-resume story simple.
+            enable_async_checkpointing=False,
+        )
+        self.directory = epath.Path(model_dir) / "checkpoints"
+        self.manager = ocp.CheckpointManager(self.directory, options=options)
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def save(self, step: int, state, meta: Mapping[str, Any], metrics: Mapping | None = None):
+        self.manager.save(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(dict(meta))
+            ),
+            metrics=dict(metrics) if metrics else None,
+            force=True,
+        )
+        self.manager.wait_until_finished()
+
+    def restore(self, step: int, abstract_state):
+        """Restores into the shardings of `abstract_state` (ShapeDtypeStructs with sharding)."""
+        try:
+            restored = self.manager.restore(
+                step,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()
+                ),
+            )
+        except (ValueError, KeyError, FileNotFoundError) as e:
+            raise CheckpointError(
+                f"cannot restore checkpoint {self.directory / str(step)} into this model/optimizer "
+                f"({type(e).__name__}: {str(e)[:300]}); was it written with another TRAINABLE, "
+                "optimizer or model? Use a new MODEL_DIR"
+            ) from e
+        return restored.state, restored.meta
+
+    def close(self):
+        self.manager.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# Numpy prompts (prompt-tuning's layout, so prompts move between the projects).
+
+
+def numpy_prompt_path(model_dir: epath.PathLike, step: int) -> epath.Path:
+    return (
+        epath.Path(model_dir)
+        / "numpy_checkpoints"
+        / f"checkpoint_{step}"
+        / PROMPT_PATH.replace("/", ".")
+    )
+
+
+def save_numpy_params(
+    model_dir: epath.PathLike, step: int, flat: Mapping[str, jax.Array], names=(PROMPT_PATH,)
+) -> list[epath.Path]:
+    """Writes the named params as float32 np.save files (no .npy suffix), atomically.
+
+    Files go to a temporary folder renamed into place, so a killed job never leaves a partial
+    prompt where the next run (or a SPoT transfer) would read it.
+    """
+    present = [n for n in names if n in flat]
+    if not present:
+        return []
+    values = {n: np.asarray(jax.device_get(flat[n]), np.float32) for n in present}
+    final = epath.Path(model_dir) / "numpy_checkpoints" / f"checkpoint_{step}"
+    if jax.process_index() != 0:
+        return [final / n.replace("/", ".") for n in present]
+    tmp = final.parent / f"{final.name}.tmp-{os.getpid()}-{time.time_ns()}"
+    tmp.mkdir(parents=True, exist_ok=True)
+    for name, value in values.items():
+        with (tmp / name.replace("/", ".")).open("wb") as f:
+            np.save(f, value)
+    if final.exists():
+        final.rename(final.parent / f"{final.name}.backup-{time.time_ns()}")
+    tmp.rename(final)
+    return [final / n.replace("/", ".") for n in present]
+
+
+# ---------------------------------------------------------------------------------------------
+# Frozen-model checkpoints (what INITIAL_CHECKPOINT_PATH names).
+
+
+def save_frozen(
+    path: epath.PathLike, flat_params: Mapping[str, jax.Array], config: T5Config
+) -> None:
+    """Writes a frozen-model checkpoint: Orbax params (T5X names, unscanned) + model JSON."""
+    path = epath.Path(path)
+    nested = {k: v for k, v in flat_params.items() if k != PROMPT_PATH}
+    with ocp.StandardCheckpointer() as ckptr:
+        ckptr.save(path / "params", nested, force=True)
+    if jax.process_index() == 0:
+        (path / FROZEN_META).write_text(
+            json.dumps({"format": "spot_jax/frozen/v1", **config.shape_dict()}, indent=2)
+        )
+
+
+def read_frozen_config(path: epath.PathLike) -> dict[str, Any]:
+    path = epath.Path(path)
+    meta = path / FROZEN_META
+    if not meta.exists():
+        if not path.exists():
+            raise CheckpointError(f"INITIAL_CHECKPOINT_PATH {path} does not exist")
+        raise CheckpointError(
+            f"{path} is not a spot_jax frozen checkpoint (no {FROZEN_META}); "
+            "convert T5X or Hugging Face weights with `spot-jax convert`"
+        )
+    return json.loads(meta.read_text())
+
+
+def restore_frozen(
+    path: epath.PathLike, abstract_flat: Mapping[str, jax.ShapeDtypeStruct], config: T5Config
+) -> dict[str, jax.Array]:
+    """Restores the frozen params named in `abstract_flat` straight into their shardings.
+
+    Raises:
+      CheckpointError: the checkpoint is of another model (names the first differing field
+        or parameter and both shapes), or files are missing.
+    """
+    path = epath.Path(path)
+    have = read_frozen_config(path)
+    want = config.shape_dict()
+    diffs = [
+        f"{k}={have.get(k)} in checkpoint vs {v} configured"
+        for k, v in want.items()
+        if have.get(k) != v
+    ]
+    if diffs:
+        raise CheckpointError(
+            f"INITIAL_CHECKPOINT_PATH {path} is of another model: {'; '.join(diffs)}"
+        )
+    with ocp.StandardCheckpointer() as ckptr:
+        meta = ckptr.metadata(path / "params")
+        tree = getattr(meta, "item_metadata", meta)
+        tree = getattr(tree, "tree", tree)
+        stored = {k: v for k, v in _flatten_meta(tree).items()}
+        missing = sorted(set(abstract_flat) - set(stored))
+        if missing:
+            raise CheckpointError(f"checkpoint {path} lacks parameters {missing[:5]}")
+        for name, spec in abstract_flat.items():
+            if tuple(stored[name].shape) != tuple(spec.shape):
+                raise CheckpointError(
+                    f"parameter {name} has shape {list(stored[name].shape)} in {path} but the "
+                    "model "
+                    f"needs {list(spec.shape)}"
+                )
+        target = {k: abstract_flat.get(k) for k in stored}
+        # Leaves we do not need (e.g. a prompt saved with the model) are skipped, not loaded.
+        target = {k: v if v is not None else ocp.PLACEHOLDER for k, v in target.items()}
+        try:
+            restored = ckptr.restore(path / "params", target)
+        except Exception as e:
+            raise CheckpointError(f"cannot read {path}: {type(e).__name__}: {str(e)[:300]}") from e
+    return {k: v for k, v in restored.items() if k in abstract_flat}
+
+
+def _flatten_meta(tree, prefix=""):
+    if isinstance(tree, Mapping):
+        out = {}
+        for k, v in tree.items():
+            out.update(_flatten_meta(v, f"{prefix}{k}" if not prefix else f"{prefix}/{k}"))
+        return out
+    return {prefix: tree}

@@ -1,0 +1,109 @@
+"""Eval and infer jobs: a saved prompt (or MODEL_DIR's latest) on a split, no training.
+
+The prompt comes from PROMPT_FILE when given, else from MODEL_DIR's newest numpy checkpoint;
+the frozen weights from INITIAL_CHECKPOINT_PATH, as in training.
+"""
+
+import functools
+import json
+
+import jax
+import numpy as np
+from etils import epath
+
+from spot_jax import axes, data
+from spot_jax.data.config import DatasetConfig
+from spot_jax.models import prompts
+from spot_jax.models.prompted import PROMPT_PATH, PromptedT5
+from spot_jax.train import checkpoints, sharding, steps, trainer
+from spot_jax.train import optim as optim_lib
+
+
+def latest_numpy_prompt(model_dir: epath.PathLike) -> epath.Path:
+    root = epath.Path(model_dir) / "numpy_checkpoints"
+    found = sorted(
+        (int(p.name.split("_")[-1]), p)
+        for p in (root.glob("checkpoint_*") if root.exists() else [])
+        if p.name.split("_")[-1].isdigit()
+    )
+    if not found:
+        raise FileNotFoundError(f"no numpy prompt checkpoints in {root}; set PROMPT_FILE")
+    return found[-1][1] / PROMPT_PATH.replace("/", ".")
+
+
+def _load(model: PromptedT5, eval_data, model_dir, prompt_file, initial_checkpoint_path,
+          model_parallel, seed):
+    if model.prompt_length:
+        path = prompt_file or latest_numpy_prompt(model_dir)
+        model = PromptedT5(model.config, model.prompt_length, prompts.from_file(str(path)),
+                           model.z_loss, model.decoding)
+    mesh = sharding.make_mesh(model_parallel)
+    rules = axes.standard_rules()
+    params, _ = trainer.build_params(
+        model, mesh, rules, batch_size=eval_data.batch_size,
+        feature_lengths=dict(eval_data.task_feature_lengths),
+        initial_checkpoint_path=initial_checkpoint_path, seed=seed,
+    )
+    trainable, frozen = optim_lib.split_trainable(params, ".*")
+    return model, mesh, rules, trainable, frozen
+
+
+def evaluate_job(*, model: PromptedT5, eval_data: DatasetConfig, model_dir: str,
+                 prompt_file: str | None = None, initial_checkpoint_path: str | None = None,
+                 model_parallel: int = 1, eval_steps: int | None = None, seed: int = 0):
+    """Evaluates and writes MODEL_DIR/eval_metrics.json; returns the metrics."""
+    model, mesh, rules, trainable, frozen = _load(
+        model, eval_data, model_dir, prompt_file, initial_checkpoint_path, model_parallel, seed
+    )
+    metrics = trainer.evaluate(model, trainable, frozen, eval_data, mesh, rules, eval_steps)
+    out = epath.Path(model_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if jax.process_index() == 0:
+        (out / "eval_metrics.json").write_text(json.dumps(metrics, indent=2))
+    print(json.dumps(metrics), flush=True)
+    return metrics
+
+
+def infer_job(*, model: PromptedT5, eval_data: DatasetConfig, model_dir: str,
+              prompt_file: str | None = None, initial_checkpoint_path: str | None = None,
+              model_parallel: int = 1, eval_steps: int | None = None, seed: int = 0):
+    """Decodes the split and writes MODEL_DIR/inference.jsonl (input, target, prediction ids)."""
+    model, mesh, rules, trainable, frozen = _load(
+        model, eval_data, model_dir, prompt_file, initial_checkpoint_path, model_parallel, seed
+    )
+    shard_index, num_shards = sharding.data_shard_info(mesh)
+    length = eval_data.task_feature_lengths["targets"]
+    predict = jax.jit(functools.partial(steps.predict_step, model, max_decode_length=length))
+    out = epath.Path(model_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    with mesh:
+        it = data.make_eval_iterator(eval_data, shard_index=shard_index, num_shards=num_shards)
+        for i, local in enumerate(it):
+            if eval_steps is not None and i >= eval_steps:
+                break
+            batch = sharding.global_batch(local, mesh)
+            tokens, scores = predict(trainable, frozen, batch, jax.random.PRNGKey(seed))
+            tokens = np.asarray(jax.device_get(tokens))[:, -1]
+            scores = np.asarray(jax.device_get(scores))[:, -1]
+            real = data.real_rows(local)
+            for j in np.flatnonzero(real):
+                rows.append({
+                    "inputs": _strip(local["encoder_input_tokens"][j]),
+                    "targets": _strip(local["decoder_target_tokens"][j]),
+                    "prediction": _strip(tokens[j]),
+                    "score": float(scores[j]),
+                })
+    if jax.process_index() == 0:
+        with (out / "inference.jsonl").open("w") as f:
+            for r in rows:
+                f.write(json.dumps(r) + "\n")
+    print(f"wrote {len(rows)} predictions to {out / 'inference.jsonl'}", flush=True)
+    return {"num_predictions": len(rows)}
+
+
+def _strip(ids) -> list[int]:
+    ids = [int(t) for t in ids]
+    while ids and ids[-1] == 0:
+        ids.pop()
+    return ids

@@ -1,0 +1,131 @@
+"""Optimizers: T5X's Adafactor in optax pieces, learning-rate schedules, and trainable masks.
+
+Prompt-tuning's defaults: Adafactor with decay_rate 0.8, no parameter scaling, update clipping
+at RMS 1.0, weight decay 1e-5 applied as `(1 - wd) * param` (NOT scaled by the learning rate,
+as in T5X), and a constant learning rate of 0.3.
+"""
+
+import re
+from collections.abc import Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+import optax
+
+# Default TRAINABLE: prompt-tuning's PROMPT_REGEX, matched (fullmatch) against 'a/b/c' paths.
+PROMPT_REGEX = r".*/prompt/.*"
+
+
+def learning_rate_schedule(
+    factors: str = "constant",
+    base_learning_rate: float = 0.3,
+    warmup_steps: int = 1000,
+    decay_steps: int | None = None,
+    min_learning_rate: float = 1e-8,
+) -> Callable[[jax.Array], jax.Array]:
+    """T5X-style schedule: the product of named factors.
+
+    Args:
+      factors: '*'-separated names among constant, linear_warmup, rsqrt_decay, linear_decay
+        (decays linearly to 0 at `decay_steps`) and cosine_decay (over `decay_steps`).
+      base_learning_rate: value of 'constant'.
+      warmup_steps: length of the warmup and the floor of rsqrt_decay.
+      decay_steps: length of linear/cosine decay.
+      min_learning_rate: lower bound of the result.
+    """
+    names = [f.strip() for f in factors.split("*")]
+    known = {"constant", "linear_warmup", "rsqrt_decay", "linear_decay", "cosine_decay"}
+    unknown = set(names) - known
+    if unknown:
+        raise ValueError(f"unknown learning-rate factors {sorted(unknown)}; known: {sorted(known)}")
+    if {"linear_decay", "cosine_decay"} & set(names) and not decay_steps:
+        raise ValueError("linear_decay and cosine_decay need decay_steps")
+
+    def schedule(step):
+        step = jnp.asarray(step, jnp.float32)
+        lr = jnp.asarray(1.0, jnp.float32)
+        for name in names:
+            if name == "constant":
+                lr *= base_learning_rate
+            elif name == "linear_warmup":
+                lr *= jnp.minimum(1.0, step / max(warmup_steps, 1))
+            elif name == "rsqrt_decay":
+                lr /= jnp.sqrt(jnp.maximum(step, warmup_steps))
+            elif name == "linear_decay":
+                lr *= jnp.maximum(0.0, 1.0 - step / decay_steps)
+            elif name == "cosine_decay":
+                lr *= 0.5 * (1.0 + jnp.cos(jnp.pi * jnp.minimum(step, decay_steps) / decay_steps))
+        return jnp.maximum(lr, min_learning_rate)
+
+    return schedule
+
+
+def _decoupled_weight_decay(rate: float) -> optax.GradientTransformation:
+    """Adds `-rate * param` to the update, unscaled by the learning rate (T5X Adafactor)."""
+
+    def update_fn(updates, state, params=None):
+        if params is None:
+            raise ValueError("weight decay needs params")
+        updates = jax.tree.map(lambda u, p: u - rate * p.astype(u.dtype), updates, params)
+        return updates, state
+
+    return optax.GradientTransformation(lambda _: optax.EmptyState(), update_fn)
+
+
+def adafactor(
+    learning_rate: float | Callable = 0.3,
+    decay_rate: float = 0.8,
+    step_offset: int = 0,
+    clipping_threshold: float | None = 1.0,
+    weight_decay_rate: float | None = 1e-5,
+    multiply_by_parameter_scale: bool = False,
+    factored: bool = True,
+    min_dim_size_to_factor: int = 128,
+    epsilon1: float = 1e-30,
+    epsilon2: float = 1e-3,
+    beta1: float | None = None,
+) -> optax.GradientTransformation:
+    """T5X's Adafactor. A [100, H] prompt (both dims < 128 at P=100) gets an unfactored v."""
+    chain = [
+        optax.scale_by_factored_rms(
+            factored=factored,
+            decay_rate=decay_rate,
+            step_offset=step_offset,
+            min_dim_size_to_factor=min_dim_size_to_factor,
+            epsilon=epsilon1,
+        )
+    ]
+    if clipping_threshold is not None:
+        chain.append(optax.clip_by_block_rms(clipping_threshold))
+    if multiply_by_parameter_scale:
+        chain.append(optax.scale_by_param_block_rms(min_scale=epsilon2))
+    chain.append(optax.scale_by_learning_rate(learning_rate))
+    if beta1 is not None:
+        chain.append(optax.ema(beta1, debias=False))
+    if weight_decay_rate:
+        chain.append(_decoupled_weight_decay(weight_decay_rate))
+    return optax.chain(*chain)
+
+
+def adamw(
+    learning_rate: float | Callable = 1e-3, weight_decay: float = 0.0, clip_norm: float = 1.0
+) -> optax.GradientTransformation:
+    """AdamW with global-norm clipping (PEFT's usual prompt-tuning optimizer)."""
+    return optax.chain(
+        optax.clip_by_global_norm(clip_norm),
+        optax.adamw(learning_rate, weight_decay=weight_decay),
+    )
+
+
+def split_trainable(
+    flat_params: Mapping[str, jax.Array], trainable_regex: str
+) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
+    """Splits a flat {'a/b/c': array} dict into (trainable, frozen) by `re.fullmatch`."""
+    pattern = re.compile(trainable_regex)
+    trainable = {k: v for k, v in flat_params.items() if pattern.fullmatch(k)}
+    frozen = {k: v for k, v in flat_params.items() if not pattern.fullmatch(k)}
+    if not trainable:
+        raise ValueError(
+            f"TRAINABLE={trainable_regex!r} matches no parameter; e.g. {next(iter(flat_params))!r}"
+        )
+    return trainable, frozen

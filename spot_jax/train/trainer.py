@@ -1,0 +1,340 @@
+"""The training loop: mesh -> data -> model and optimizer -> shard and init -> restore -> loop.
+
+Every argument is keyword-only and bound by gin from the run files (`gin/runs/*.gin`); this
+module itself is gin-free.
+"""
+
+import functools
+import json
+import time
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import logging
+from etils import epath
+
+from spot_jax import axes, data
+from spot_jax.data.config import DatasetConfig
+from spot_jax.models.prompted import PROMPT_PATH, PromptedT5
+from spot_jax.train import checkpoints, sharding, steps
+from spot_jax.train import optim as optim_lib
+from spot_jax.train import state as state_lib
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (e.g. a non-finite loss); what was saved is intact."""
+
+
+def build_params(
+    model: PromptedT5,
+    mesh,
+    rules,
+    *,
+    batch_size: int,
+    feature_lengths: dict[str, int],
+    initial_checkpoint_path: str | None,
+    seed: int,
+):
+    """All params, flat and sharded: frozen weights restored (or seeded init) + initial prompt.
+
+    Returns:
+      (flat params, flat shardings).
+    """
+    per_device = max(1, batch_size // mesh.shape[axes.DATA]) * mesh.shape[axes.DATA]
+    boxed = model.abstract_params(per_device, feature_lengths["inputs"], feature_lengths["targets"])
+    shardings = state_lib.flatten_params(sharding.logical_shardings(boxed, mesh, rules))
+    abstract = state_lib.flatten_params(nn.unbox(boxed))
+    abstract = {
+        k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=shardings[k])
+        for k, v in abstract.items()
+    }
+    rng_init, rng_prompt = jax.random.split(jax.random.PRNGKey(seed))
+    if initial_checkpoint_path:
+        model_abstract = {k: v for k, v in abstract.items() if k != PROMPT_PATH}
+        params = checkpoints.restore_frozen(initial_checkpoint_path, model_abstract, model.config)
+    else:
+        # Seeded fresh init, created directly in its shardings.
+        ids = lambda n: jnp.zeros((per_device, n), jnp.int32)  # noqa: E731
+        fake = {
+            "encoder_input_tokens": ids(feature_lengths["inputs"]),
+            "decoder_input_tokens": ids(feature_lengths["targets"]),
+            "decoder_target_tokens": ids(feature_lengths["targets"]),
+        }
+        init = lambda rng: state_lib.flatten_params(nn.unbox(model.init(rng, fake)))  # noqa: E731
+        with mesh:
+            params = jax.jit(init, out_shardings=shardings)(rng_init)
+        params.pop(PROMPT_PATH, None)
+    if model.config.frozen_dtype is not None:
+        dtype = jnp.dtype(model.config.frozen_dtype)
+        params = {k: v.astype(dtype) for k, v in params.items()}
+    if model.prompt_length:
+        params[PROMPT_PATH] = initial_prompt(model, params, rng_prompt, shardings[PROMPT_PATH])
+    return params, shardings
+
+
+def initial_prompt(model: PromptedT5, params, rng, prompt_sharding) -> jax.Array:
+    """Runs the prompt initialiser; those that need it get the frozen embedding table."""
+    from spot_jax.models import prompts
+
+    init = model.prompt_init or prompts.random_uniform()
+    shape = (model.prompt_length, model.config.emb_dim)
+    kwargs = {}
+    if getattr(init, "needs_embeddings", False):
+        kwargs["embeddings"] = np.asarray(
+            jax.device_get(params["token_embedder/embedding"]), np.float32
+        )
+    prompt = np.asarray(init(rng, shape, jnp.float32, **kwargs), np.float32)
+    return jax.device_put(prompt, prompt_sharding)
+
+
+def train(
+    *,
+    model: PromptedT5,
+    train_data: DatasetConfig,
+    model_dir: str,
+    train_steps: int,
+    optimizer: optax.GradientTransformation | None = None,
+    eval_data: DatasetConfig | None = None,
+    trainable: str = optim_lib.PROMPT_REGEX,
+    initial_checkpoint_path: str | None = None,
+    model_parallel: int = 1,
+    checkpoint_period: int = 1000,
+    keep_checkpoints: int = 1,
+    best_metric: str | None = None,
+    best_mode: str = "max",
+    eval_period: int = 1000,
+    eval_steps: int | None = None,
+    log_period: int = 100,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Trains the params matching `trainable` and returns the last eval (or train) metrics.
+
+    Args:
+      model: the prompted T5.
+      train_data: training split config (global batch size).
+      model_dir: MODEL_DIR; resumed from when it holds a checkpoint.
+      train_steps: TRAIN_STEPS, counted from 0 (unlike T5X, pretraining steps not included).
+      optimizer: default T5X Adafactor with prompt-tuning's settings.
+      eval_data: validation config; None skips evaluation.
+      trainable: TRAINABLE regex over 'a/b/c' param paths (fullmatch); '.*' is model tuning.
+      initial_checkpoint_path: frozen weights (spot_jax frozen checkpoint); None = seeded init.
+      model_parallel: size of the mesh's 'model' axis; data parallelism fills the rest.
+      checkpoint_period: save every this many steps (and at the end).
+      keep_checkpoints: Orbax checkpoints kept (numpy prompts are all kept).
+      best_metric: eval metric whose best checkpoint is also kept, e.g. 'eval/loss'.
+      best_mode: 'max' or 'min' for best_metric.
+      eval_period: evaluate every this many steps (and at the end).
+      eval_steps: max eval batches; None = the whole split.
+      log_period: log a line every this many steps.
+      seed: SEED for init, prompt init and dropout.
+      progress: show a progress bar.
+    """
+    optimizer = optimizer or optim_lib.adafactor()
+    model_dir = epath.Path(model_dir)
+    lengths = dict(train_data.task_feature_lengths)
+
+    # -- Mesh ---------------------------------------------------------------------------------
+    mesh = sharding.make_mesh(model_parallel)
+    rules = axes.standard_rules()
+    sharding.check_batch_size(train_data.batch_size, mesh)
+    shard_index, num_shards = sharding.data_shard_info(mesh)
+    checkpoints.check_model_dir(model_dir, model.config, model.prompt_length)
+
+    # -- Model and optimizer: frozen weights into their shardings, prompt initialised ---------
+    params, param_shardings = build_params(
+        model,
+        mesh,
+        rules,
+        batch_size=train_data.batch_size,
+        feature_lengths=lengths,
+        initial_checkpoint_path=initial_checkpoint_path,
+        seed=seed,
+    )
+    trainable_params, frozen = optim_lib.split_trainable(params, trainable)
+    frozen_shardings = {k: param_shardings[k] for k in frozen}
+    with mesh:
+        state = jax.jit(functools.partial(state_lib.create, optimizer=optimizer))(trainable_params)
+    state_shardings = jax.tree.map(lambda x: x.sharding, state)
+    logging.info(
+        "training %d params in %d arrays; %d frozen arrays",
+        sum(v.size for v in trainable_params.values()),
+        len(trainable_params),
+        len(frozen),
+    )
+
+    # -- Restore ------------------------------------------------------------------------------
+    ckpt = checkpoints.TrainCheckpointer(model_dir, keep_checkpoints, best_metric, best_mode)
+    data_position = 0
+    latest = ckpt.latest_step()
+    if latest is not None:
+        abstract = jax.tree.map(
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state
+        )
+        state, meta = ckpt.restore(latest, abstract)
+        data_position = int(meta["data_position"])
+        logging.info("resumed %s at step %d", model_dir, latest)
+        print(f"Resuming from {ckpt.directory / str(latest)} (step {latest}).", flush=True)
+    start_step = int(jax.device_get(state.step))
+
+    # -- Steps --------------------------------------------------------------------------------
+    batch_shard = sharding.batch_sharding(mesh)
+    repl = sharding.replicated(mesh)
+    # Donating the state lets XLA update the prompt and optimizer state in place.
+    train_step = jax.jit(
+        functools.partial(steps.train_step, model, optimizer),
+        in_shardings=(state_shardings, frozen_shardings, batch_shard, repl),
+        out_shardings=(state_shardings, repl),
+        donate_argnums=(0,),
+    )
+    dropout_rng = jax.random.fold_in(jax.random.PRNGKey(seed), 1)
+
+    def run_eval(step: int) -> dict[str, float]:
+        if eval_data is None:
+            return {}
+        return evaluate(
+            model, state.trainable, frozen, eval_data, mesh, rules, max_batches=eval_steps
+        )
+
+    def save(step: int, metrics: dict[str, float] | None = None):
+        ckpt.save(step, state, {"step": step, "data_position": data_position}, metrics)
+        checkpoints.save_numpy_params(model_dir, step, state.trainable)
+
+    # -- Loop ---------------------------------------------------------------------------------
+    batches = data.make_train_iterator(
+        train_data, shard_index=shard_index, num_shards=num_shards, start_step=data_position
+    )
+    metrics_file = model_dir / "metrics.jsonl"
+    pending: list[dict[str, jax.Array]] = []
+    last: dict[str, Any] = {}
+    tokens_per_step = train_data.batch_size * (
+        lengths["inputs"] + model.prompt_length + lengths["targets"]
+    )
+    bar = _progress(progress, start_step, train_steps)
+    t0, steps_since = time.perf_counter(), 0
+    with mesh, nn.logical_axis_rules(list(rules)):
+        if start_step == 0 and latest is None:
+            save(0)
+        for step in range(start_step + 1, train_steps + 1):
+            local = next(batches)
+            batch = sharding.global_batch(local, mesh)
+            state, metrics = train_step(state, frozen, batch, dropout_rng)
+            data_position += 1
+            pending.append(metrics)
+            steps_since += 1
+            is_save = step % checkpoint_period == 0 or step == train_steps
+            is_eval = eval_data is not None and (step % eval_period == 0 or step == train_steps)
+            if step % log_period == 0 or is_save or is_eval:
+                summed = jax.device_get(jax.tree.map(lambda *x: sum(x), *pending))
+                pending = []
+                if summed["nonfinite"]:
+                    raise TrainingError(
+                        f"non-finite loss or gradient before step {step}; stopped without saving. "
+                        f"The last good checkpoint ({ckpt.latest_step()}) is kept in {model_dir}. "
+                        "Lower LEARNING_RATE or check the data"
+                    )
+                elapsed = time.perf_counter() - t0
+                last = _train_log(summed, steps_since, elapsed, tokens_per_step)
+                last["step"] = step
+                eval_metrics = run_eval(step) if is_eval else {}
+                last.update(eval_metrics)
+                _append_jsonl(metrics_file, last)
+                bar.set_postfix(loss=f"{last['train/loss']:.4f}", refresh=False)
+                logging.info("step %d %s", step, last)
+                if not progress:
+                    print(_format_log(last), flush=True)
+                if is_save:
+                    save(step, eval_metrics or None)
+                # Eval and save time stays out of the next window's steps/s.
+                t0, steps_since = time.perf_counter(), 0
+            bar.update(1)
+    bar.close()
+    ckpt.close()
+    return last
+
+
+def evaluate(
+    model,
+    trainable,
+    frozen,
+    eval_data: DatasetConfig,
+    mesh,
+    rules,
+    max_batches: int | None = None,
+    predict: bool = True,
+) -> dict[str, float]:
+    """Validation loss and token accuracy; with `predict`, greedy-decoded exact match."""
+    shard_index, num_shards = sharding.data_shard_info(mesh)
+    eval_fn = jax.jit(functools.partial(steps.eval_step, model))
+    target_len = eval_data.task_feature_lengths["targets"]
+    predict_fn = jax.jit(functools.partial(steps.predict_step, model, max_decode_length=target_len))
+    totals: dict[str, float] = {}
+    exact, sequences = 0, 0
+    with mesh, nn.logical_axis_rules(list(rules)):
+        it = data.make_eval_iterator(eval_data, shard_index=shard_index, num_shards=num_shards)
+        for i, local in enumerate(it):
+            if max_batches is not None and i >= max_batches:
+                break
+            batch = sharding.global_batch(local, mesh)
+            for k, v in jax.device_get(eval_fn(trainable, frozen, batch)).items():
+                totals[k] = totals.get(k, 0.0) + float(v)
+            if predict:
+                tokens, _ = predict_fn(trainable, frozen, batch, jax.random.PRNGKey(0))
+                pred = np.asarray(jax.device_get(tokens))[:, -1]
+                target = np.asarray(jax.device_get(batch["decoder_target_tokens"]))
+                real = target[:, 0] != 0
+                exact += int(np.sum(np.all(pred == target, axis=-1) & real))
+                sequences += int(np.sum(real))
+    weights = max(totals.get("weight_sum", 0.0), 1.0)
+    out = {
+        "eval/loss": totals.get("loss", 0.0) / weights,
+        "eval/token_accuracy": totals.get("correct_tokens", 0.0) / weights,
+    }
+    if predict and sequences:
+        out["eval/sequence_accuracy"] = exact / sequences
+    return out
+
+
+def _train_log(summed, num_steps: int, elapsed: float, tokens_per_step: int) -> dict[str, Any]:
+    weights = max(float(summed["weight_sum"]), 1.0)
+    return {
+        "train/loss": float(summed["loss"]) / weights,
+        "train/z_loss": float(summed["z_loss"]) / weights,
+        "train/token_accuracy": float(summed["correct_tokens"]) / weights,
+        "train/grad_norm": float(summed["grad_norm"]) / num_steps,
+        "train/steps_per_s": num_steps / max(elapsed, 1e-9),
+        "train/tokens_per_s": num_steps * tokens_per_step / max(elapsed, 1e-9),
+    }
+
+
+def _format_log(m: dict[str, Any]) -> str:
+    parts = [f"step {m['step']}"] + [
+        f"{k.split('/', 1)[-1] if k.startswith('train/') else k} {v:.4g}"
+        for k, v in m.items()
+        if k != "step"
+    ]
+    return " | ".join(parts)
+
+
+def _append_jsonl(path: epath.Path, record: dict[str, Any]) -> None:
+    if jax.process_index() != 0:
+        return
+    with path.open("a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def _progress(enabled: bool, start: int, total: int):
+    from tqdm import tqdm
+
+    return tqdm(
+        total=total,
+        initial=start,
+        disable=not enabled,
+        desc="train",
+        unit="step",
+        dynamic_ncols=True,
+    )
