@@ -57,7 +57,12 @@ def peak_memory_gb() -> float | None:
 
 
 def bench_spot(args) -> dict:
-    overrides = dict(remat_policy=args.remat, scan_layers=args.scan, dtype=args.dtype)
+    overrides = dict(
+        remat_policy=args.remat,
+        scan_layers=args.scan,
+        dtype=args.dtype,
+        attention_impl=args.attention,
+    )
     if args.frozen_dtype:
         overrides["frozen_dtype"] = args.frozen_dtype
     cfg = config_lib.named_config(args.size, **overrides)
@@ -238,6 +243,7 @@ def main(argv=None) -> int:
     p.add_argument("--frozen-dtype", default=None, choices=[None, "bfloat16"])
     p.add_argument("--remat", default="none", choices=["none", "full", "dots"])
     p.add_argument("--scan", action="store_true")
+    p.add_argument("--attention", default="xla", choices=["xla", "cudnn"])
     p.add_argument("--model-parallel", type=int, default=1)
     p.add_argument(
         "--peak-tflops",

@@ -32,6 +32,8 @@ class T5Config:
       float32_attention_logits: compute attention softmax in float32.
       remat_policy: 'none', 'full' (recompute each layer) or 'dots' (save matmul outputs).
       scan_layers: stack layers and run them with `nn.scan` (faster compiles at depth).
+      attention_impl: 'xla' (einsum + softmax, any device) or 'cudnn' (fused attention via
+        `jax.nn.dot_product_attention` on NVIDIA GPUs; used when no attention dropout applies).
     """
 
     vocab_size: int = 32128
@@ -50,8 +52,11 @@ class T5Config:
     float32_attention_logits: bool = False
     remat_policy: str = "none"
     scan_layers: bool = False
+    attention_impl: str = "xla"
 
     def __post_init__(self):
+        if self.attention_impl not in ("xla", "cudnn"):
+            raise ValueError(f"attention_impl must be xla or cudnn, got {self.attention_impl!r}")
         if self.remat_policy not in ("none", "full", "dots"):
             raise ValueError(f"remat_policy must be none, full or dots, got {self.remat_policy!r}")
 

@@ -171,6 +171,7 @@ class MultiHeadAttention(nn.Module):
     dtype: Any = jnp.bfloat16
     param_dtype: Any = jnp.float32
     float32_logits: bool = False
+    implementation: str = "xla"
 
     @nn.compact
     def __call__(
@@ -202,6 +203,14 @@ class MultiHeadAttention(nn.Module):
         if decode:
             k, v, bias = self._update_cache(k, v, bias)
 
+        dropout = not deterministic and self.dropout_rate > 0
+        if self.implementation == "cudnn" and not decode and not dropout:
+            # Fused attention; scale 1 because T5 folds 1/sqrt(d) into the query init.
+            bias_q = None if bias is None else jnp.asarray(bias, q.dtype)
+            out = jax.nn.dot_product_attention(
+                q, k, v, bias=bias_q, scale=1.0, implementation="cudnn"
+            )
+            return self._out(out.reshape(inputs_q.shape[:2] + (joined,)), features)
         logits_dtype = jnp.float32 if self.float32_logits else self.dtype
         logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=logits_dtype)
         if bias is not None:
@@ -213,6 +222,9 @@ class MultiHeadAttention(nn.Module):
             keep = jax.random.bernoulli(self.make_rng("dropout"), 1 - self.dropout_rate, shape)
             weights = weights * keep.astype(self.dtype) / (1 - self.dropout_rate)
         out = jnp.einsum("bhqk,bkhd->bqhd", weights, v).reshape(inputs_q.shape[:2] + (joined,))
+        return self._out(out, features)
+
+    def _out(self, out: Array, features: int) -> Array:
         return Dense(
             features,
             kernel_axes=(axes.JOINED_KV, axes.EMBED),

@@ -22,17 +22,20 @@ Initializer = Callable[[jax.Array, tuple[int, ...]], Array]
 
 
 class Prompt(nn.Module):
-    """Holds the prompt parameter `[P, H]` (float32 master copy)."""
+    """Holds the prompt parameter `[P, H]` (float32 master copy).
+
+    The initialiser field is `initializer`, not `init`, which would shadow `nn.Module.init`.
+    """
 
     length: int
-    init: Initializer
+    initializer: Initializer
     param_dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, embed_dim: int) -> Array:
         return self.param(
             "prompt",
-            nn.with_logical_partitioning(self.init, (axes.PROMPT, axes.PROMPT_EMBED)),
+            nn.with_logical_partitioning(self.initializer, (axes.PROMPT, axes.PROMPT_EMBED)),
             (self.length, embed_dim),
             self.param_dtype,
         )
@@ -42,12 +45,14 @@ class PrefixPrompt(nn.Module):
     """Prepends the prompt to embedded inputs: [B, T, H] -> [B, P + T, H]."""
 
     length: int
-    init: Initializer
+    initializer: Initializer
     param_dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x_embed: Array) -> Array:
-        prompt = Prompt(self.length, self.init, self.param_dtype, name="prompt")(x_embed.shape[-1])
+        prompt = Prompt(self.length, self.initializer, self.param_dtype, name="prompt")(
+            x_embed.shape[-1]
+        )
         batch = jnp.broadcast_to(
             jnp.asarray(prompt, x_embed.dtype)[None], (x_embed.shape[0],) + prompt.shape
         )

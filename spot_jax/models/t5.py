@@ -49,6 +49,7 @@ class EncoderLayer(nn.Module):
             c.head_dim,
             c.dropout_rate,
             float32_logits=c.float32_attention_logits,
+            implementation=c.attention_impl,
             name="attention",
             **kw,
         )(h, h, bias, deterministic=self.deterministic)
@@ -81,6 +82,7 @@ class DecoderLayer(nn.Module):
             c.head_dim,
             c.dropout_rate,
             float32_logits=c.float32_attention_logits,
+            implementation=c.attention_impl,
             **kw,
         )
         h = layers.RMSNorm(name="pre_self_attention_layer_norm", **kw)(x)
