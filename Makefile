@@ -14,8 +14,12 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+DEMO_DIR ?= demo_out/synthetic_prompt
+
 demo: $(STAMP)
-	$(BIN)/spot-jax demo
+	$(BIN)/spot-jax train --gin_file=demo/synthetic_prompt.gin --gin.MODEL_DIR=$(DEMO_DIR)
+	@echo "Outputs in $(DEMO_DIR): config.gin, metrics.jsonl, checkpoints/ (Orbax),"
+	@echo "numpy_checkpoints/checkpoint_<step>/encoder.prompt.prompt.prompt (the prompts)"
 
 lint: $(STAMP)
 	$(BIN)/ruff format --check spot_jax tools tests

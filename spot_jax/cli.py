@@ -10,6 +10,7 @@ stderr and exit status 1.
 """
 
 import argparse
+import logging
 import os
 import re
 import sys
@@ -66,11 +67,21 @@ def _resolve(gin_file: str, search: list[Path]) -> str:
     )
 
 
+class _GinSearchNoise(logging.Filter):
+    """Drops gin's ERROR 'Path not found' records: gin logs one for every search path that an
+    `include` is *not* found in (it probes each as a Python package) before finding it in gin/.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.module == "resource_reader" and record.msg == "Path not found: %s")
+
+
 def run_job(job: str, argv: list[str]) -> int:
     import importlib
 
     import gin
 
+    logging.getLogger().addFilter(_GinSearchNoise())
     args = parse_gin_args(argv)
     if not args.gin_file:
         raise SystemExit(f"spot-jax {job}: give at least one --gin_file")
@@ -92,21 +103,23 @@ def run_job(job: str, argv: list[str]) -> int:
     model_dir = gin.query_parameter("%MODEL_DIR")
     if not isinstance(model_dir, str):
         raise ValueError("set MODEL_DIR, e.g. --gin.MODEL_DIR=/tmp/my_run")
-    _write_config(model_dir)
+    # eval/infer run on a training MODEL_DIR: their configs must not replace the training one.
+    _write_config(model_dir, "config.gin" if job == "train" else f"config_{job}.gin")
     gin.get_configurable(fn)()
     return 0
 
 
-def _write_config(model_dir: str) -> None:
-    """Writes the operative config to MODEL_DIR/config.gin (process 0)."""
-    import gin
+def _write_config(model_dir: str, name: str = "config.gin") -> None:
+    """Writes the config to MODEL_DIR/<name> (process 0)."""
     import jax
     from etils import epath
+
+    import gin
 
     if jax.process_index() == 0:
         path = epath.Path(model_dir)
         path.mkdir(parents=True, exist_ok=True)
-        (path / "config.gin").write_text(gin.config_str())
+        (path / name).write_text(gin.config_str())
 
 
 def _one_line(e: BaseException) -> str:
@@ -117,7 +130,12 @@ def _one_line(e: BaseException) -> str:
             f"missing required setting(s) {m.group(2)} of {m.group(1)}: set the macro, "
             "e.g. --gin.MODEL_DIR=/path/to/dir (see the run file's header)"
         )
-    m = re.search(r"macro '?(\w+)'? .*REQUIRED|(\w+) = %gin.REQUIRED", text)
+    m = re.search(r"(\w+)/macro\.value set to `%gin\.REQUIRED` but not subsequently", text)
+    if m:
+        return (
+            f"missing required macro {m.group(1)}: set it, e.g. --gin.{m.group(1)}=VALUE "
+            "(see the run file's header)"
+        )
     first = text.splitlines()[0] if text else type(e).__name__
     return f"{type(e).__name__}: {first}"
 

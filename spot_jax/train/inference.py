@@ -15,8 +15,8 @@ from spot_jax import axes, data
 from spot_jax.data.config import DatasetConfig
 from spot_jax.models import prompts
 from spot_jax.models.prompted import PROMPT_PATH, PromptedT5
-from spot_jax.train import checkpoints, sharding, steps, trainer
 from spot_jax.train import optim as optim_lib
+from spot_jax.train import sharding, steps, trainer
 
 
 def latest_numpy_prompt(model_dir: epath.PathLike) -> epath.Path:
@@ -31,26 +31,50 @@ def latest_numpy_prompt(model_dir: epath.PathLike) -> epath.Path:
     return found[-1][1] / PROMPT_PATH.replace("/", ".")
 
 
-def _load(model: PromptedT5, eval_data, model_dir, prompt_file, initial_checkpoint_path,
-          model_parallel, seed):
+def _load(
+    model: PromptedT5,
+    eval_data,
+    model_dir,
+    prompt_file,
+    initial_checkpoint_path,
+    model_parallel,
+    seed,
+):
     if model.prompt_length:
         path = prompt_file or latest_numpy_prompt(model_dir)
-        model = PromptedT5(model.config, model.prompt_length, prompts.from_file(str(path)),
-                           model.z_loss, model.decoding)
+        model = PromptedT5(
+            model.config,
+            model.prompt_length,
+            prompts.from_file(str(path)),
+            model.z_loss,
+            model.decoding,
+        )
     mesh = sharding.make_mesh(model_parallel)
     rules = axes.standard_rules()
     params, _ = trainer.build_params(
-        model, mesh, rules, batch_size=eval_data.batch_size,
+        model,
+        mesh,
+        rules,
+        batch_size=eval_data.batch_size,
         feature_lengths=dict(eval_data.task_feature_lengths),
-        initial_checkpoint_path=initial_checkpoint_path, seed=seed,
+        initial_checkpoint_path=initial_checkpoint_path,
+        seed=seed,
     )
     trainable, frozen = optim_lib.split_trainable(params, ".*")
     return model, mesh, rules, trainable, frozen
 
 
-def evaluate_job(*, model: PromptedT5, eval_data: DatasetConfig, model_dir: str,
-                 prompt_file: str | None = None, initial_checkpoint_path: str | None = None,
-                 model_parallel: int = 1, eval_steps: int | None = None, seed: int = 0):
+def evaluate_job(
+    *,
+    model: PromptedT5,
+    eval_data: DatasetConfig,
+    model_dir: str,
+    prompt_file: str | None = None,
+    initial_checkpoint_path: str | None = None,
+    model_parallel: int = 1,
+    eval_steps: int | None = None,
+    seed: int = 0,
+):
     """Evaluates and writes MODEL_DIR/eval_metrics.json; returns the metrics."""
     model, mesh, rules, trainable, frozen = _load(
         model, eval_data, model_dir, prompt_file, initial_checkpoint_path, model_parallel, seed
@@ -64,9 +88,17 @@ def evaluate_job(*, model: PromptedT5, eval_data: DatasetConfig, model_dir: str,
     return metrics
 
 
-def infer_job(*, model: PromptedT5, eval_data: DatasetConfig, model_dir: str,
-              prompt_file: str | None = None, initial_checkpoint_path: str | None = None,
-              model_parallel: int = 1, eval_steps: int | None = None, seed: int = 0):
+def infer_job(
+    *,
+    model: PromptedT5,
+    eval_data: DatasetConfig,
+    model_dir: str,
+    prompt_file: str | None = None,
+    initial_checkpoint_path: str | None = None,
+    model_parallel: int = 1,
+    eval_steps: int | None = None,
+    seed: int = 0,
+):
     """Decodes the split and writes MODEL_DIR/inference.jsonl (input, target, prediction ids)."""
     model, mesh, rules, trainable, frozen = _load(
         model, eval_data, model_dir, prompt_file, initial_checkpoint_path, model_parallel, seed
@@ -88,12 +120,14 @@ def infer_job(*, model: PromptedT5, eval_data: DatasetConfig, model_dir: str,
             scores = np.asarray(jax.device_get(scores))[:, -1]
             real = data.real_rows(local)
             for j in np.flatnonzero(real):
-                rows.append({
-                    "inputs": _strip(local["encoder_input_tokens"][j]),
-                    "targets": _strip(local["decoder_target_tokens"][j]),
-                    "prediction": _strip(tokens[j]),
-                    "score": float(scores[j]),
-                })
+                rows.append(
+                    {
+                        "inputs": _strip(local["encoder_input_tokens"][j]),
+                        "targets": _strip(local["decoder_target_tokens"][j]),
+                        "prediction": _strip(tokens[j]),
+                        "score": float(scores[j]),
+                    }
+                )
     if jax.process_index() == 0:
         with (out / "inference.jsonl").open("w") as f:
             for r in rows:

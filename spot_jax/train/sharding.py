@@ -91,3 +91,10 @@ def global_batch(local: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.A
         shape = (value.shape[0] * num_shards,) + value.shape[1:]
         out[name] = jax.make_array_from_process_local_data(sharding, value, shape)
     return out
+
+
+def to_host(x: jax.Array, mesh: Mesh) -> np.ndarray:
+    """The whole value of a (possibly multi-host sharded) array, as numpy on every process."""
+    if x.is_fully_addressable or x.is_fully_replicated:
+        return np.asarray(jax.device_get(x))
+    return np.asarray(jax.device_get(jax.jit(lambda a: a, out_shardings=replicated(mesh))(x)))

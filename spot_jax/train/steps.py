@@ -22,8 +22,8 @@ def train_step(
 ):
     """One update. Returns (new state, metric sums).
 
-    A non-finite loss or gradient leaves the state unchanged and sets `metrics['nonfinite']`,
-    so the trainer can stop with the last good state intact.
+    A non-finite loss, gradient or updated param leaves the state unchanged and sets
+    `metrics['nonfinite']`, so the trainer can stop with the last good state intact.
     """
     rng = jax.random.fold_in(dropout_rng, state.step)
 
@@ -34,8 +34,10 @@ def train_step(
     (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.trainable)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.trainable)
     trainable = optax.apply_updates(state.trainable, updates)
+    # The new params too: finite gradients can still give a non-finite update (e.g. an inf
+    # learning rate), which must not reach the state, and from there a checkpoint.
     finite = jnp.isfinite(loss) & jnp.all(
-        jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)])
+        jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves((grads, trainable))])
     )
     new_state = state_lib.TrainState(state.step + 1, trainable, opt_state)
     # Keep the old values on a bad step (select, not branch: both sides are already computed).

@@ -64,13 +64,20 @@ def build_params(
             "decoder_input_tokens": ids(feature_lengths["targets"]),
             "decoder_target_tokens": ids(feature_lengths["targets"]),
         }
-        init = lambda rng: state_lib.flatten_params(nn.unbox(model.init(rng, fake)))  # noqa: E731
+        frozen_dtype = model.config.frozen_dtype
+
+        def init(rng):
+            flat = state_lib.flatten_params(nn.unbox(model.init(rng, fake)))
+            flat.pop(PROMPT_PATH, None)
+            # Cast inside the jit so a bf16 XXL never holds all its float32 weights at once.
+            return {k: v.astype(frozen_dtype) if frozen_dtype else v for k, v in flat.items()}
+
+        out_shardings = {k: v for k, v in shardings.items() if k != PROMPT_PATH}
         with mesh:
-            params = jax.jit(init, out_shardings=shardings)(rng_init)
-        params.pop(PROMPT_PATH, None)
+            params = jax.jit(init, out_shardings=out_shardings)(rng_init)
     if model.config.frozen_dtype is not None:
         dtype = jnp.dtype(model.config.frozen_dtype)
-        params = {k: v.astype(dtype) for k, v in params.items()}
+        params = {k: v.astype(dtype) if v.dtype != dtype else v for k, v in params.items()}
     if model.prompt_length:
         params[PROMPT_PATH] = initial_prompt(model, params, rng_prompt, shardings[PROMPT_PATH])
     return params, shardings
@@ -84,9 +91,8 @@ def initial_prompt(model: PromptedT5, params, rng, prompt_sharding) -> jax.Array
     shape = (model.prompt_length, model.config.emb_dim)
     kwargs = {}
     if getattr(init, "needs_embeddings", False):
-        kwargs["embeddings"] = np.asarray(
-            jax.device_get(params["token_embedder/embedding"]), np.float32
-        )
+        table = params["token_embedder/embedding"]
+        kwargs["embeddings"] = sharding.to_host(table, table.sharding.mesh).astype(np.float32)
     prompt = np.asarray(init(rng, shape, jnp.float32, **kwargs), np.float32)
     return jax.device_put(prompt, prompt_sharding)
 
@@ -216,44 +222,48 @@ def train(
     )
     bar = _progress(progress, start_step, train_steps)
     t0, steps_since = time.perf_counter(), 0
-    with mesh, nn.logical_axis_rules(list(rules)):
-        if start_step == 0 and latest is None:
-            save(0)
-        for step in range(start_step + 1, train_steps + 1):
-            local = next(batches)
-            batch = sharding.global_batch(local, mesh)
-            state, metrics = train_step(state, frozen, batch, dropout_rng)
-            data_position += 1
-            pending.append(metrics)
-            steps_since += 1
-            is_save = step % checkpoint_period == 0 or step == train_steps
-            is_eval = eval_data is not None and (step % eval_period == 0 or step == train_steps)
-            if step % log_period == 0 or is_save or is_eval:
-                summed = jax.device_get(jax.tree.map(lambda *x: sum(x), *pending))
-                pending = []
-                if summed["nonfinite"]:
-                    raise TrainingError(
-                        f"non-finite loss or gradient before step {step}; stopped without saving. "
-                        f"The last good checkpoint ({ckpt.latest_step()}) is kept in {model_dir}. "
-                        "Lower LEARNING_RATE or check the data"
-                    )
-                elapsed = time.perf_counter() - t0
-                last = _train_log(summed, steps_since, elapsed, tokens_per_step)
-                last["step"] = step
-                eval_metrics = run_eval(step) if is_eval else {}
-                last.update(eval_metrics)
-                _append_jsonl(metrics_file, last)
-                bar.set_postfix(loss=f"{last['train/loss']:.4f}", refresh=False)
-                logging.info("step %d %s", step, last)
-                if not progress:
-                    print(_format_log(last), flush=True)
-                if is_save:
-                    save(step, eval_metrics or None)
-                # Eval and save time stays out of the next window's steps/s.
-                t0, steps_since = time.perf_counter(), 0
-            bar.update(1)
-    bar.close()
-    ckpt.close()
+    # Close the bar (its line ends) and the checkpointer on every exit, so an error is
+    # reported on a line of its own.
+    try:
+        with mesh, nn.logical_axis_rules(list(rules)):
+            if start_step == 0 and latest is None:
+                save(0)
+            for step in range(start_step + 1, train_steps + 1):
+                local = next(batches)
+                batch = sharding.global_batch(local, mesh)
+                state, metrics = train_step(state, frozen, batch, dropout_rng)
+                data_position += 1
+                pending.append(metrics)
+                steps_since += 1
+                is_save = step % checkpoint_period == 0 or step == train_steps
+                is_eval = eval_data is not None and (step % eval_period == 0 or step == train_steps)
+                if step % log_period == 0 or is_save or is_eval:
+                    summed = jax.device_get(jax.tree.map(lambda *x: sum(x), *pending))
+                    pending = []
+                    if summed["nonfinite"]:
+                        raise TrainingError(
+                            f"non-finite loss, gradient or update before step {step}; stopped "
+                            f"without saving. The last good checkpoint ({ckpt.latest_step()}) is "
+                            f"kept in {model_dir}. Lower LEARNING_RATE or check the data"
+                        )
+                    elapsed = time.perf_counter() - t0
+                    last = _train_log(summed, steps_since, elapsed, tokens_per_step)
+                    last["step"] = step
+                    eval_metrics = run_eval(step) if is_eval else {}
+                    last.update(eval_metrics)
+                    _append_jsonl(metrics_file, last)
+                    bar.set_postfix(loss=f"{last['train/loss']:.4f}", refresh=False)
+                    logging.info("step %d %s", step, last)
+                    if not progress:
+                        print(_format_log(last), flush=True)
+                    if is_save:
+                        save(step, eval_metrics or None)
+                    # Eval and save time stays out of the next window's steps/s.
+                    t0, steps_since = time.perf_counter(), 0
+                bar.update(1)
+    finally:
+        bar.close()
+        ckpt.close()
     return last
 
 
@@ -284,8 +294,8 @@ def evaluate(
                 totals[k] = totals.get(k, 0.0) + float(v)
             if predict:
                 tokens, _ = predict_fn(trainable, frozen, batch, jax.random.PRNGKey(0))
-                pred = np.asarray(jax.device_get(tokens))[:, -1]
-                target = np.asarray(jax.device_get(batch["decoder_target_tokens"]))
+                pred = sharding.to_host(tokens, mesh)[:, -1]
+                target = sharding.to_host(batch["decoder_target_tokens"], mesh)
                 real = target[:, 0] != 0
                 exact += int(np.sum(np.all(pred == target, axis=-1) & real))
                 sequences += int(np.sum(real))

@@ -1,0 +1,133 @@
+"""Adafactor against a hand computation of T5X's update rule; schedules; trainable split."""
+
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from spot_jax.train import optim
+
+LR, WD, EPS1 = 0.3, 1e-5, 1e-30
+
+
+def _decay(step, exponent=0.8):
+    """T5X's second-moment decay at (0-based) step: 1 - (step + 1)^-0.8."""
+    return 1.0 - (step + 1.0) ** (-exponent)
+
+
+def _clip(u, threshold=1.0):
+    return u / max(1.0, float(np.sqrt(np.mean(u**2))) / threshold)
+
+
+def t5x_unfactored(param, grads):
+    """T5X Adafactor, unfactored v, no parameter scale, decoupled weight decay (numpy)."""
+    param = param.astype(np.float64)
+    v = np.zeros_like(param)
+    for step, g in enumerate(grads):
+        g = g.astype(np.float64)
+        decay = _decay(step)
+        v = decay * v + (1 - decay) * (g**2 + EPS1)
+        u = _clip(g / np.sqrt(v))
+        param = (1 - WD) * param - LR * u
+    return param
+
+
+def t5x_factored(param, grads):
+    """T5X Adafactor with factored second moments for a 2-D param (row = dim 0 here)."""
+    param = param.astype(np.float64)
+    v_row = np.zeros(param.shape[0])
+    v_col = np.zeros(param.shape[1])
+    for step, g in enumerate(grads):
+        g = g.astype(np.float64)
+        decay = _decay(step)
+        g2 = g**2 + EPS1
+        v_row = decay * v_row + (1 - decay) * g2.mean(axis=1)
+        v_col = decay * v_col + (1 - decay) * g2.mean(axis=0)
+        row_factor = 1 / np.sqrt(v_row / v_row.mean())
+        col_factor = 1 / np.sqrt(v_col)
+        u = _clip(g * row_factor[:, None] * col_factor[None, :])
+        param = (1 - WD) * param - LR * u
+    return param
+
+
+def _run(opt, param, grads):
+    params = {"p": jnp.asarray(param)}
+    state = opt.init(params)
+    for g in grads:
+        updates, state = opt.update({"p": jnp.asarray(g)}, state, params)
+        params = optax.apply_updates(params, updates)
+    return np.asarray(params["p"])
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)
+
+
+def test_adafactor_one_step_matches_t5x_rule_with_weight_decay(rng):
+    param = rng.normal(size=(5, 8)).astype(np.float32)  # a prompt: both dims < 128
+    grad = rng.normal(scale=0.01, size=(5, 8)).astype(np.float32)
+    got = _run(optim.adafactor(LR, weight_decay_rate=WD), param, [grad])
+    want = t5x_unfactored(param, [grad])
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    # First step: v = g^2, u = sign(g) with RMS 1 (no clipping), so the step is exactly lr.
+    np.testing.assert_allclose(got, (1 - WD) * param - LR * np.sign(grad), rtol=1e-5, atol=1e-6)
+
+
+def test_adafactor_weight_decay_is_not_scaled_by_learning_rate(rng):
+    param = rng.normal(size=(4, 4)).astype(np.float32)
+    zero = np.zeros_like(param)
+    # A zero gradient gives a zero Adafactor update, leaving only the decay: (1 - wd) * p.
+    got = _run(optim.adafactor(learning_rate=1e-3, weight_decay_rate=0.1), param, [zero])
+    np.testing.assert_allclose(got, 0.9 * param, rtol=1e-6)
+    no_decay = _run(optim.adafactor(learning_rate=1e-3, weight_decay_rate=None), param, [zero])
+    np.testing.assert_array_equal(no_decay, param)
+
+
+def test_adafactor_three_steps_decay_and_clipping(rng):
+    param = rng.normal(size=(6, 3)).astype(np.float32)
+    grads = [rng.normal(scale=s, size=(6, 3)).astype(np.float32) for s in (1.0, 0.1, 5.0)]
+    got = _run(optim.adafactor(LR, weight_decay_rate=WD), param, grads)
+    np.testing.assert_allclose(got, t5x_unfactored(param, grads), rtol=1e-5, atol=1e-6)
+
+
+def test_adafactor_factored_second_moments(rng):
+    param = rng.normal(size=(128, 130)).astype(np.float32)
+    grads = [rng.normal(size=(128, 130)).astype(np.float32) for _ in range(2)]
+    got = _run(optim.adafactor(LR, weight_decay_rate=WD), param, grads)
+    np.testing.assert_allclose(got, t5x_factored(param, grads), rtol=1e-4, atol=1e-5)
+    # Unfactored would differ: the test can tell the two apart.
+    assert not np.allclose(got, t5x_unfactored(param, grads), atol=1e-4)
+
+
+def test_learning_rate_schedules():
+    const = optim.learning_rate_schedule("constant", 0.3)
+    assert float(const(0)) == pytest.approx(0.3) and float(const(10**6)) == pytest.approx(0.3)
+    t5 = optim.learning_rate_schedule("constant * rsqrt_decay", 1.0, warmup_steps=100)
+    assert float(t5(10)) == pytest.approx(0.1) and float(t5(400)) == pytest.approx(0.05)
+    warm = optim.learning_rate_schedule("constant * linear_warmup", 2.0, warmup_steps=10)
+    assert float(warm(5)) == pytest.approx(1.0) and float(warm(20)) == pytest.approx(2.0)
+    lin = optim.learning_rate_schedule("constant * linear_decay", 1.0, decay_steps=10)
+    assert float(lin(5)) == pytest.approx(0.5) and float(lin(10)) == pytest.approx(1e-8)
+    cos = optim.learning_rate_schedule("constant * cosine_decay", 1.0, decay_steps=10)
+    assert float(cos(5)) == pytest.approx(0.5, abs=1e-6)
+    with pytest.raises(ValueError, match="unknown"):
+        optim.learning_rate_schedule("constant * bogus")
+    with pytest.raises(ValueError, match="decay_steps"):
+        optim.learning_rate_schedule("linear_decay")
+
+
+def test_split_trainable_by_fullmatch():
+    flat = {
+        "encoder/prompt/prompt/prompt": 1,
+        "encoder/layers_0/attention/query/kernel": 2,
+        "token_embedder/embedding": 3,
+    }
+    trainable, frozen = optim.split_trainable(flat, optim.PROMPT_REGEX)
+    assert set(trainable) == {"encoder/prompt/prompt/prompt"}
+    assert set(frozen) == set(flat) - set(trainable)
+    everything, none = optim.split_trainable(flat, ".*")
+    assert everything == flat and none == {}
+    # fullmatch, not search: 'prompt' alone matches nothing.
+    with pytest.raises(ValueError, match="matches no parameter"):
+        optim.split_trainable(flat, "prompt")

@@ -1,0 +1,130 @@
+"""train_step invariants: only trainable leaves change, the optimizer holds only them, and a
+non-finite step leaves the state untouched."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from spot_jax import axes
+from spot_jax.data import synthetic
+from spot_jax.models import config, prompted
+from spot_jax.train import optim, sharding, state, steps, trainer
+
+LENGTHS = {"inputs": 16, "targets": 8}
+PROMPT = prompted.PROMPT_PATH
+
+
+@pytest.fixture(scope="module")
+def setup():
+    model = prompted.PromptedT5(config.named_config("tiny", dtype="float32"), prompt_length=5)
+    mesh = sharding.make_mesh(2)
+    params, shardings = trainer.build_params(
+        model,
+        mesh,
+        axes.standard_rules(),
+        batch_size=8,
+        feature_lengths=LENGTHS,
+        initial_checkpoint_path=None,
+        seed=0,
+    )
+    batch = sharding.global_batch(synthetic.make_batch(8, LENGTHS, 512), mesh)
+    return model, mesh, params, shardings, batch
+
+
+def _one_step(setup, trainable_regex, frozen_override=None, learning_rate=0.3):
+    """One jitted, donating train step as the trainer runs it. Returns (before, after, ...)."""
+    model, mesh, params, shardings, batch = setup
+    optimizer = optim.adafactor(learning_rate)
+    trainable, frozen = optim.split_trainable(params, trainable_regex)
+    if frozen_override:
+        frozen = {**frozen, **frozen_override}
+    with mesh:
+        train_state = jax.jit(functools.partial(state.create, optimizer=optimizer))(trainable)
+        state_shardings = jax.tree.map(lambda x: x.sharding, train_state)
+        before = {k: np.array(v) for k, v in {**frozen, **train_state.trainable}.items()}
+        step = jax.jit(
+            functools.partial(steps.train_step, model, optimizer),
+            in_shardings=(
+                state_shardings,
+                {k: shardings[k] for k in frozen},
+                sharding.batch_sharding(mesh),
+                sharding.replicated(mesh),
+            ),
+            out_shardings=(state_shardings, sharding.replicated(mesh)),
+            donate_argnums=(0,),
+        )
+        new_state, metrics = step(train_state, frozen, batch, jax.random.PRNGKey(0))
+    return before, new_state, frozen, metrics
+
+
+def _opt_state_param_names(opt_state):
+    """The param names that key the optimizer state's leaves."""
+    names = set()
+    for path, _ in jax.tree_util.tree_flatten_with_path(opt_state)[0]:
+        names |= {k.key for k in path if isinstance(k, jax.tree_util.DictKey)}
+    return names
+
+
+def test_prompt_tuning_step_changes_only_the_prompt(setup):
+    before, new_state, frozen, metrics = _one_step(setup, optim.PROMPT_REGEX)
+    assert set(new_state.trainable) == {PROMPT}
+    assert int(new_state.step) == 1 and int(metrics["nonfinite"]) == 0
+    assert np.isfinite(float(metrics["loss"])) and float(metrics["grad_norm"]) > 0
+    after = {**frozen, **new_state.trainable}
+    assert set(after) == set(before) and len(after) == 53
+    assert not np.array_equal(np.asarray(after[PROMPT]), before[PROMPT])
+    for name, value in frozen.items():
+        # Bitwise: the frozen arrays are read, never updated, donated or re-cast.
+        assert value.dtype == before[name].dtype
+        assert np.asarray(value).tobytes() == before[name].tobytes(), name
+    assert _opt_state_param_names(new_state.opt_state) == {PROMPT}
+    opt_elements = sum(x.size for x in jax.tree.leaves(new_state.opt_state))
+    assert opt_elements <= 2 * before[PROMPT].size
+
+
+def test_model_tuning_step_changes_every_leaf(setup):
+    before, new_state, frozen, metrics = _one_step(setup, ".*")
+    assert frozen == {} and int(metrics["nonfinite"]) == 0
+    assert set(new_state.trainable) == set(before)
+    unchanged = [
+        k for k, v in new_state.trainable.items() if np.array_equal(np.asarray(v), before[k])
+    ]
+    assert unchanged == []
+    assert _opt_state_param_names(new_state.opt_state) == set(before)
+
+
+def test_nonfinite_step_keeps_the_old_state(setup):
+    _, _, params, _, _ = setup
+    embedding = np.array(params["token_embedder/embedding"])
+    embedding[:] = np.nan
+    before, new_state, _, metrics = _one_step(
+        setup, optim.PROMPT_REGEX, {"token_embedder/embedding": jnp.asarray(embedding)}
+    )
+    assert int(metrics["nonfinite"]) == 1
+    assert int(new_state.step) == 0
+    np.testing.assert_array_equal(np.asarray(new_state.trainable[PROMPT]), before[PROMPT])
+    assert all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree.leaves(new_state.opt_state))
+
+
+def test_nonfinite_update_keeps_the_old_state(setup):
+    # Loss and gradient are finite; only the update is not. It must not reach the state.
+    before, new_state, _, metrics = _one_step(setup, optim.PROMPT_REGEX, learning_rate=np.inf)
+    assert np.isfinite(float(metrics["loss"])) and np.isfinite(float(metrics["grad_norm"]))
+    assert int(metrics["nonfinite"]) == 1 and int(new_state.step) == 0
+    np.testing.assert_array_equal(np.asarray(new_state.trainable[PROMPT]), before[PROMPT])
+
+
+def test_eval_and_score_steps_use_the_merged_params(setup):
+    model, _, params, _, batch = setup
+    trainable, frozen = optim.split_trainable(params, optim.PROMPT_REGEX)
+    metrics = jax.jit(functools.partial(steps.eval_step, model))(trainable, frozen, batch)
+    scores = jax.jit(functools.partial(steps.score_step, model))(trainable, frozen, batch)
+    assert scores.shape == (8,) and np.all(np.asarray(scores) < 0)
+    # Summed loss = -sum of log-likelihoods + z-loss.
+    np.testing.assert_allclose(
+        float(metrics["loss"]) - float(metrics["z_loss"]), -float(scores.sum()), rtol=1e-5
+    )
+    assert float(metrics["weight_sum"]) == float(batch["decoder_loss_weights"].sum())
