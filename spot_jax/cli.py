@@ -111,10 +111,9 @@ def run_job(job: str, argv: list[str]) -> int:
 
 def _write_config(model_dir: str, name: str = "config.gin") -> None:
     """Writes the config to MODEL_DIR/<name> (process 0)."""
+    import gin
     import jax
     from etils import epath
-
-    import gin
 
     if jax.process_index() == 0:
         path = epath.Path(model_dir)

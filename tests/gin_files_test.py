@@ -3,11 +3,11 @@
 import re
 from pathlib import Path
 
+import gin
 import jax
 import numpy as np
 import pytest
 
-import gin
 from spot_jax.data import config as data_config
 from spot_jax.models import config, prompted
 from spot_jax.train import inference, optim, trainer
