@@ -110,7 +110,13 @@ def run_job(job: str, argv: list[str]) -> int:
 
 
 def _write_config(model_dir: str, name: str = "config.gin") -> None:
-    """Writes the config to MODEL_DIR/<name> (process 0)."""
+    """Writes the config to MODEL_DIR/<name> (process 0).
+
+    A different config already there (an earlier run's) is kept as `<name>.<time>` rather than
+    overwritten, so a rerun that fails (e.g. refused for another model size) loses nothing.
+    """
+    import time
+
     import gin
     import jax
     from etils import epath
@@ -118,7 +124,10 @@ def _write_config(model_dir: str, name: str = "config.gin") -> None:
     if jax.process_index() == 0:
         path = epath.Path(model_dir)
         path.mkdir(parents=True, exist_ok=True)
-        (path / name).write_text(gin.config_str())
+        target, text = path / name, gin.config_str()
+        if target.exists() and target.read_text() != text:
+            target.rename(path / f"{name}.{time.strftime('%Y%m%d-%H%M%S')}")
+        target.write_text(text)
 
 
 def _one_line(e: BaseException) -> str:

@@ -101,6 +101,7 @@ def test_missing_prompt_file(tmp_path):
 
 def test_model_dir_of_another_model_size(trained):
     before = snapshot(trained)
+    original_config = (trained / "config.gin").read_text()
     for override, field in [
         ("--gin.PROMPT_LENGTH=6", "prompt_length"),
         ("--gin.config.T5Config.emb_dim=16", "emb_dim"),
@@ -110,6 +111,9 @@ def test_model_dir_of_another_model_size(trained):
         )
         assert field in message and "MODEL_DIR" in message, message
     assert snapshot(trained) == before
+    # The refused run's config does not replace the original one without a copy.
+    configs = [p.read_text() for p in trained.glob("config.gin*")]
+    assert original_config in configs
 
 
 def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(trained):
