@@ -16,6 +16,8 @@ import re
 import sys
 from pathlib import Path
 
+from spot_jax import runtime_flags
+
 GIN_DIR = Path(__file__).resolve().parent.parent / "gin"
 JOBS = {
     "train": ("spot_jax.train.trainer", "train"),
@@ -148,18 +150,56 @@ def _one_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {first}"
 
 
+# Commands that are not gin jobs: name -> "module:function", the function taking argv and
+# returning an exit status. Each lives in the package that owns it.
+COMMANDS = {
+    "convert": "spot_jax.interop.commands:convert_main",
+    "export": "spot_jax.interop.commands:export_main",
+    "import-prompt": "spot_jax.interop.commands:import_prompt_main",
+    "library": "spot_jax.spot.commands:library_main",
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    commands = sorted(JOBS)
-    if not argv or argv[0] in ("-h", "--help") or argv[0] not in commands:
-        print(f"usage: spot-jax {{{','.join(commands)}}} --gin_file=F [--gin.NAME=VALUE ...]")
+    names = sorted(JOBS) + sorted(COMMANDS)
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in names:
+        print(f"usage: spot-jax {{{','.join(names)}}} ...")
+        print("  gin jobs: spot-jax train|eval|infer --gin_file=F [--gin.NAME=VALUE ...]")
         return 0 if not argv or argv[0] in ("-h", "--help") else 2
-    return run_gin_job(argv[0], argv[1:])
+    if argv[0] in JOBS:
+        return run_gin_job(argv[0], argv[1:])
+    return run_command(argv[0], argv[1:])
+
+
+def run_command(name: str, argv: list[str]) -> int:
+    """Runs a non-gin command; bad input -> one line on stderr, exit 1."""
+    import importlib
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    runtime_flags.set_default_xla_flags()
+    module_name, fn_name = COMMANDS[name].split(":")
+    try:
+        fn = getattr(importlib.import_module(module_name), fn_name)
+    except (ImportError, AttributeError) as e:
+        print(f"spot-jax {name}: not available in this build ({e})", file=sys.stderr)
+        return 2
+    try:
+        return int(fn(argv) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # one clear line for users; the traceback on demand
+        if os.environ.get("SPOT_JAX_DEBUG"):
+            raise
+        print(f"spot-jax {name}: error: {_one_line(e)}", file=sys.stderr)
+        return 1
 
 
 def run_gin_job(job: str, argv: list[str]) -> int:
     """Runs a job; bad input -> one line on stderr, exit 1 (tracebacks with SPOT_JAX_DEBUG=1)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    runtime_flags.set_default_xla_flags()
     try:
         run_job(job, argv)
         return 0

@@ -22,6 +22,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from spot_jax import runtime_flags  # noqa: E402
+
+# The same XLA flags the spot-jax CLI sets, so the benchmark measures what users run.
+runtime_flags.set_default_xla_flags()
+
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
