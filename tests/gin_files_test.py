@@ -25,6 +25,7 @@ STUBS = {
     "INITIAL_CHECKPOINT_PATH": "None",
     "PROMPT_FILE": "None",
     "CLASS_LABELS": "['positive', 'negative']",
+    "LIBRARY_DIR": "'/tmp/spot_jax_lib'",
 }
 # What must be parsed before a file of each folder (a run file needs a model's T5_CONFIG,
 # a prompt initialiser is included after a run file).
@@ -34,6 +35,7 @@ PREREQUISITES = {
     "prompts": ["models/t5_1_1/tiny.gin", "runs/prompt_tune.gin"],
     "test": [],
     "demo": [],
+    "spot": ["models/t5_1_1/tiny.gin", "runs/prompt_tune.gin"],
 }
 # Complete jobs (need only MODEL_DIR): the job each binds.
 JOB_FILES = [

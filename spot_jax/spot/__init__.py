@@ -1,0 +1,1 @@
+"""SPoT on a prompt library: store prompts, compare them, retrieve sources, transfer."""

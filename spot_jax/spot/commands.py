@@ -1,0 +1,222 @@
+"""`spot-jax library ...`: manage a prompt library, compare prompts, retrieve, transfer.
+
+    spot-jax library add --library L RUN_DIR [--name N] [--checkpoint best|latest|STEP]
+    spot-jax library list|show|remove --library L [NAME]
+    spot-jax library similarity --library L --metric M [--plot out.png] [--out m.csv]
+    spot-jax library similarity --library L --metric M --target PROMPT.npy   (ranking CSV)
+    spot-jax library retrieve --library L --target RUN_DIR_or_npy --k K [--metric M]
+    spot-jax library transfer --library L --target T --k K --out-dir D -- TRAIN ARGS...
+
+Errors raise; the CLI prints them as one line and exits 1.
+"""
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from spot_jax.spot import library as library_lib
+from spot_jax.spot import retrieval, similarity, transfer
+
+METRIC_NAMES = [*similarity.METRICS, "on"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="spot-jax library", description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def cmd(name, help_):
+        s = sub.add_parser(name, help=help_)
+        s.add_argument("--library", required=True, help="library directory (path or URL)")
+        return s
+
+    s = cmd("add", "add a training run's prompt")
+    s.add_argument("model_dir", help="the run's MODEL_DIR")
+    s.add_argument("--name", default=None, help="entry name (default: the run dir's name)")
+    s.add_argument("--checkpoint", default="best", help="best | latest | STEP (default best)")
+    s.add_argument("--best-metric", default="eval/loss", help="metric choosing 'best'")
+    s.add_argument(
+        "--embedding-step",
+        type=int,
+        default=None,
+        help="task-embedding checkpoint step (closest kept; default earliest non-zero)",
+    )
+    cmd("list", "list entries")
+    s = cmd("show", "show an entry's metadata")
+    s.add_argument("name")
+    s = cmd("remove", "remove an entry")
+    s.add_argument("name")
+
+    s = cmd("similarity", "similarity matrix (or a ranking with --target)")
+    s.add_argument("--metric", required=True, choices=METRIC_NAMES)
+    s.add_argument("--target", default=None, help="a prompt .npy or run dir: rank the library")
+    s.add_argument(
+        "--use", choices=("embedding", "prompt"), default="embedding", help="which array"
+    )
+    s.add_argument("--out", default=None, help="CSV path (default: stdout)")
+    s.add_argument("--plot", default=None, help="clustered heatmap PNG path")
+    s.add_argument("--on-inputs", default=None, help="ON: .npy int tokens [B, T] (default EOS)")
+    s.add_argument("--on-layers", default=None, help="ON: layer window START:STOP (default all)")
+
+    s = cmd("retrieve", "rank library sources for a target")
+    s.add_argument("--target", required=True, help="target MODEL_DIR or early prompt .npy")
+    s.add_argument("--k", type=int, default=3)
+    s.add_argument("--metric", default=retrieval.DEFAULT_METRIC, choices=list(similarity.METRICS))
+    s.add_argument("--exclude", nargs="*", default=[], help="entries never retrieved")
+    s.add_argument("--out", default=None, help="CSV path (default: stdout)")
+
+    s = cmd("transfer", "best of top-k: k target runs, keep the best on validation")
+    s.add_argument("--target", required=True, help="target MODEL_DIR or early prompt .npy")
+    s.add_argument("--k", type=int, default=3)
+    s.add_argument("--metric", default=retrieval.DEFAULT_METRIC, choices=list(similarity.METRICS))
+    s.add_argument("--exclude", nargs="*", default=[])
+    s.add_argument("--out-dir", required=True, help="target runs go to OUT_DIR/<source>")
+    s.add_argument("--select-metric", default="eval/loss", help="validation metric to pick by")
+    s.add_argument("train_args", nargs=argparse.REMAINDER, help="-- spot-jax train arguments")
+    return p
+
+
+def library_main(argv: list[str]) -> int:
+    args = _parser().parse_args(argv)
+    lib = library_lib.Library(args.library)
+    return int(globals()[f"_{args.command}"](lib, args) or 0)
+
+
+def _add(lib, args):
+    entry = lib.add(
+        args.model_dir, args.name, args.checkpoint, args.embedding_step, args.best_metric
+    )
+    m = entry.meta
+    print(
+        f"added {entry.name}: task {m['task']}, step {m['step']} ({m['selected']}), "
+        f"embedding step {m['embedding_step']}, prompt [{m['prompt_length']}, {m['emb_dim']}]"
+    )
+
+
+def _list(lib, args):
+    print("name,task,step,embedding_step,prompt_length,emb_dim,run_dir")
+    for e in lib.entries():
+        m = e.meta
+        print(
+            f"{e.name},{m['task']},{m['step']},{m['embedding_step']},{m['prompt_length']},"
+            f"{m['emb_dim']},{m['run_dir']}"
+        )
+
+
+def _show(lib, args):
+    print(json.dumps(lib.get(args.name).meta, indent=2))
+
+
+def _remove(lib, args):
+    lib.remove(args.name)
+    print(f"removed {args.name}")
+
+
+def _arrays(lib, use: str) -> tuple[list[str], list[np.ndarray]]:
+    entries = lib.entries()
+    if not entries:
+        raise library_lib.LibraryError(f"library {lib.root} has no entries")
+    return [e.name for e in entries], [
+        e.embedding() if use == "embedding" else e.prompt() for e in entries
+    ]
+
+
+def _similarity(lib, args):
+    if args.metric == "on":
+        return _similarity_on(lib, args)
+    if args.target:
+        ranked = retrieval.rank(lib, args.target, args.metric)
+        _emit(retrieval.to_csv(ranked), args.out)
+        return
+    names, arrays = _arrays(lib, args.use)
+    sim = similarity.matrix(arrays, args.metric)
+    _emit(_matrix_csv(names, sim), args.out)
+    if args.plot:
+        similarity.plot_heatmap(sim, names, args.plot, f"{args.metric} ({args.use})")
+        print(f"wrote {args.plot}", file=sys.stderr)
+
+
+def _similarity_on(lib, args):
+    """ON needs the frozen model: rebuilt from the first entry's run (all share its
+    fingerprint)."""
+    from spot_jax.spot import neurons
+
+    names, arrays = _arrays(lib, args.use)
+    model, params = neurons.frozen_model(lib.get(names[0]).meta["run_dir"])
+    inputs = np.load(args.on_inputs) if args.on_inputs else None
+    layers = None
+    if args.on_layers:
+        start, stop = (int(x) if x else None for x in args.on_layers.split(":"))
+        layers = slice(start, stop)
+    if args.target:
+        target = retrieval.target_embedding(args.target)
+        acts = neurons.activations(model, params, target, inputs)
+        scores = [
+            (n, neurons.overlap(neurons.activations(model, params, a, inputs), acts, layers))
+            for n, a in zip(names, arrays, strict=True)
+        ]
+        scores.sort(key=lambda x: (-x[1], x[0]))
+        ranked = [retrieval.Ranked(n, s, i + 1) for i, (n, s) in enumerate(scores)]
+        _emit(retrieval.to_csv(ranked), args.out)
+        return
+    sim = neurons.on_matrix(model, params, arrays, inputs, layers)
+    _emit(_matrix_csv(names, sim), args.out)
+    if args.plot:
+        similarity.plot_heatmap(sim, names, args.plot, f"ON ({args.use})")
+        print(f"wrote {args.plot}", file=sys.stderr)
+
+
+def _matrix_csv(names, sim) -> str:
+    lines = ["," + ",".join(names)]
+    lines += [
+        n + "," + ",".join(f"{v:.8g}" for v in row) for n, row in zip(names, sim, strict=True)
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _retrieve(lib, args):
+    ranked = retrieval.rank(lib, args.target, args.metric, args.k, tuple(args.exclude))
+    _emit(retrieval.to_csv(ranked), args.out)
+
+
+def _transfer(lib, args):
+    train_args = [a for a in args.train_args if a != "--"]
+    if not any(a.startswith("--gin_file") for a in train_args):
+        raise ValueError(
+            "give the target job after --, e.g. -- --gin_file=runs/prompt_tune.gin "
+            "--gin.MIXTURE_OR_TASK_NAME=..."
+        )
+    runs = transfer.best_of_top_k(
+        lib, args.target, args.out_dir, args.k, args.metric, tuple(args.exclude)
+    )
+    cli = [sys.executable, "-m", "spot_jax.cli", "train"]
+    for run in runs:
+        print(f"target run from {run.source} (similarity {run.similarity:.4g}) -> {run.model_dir}")
+        cmd = [
+            *cli,
+            *train_args,
+            "--gin_file=prompts/from_file.gin",
+            f"--gin.PROMPT_FILE={run.prompt_file}",
+            f"--gin.MODEL_DIR={run.model_dir}",
+        ]
+        if subprocess.run(cmd).returncode != 0:
+            raise RuntimeError(f"target run from {run.source} failed: {' '.join(cmd)}")
+    best, results = transfer.pick_best(runs, args.select_metric)
+    report = {"best": best.source if best else None, "metric": args.select_metric, "runs": results}
+    Path(args.out_dir).mkdir(parents=True, exist_ok=True)
+    (Path(args.out_dir) / "best_of_top_k.json").write_text(json.dumps(report, indent=2))
+    print("source,similarity,score,model_dir")
+    for r in results:
+        print(f"{r['source']},{r['similarity']:.6g},{r['score']},{r['model_dir']}")
+    print(f"best: {report['best']} by {args.select_metric}")
+
+
+def _emit(text: str, out: str | None) -> None:
+    if out:
+        Path(out).write_text(text)
+        print(f"wrote {out}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)

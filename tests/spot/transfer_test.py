@@ -1,0 +1,162 @@
+"""Transfer strategies and their gin files on a library of hand-made runs (no training)."""
+
+import json
+from pathlib import Path
+
+import gin
+import numpy as np
+import pytest
+
+from spot_jax.models import prompted
+from spot_jax.spot import library, retrieval, similarity, transfer
+
+GIN_DIR = Path(__file__).resolve().parents[2] / "gin"
+MODEL = {
+    "vocab_size": 512,
+    "emb_dim": 8,
+    "num_heads": 4,
+    "num_encoder_layers": 2,
+    "num_decoder_layers": 2,
+    "head_dim": 2,
+    "mlp_dim": 16,
+    "relpos_buckets": 8,
+    "prompt_length": 5,
+}
+
+
+def fake_run(root: Path, name: str, task: str, seed: int, losses=(3.0, 2.0)) -> Path:
+    """A MODEL_DIR as the trainer leaves it: numpy checkpoints 0/10/20, metrics, config."""
+    run = root / name
+    rng = np.random.default_rng(seed)
+    for step in (0, 10, 20):
+        d = run / "numpy_checkpoints" / f"checkpoint_{step}"
+        d.mkdir(parents=True)
+        with open(d / library.PROMPT_FILE, "wb") as f:  # np.save(path) would append .npy
+            np.save(f, rng.normal(size=(5, 8)).astype(np.float32) + seed)
+    (run / "model.json").write_text(json.dumps(MODEL))
+    (run / "config.gin").write_text(
+        f"INITIAL_CHECKPOINT_PATH = None\nMIXTURE_OR_TASK_NAME = {task!r}\nSEED = 0\n"
+        "TRAIN_STEPS = 20\n"
+    )
+    lines = [json.dumps({"step": s, "eval/loss": v}) for s, v in zip((10, 20), losses, strict=True)]
+    (run / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    return run
+
+
+@pytest.fixture
+def lib(tmp_path):
+    lib = library.Library(tmp_path / "lib")
+    for i, task in enumerate(["rte", "mnli", "sst2"]):
+        lib.add(fake_run(tmp_path / "runs", task, task, seed=i, losses=(2.0, 3.0)))
+    return lib
+
+
+def test_best_is_the_lowest_eval_loss_and_embedding_the_earliest(lib, tmp_path):
+    entry = lib.get("rte")
+    assert entry.meta["step"] == 10 and entry.meta["embedding_step"] == 10
+    run = tmp_path / "runs" / "rte"
+    assert library.embedding_step(run, 16) == 20 and library.embedding_step(run, 15) == 10
+    with pytest.raises(library.LibraryError, match="no numpy checkpoint at step 7"):
+        library.select_step(run, 7)
+
+
+def test_weighted_average_is_sim_over_sum_of_sims(lib):
+    target = lib.get("mnli").embedding() + 0.1
+    sims = {e.name: similarity.e_concat(e.embedding(), target) for e in lib}
+    top = sorted(sims, key=sims.get, reverse=True)[:2]
+    alphas = np.array([sims[n] for n in top]) / sum(sims[n] for n in top)
+    want = sum(a * lib.get(n).prompt() for a, n in zip(alphas, top, strict=True))
+    prompt, weights = transfer.weighted_average(lib, target, k=2, metric="e_concat")
+    np.testing.assert_allclose(prompt, want, rtol=1e-6)
+    assert [n for n, _ in weights] == top and sum(a for _, a in weights) == pytest.approx(1)
+    # A k of 1 is the single best source.
+    prompt1, _ = transfer.weighted_average(lib, target, k=1, metric="e_concat")
+    np.testing.assert_array_equal(prompt1, lib.get("mnli").prompt())
+
+
+def test_weighted_average_refuses_non_positive_similarities(lib):
+    with pytest.raises(ValueError, match="positive similarities"):
+        transfer.weighted_average(lib, -lib.get("mnli").embedding(), k=3, metric="c_concat")
+
+
+def test_from_library_checks_the_model_shape(lib):
+    init = transfer.from_library(lib.root, "sst2")
+    np.testing.assert_array_equal(init(None, (5, 8)), lib.get("sst2").prompt())
+    with pytest.raises(ValueError, match="shape"):
+        init(None, (6, 8))
+
+
+def test_retrieval_excludes_and_refuses_other_models(lib, tmp_path):
+    target = lib.get("rte").embedding()
+    assert retrieval.rank(lib, target, "e_avg", k=1)[0].name == "rte"
+    assert "rte" not in [r.name for r in retrieval.rank(lib, target, "e_avg", exclude=("rte",))]
+    other = fake_run(tmp_path / "other", "x", "x", seed=0)
+    (other / "config.gin").write_text("INITIAL_CHECKPOINT_PATH = '/ckpt/t5_base'\nSEED = 0\n")
+    with pytest.raises(library.LibraryError, match="not comparable"):
+        retrieval.rank(lib, other)
+    assert retrieval.to_csv(retrieval.rank(lib, target, k=2)).startswith("name,score\nrte,")
+
+
+def test_best_of_top_k_plan_and_pick(lib, tmp_path):
+    runs = transfer.best_of_top_k(lib, lib.get("sst2").embedding(), tmp_path / "t", k=2)
+    assert runs[0].source == "sst2" and len(runs) == 2
+    for run, loss in zip(runs, (1.5, 0.5), strict=True):
+        Path(run.model_dir).mkdir(parents=True)
+        Path(run.model_dir, "metrics.jsonl").write_text(json.dumps({"step": 5, "eval/loss": loss}))
+    best, results = transfer.pick_best(runs)
+    assert best == runs[1] and [r["score"] for r in results] == [1.5, 0.5]
+    assert transfer.mixture_sources(lib, lib.get("sst2").embedding(), k=3)[0] == "sst2"
+
+
+@pytest.fixture
+def clean_gin():
+    gin.clear_config()
+    gin.add_config_file_search_path(str(GIN_DIR))
+    yield
+    gin.clear_config()
+
+
+def _parse(*files, **macros):
+    base = ["models/t5_1_1/tiny.gin", "runs/prompt_tune.gin"]
+    stubs = {
+        "MODEL_DIR": "'/tmp/x'",
+        "TRAIN_STEPS": "1",
+        "MIXTURE_OR_TASK_NAME": "'synthetic'",
+        "TASK_FEATURE_LENGTHS": "{'inputs': 8, 'targets': 4}",
+        "INITIAL_CHECKPOINT_PATH": "None",
+        "PROMPT_LENGTH": "5",
+        **macros,
+    }
+    gin.parse_config_files_and_bindings(
+        [str(GIN_DIR / f) for f in [*base, *files]],
+        [f"{k} = {v}" for k, v in stubs.items()],
+        skip_unknown=False,
+    )
+    return gin.get_configurable(prompted.PromptedT5)()
+
+
+def test_target_from_library_gin_single_and_weighted(lib, clean_gin):
+    model = _parse(
+        "spot/target_from_library.gin",
+        LIBRARY_DIR=repr(str(lib.root)),
+        STRATEGY="'single'",
+        LIBRARY_ENTRY="'mnli'",
+    )
+    np.testing.assert_array_equal(model.prompt_init(None, (5, 8)), lib.get("mnli").prompt())
+    gin.clear_config()
+    target = lib.get("rte").path / "embedding.npy"
+    model = _parse(
+        "spot/target_from_library.gin",
+        LIBRARY_DIR=repr(str(lib.root)),
+        TARGET_EMBEDDING=repr(str(target)),
+        TOP_K="2",
+        SIMILARITY_METRIC="'e_avg'",
+    )
+    want, _ = transfer.weighted_average(lib, target, k=2, metric="e_avg")
+    np.testing.assert_array_equal(model.prompt_init(None, (5, 8)), want)
+
+
+def test_source_mixture_gin_uses_sampled_vocab(clean_gin):
+    model = _parse("spot/source_mixture.gin", MIXTURE_OR_TASK_NAME="'glue_v002_proportional'")
+    assert model.prompt_init.needs_embeddings
+    assert gin.query_parameter("%MIXTURE_OR_TASK_NAME") == "glue_v002_proportional"
