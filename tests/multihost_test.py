@@ -27,6 +27,9 @@ def _env(devices: int) -> dict[str, str]:
     env = dict(os.environ)
     env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
     env["JAX_PLATFORMS"] = "cpu"
+    # No shared persistent compilation cache: a cache hit in one process and a miss in the
+    # other can give the two processes different executables and stall their collectives.
+    env.pop("JAX_COMPILATION_CACHE_DIR", None)
     return env
 
 

@@ -182,7 +182,15 @@ def save_frozen(
         ckptr.save(path / "params", nested, force=True)
     if jax.process_index() == 0:
         (path / FROZEN_META).write_text(
-            json.dumps({"format": "spot_jax/frozen/v1", **config.shape_dict()}, indent=2)
+            json.dumps(
+                {
+                    "format": "spot_jax/frozen/v1",
+                    **config.shape_dict(),
+                    # Not a shape, but needed to rebuild the model elsewhere (HF export).
+                    "relpos_max_distance": config.relpos_max_distance,
+                },
+                indent=2,
+            )
         )
 
 
@@ -204,10 +212,18 @@ def restore_frozen(
 ) -> dict[str, jax.Array]:
     """Restores the frozen params named in `abstract_flat` straight into their shardings.
 
+    `path` is a spot_jax frozen checkpoint or a T5X checkpoint (legacy msgpack or Orbax).
+
     Raises:
       CheckpointError: the checkpoint is of another model (names the first differing field
         or parameter and both shapes), or files are missing.
     """
+    if not (epath.Path(path) / FROZEN_META).exists():
+        # A T5X checkpoint named directly: read it straight into the shardings.
+        from spot_jax.interop import t5x
+
+        if t5x.detect_format(path) in ("t5x", "t5x_orbax"):
+            return t5x.restore_sharded(path, abstract_flat, config)
     path = epath.Path(path)
     have = read_frozen_config(path)
     want = config.shape_dict()

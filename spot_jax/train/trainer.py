@@ -128,7 +128,8 @@ def train(
       optimizer: default T5X Adafactor with prompt-tuning's settings.
       eval_data: validation config; None skips evaluation.
       trainable: TRAINABLE regex over 'a/b/c' param paths (fullmatch); '.*' is model tuning.
-      initial_checkpoint_path: frozen weights (spot_jax frozen checkpoint); None = seeded init.
+      initial_checkpoint_path: frozen weights (spot_jax frozen checkpoint or a T5X checkpoint);
+        None = seeded init.
       model_parallel: size of the mesh's 'model' axis; data parallelism fills the rest.
       checkpoint_period: save every this many steps (and at the end).
       keep_checkpoints: Orbax checkpoints kept (numpy prompts are all kept).

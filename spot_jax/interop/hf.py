@@ -1,0 +1,405 @@
+"""Hugging Face T5 weights in and out, and PEFT prompt-tuning adapters.
+
+HF's `T5ForConditionalGeneration` names and layouts differ from T5X's in three ways:
+  - every `nn.Linear.weight` is [out, in], so each kernel is transposed (the embedding is
+    not; `relative_attention_bias` is an nn.Embedding [buckets, heads], transposed too);
+  - the relative-position bias lives in block 0 of each stack only, which is exactly T5X's
+    one shared `relpos_bias` per stack;
+  - `shared` is the embedding and `lm_head` the (untied, T5 1.1) logits kernel.
+Vocab rows: T5's tokenizer has 32100 ids; T5X pads tables to 32128 and some HF configs keep
+32100. We never change the row count unless asked (`vocab_rows`), and say so when we do.
+
+Weights are read and written one tensor at a time (safetensors shards of bounded size), so
+large models convert without holding every array at once. torch is needed only for
+`pytorch_model.bin` files and bfloat16 safetensors.
+"""
+
+import dataclasses
+import json
+from collections.abc import Callable, Mapping
+
+import numpy as np
+from etils import epath
+
+from spot_jax.interop import t5x
+from spot_jax.models.config import T5Config
+from spot_jax.train.checkpoints import CheckpointError
+
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+PEFT_PROMPT_KEY = "prompt_embeddings"  # PEFT's key for a prompt-learning adapter's table
+_ATTN = {"q": "query", "k": "key", "v": "value", "o": "out"}
+
+
+def name_map(config: T5Config) -> list[tuple[str, str, bool]]:
+    """(HF name, T5X name, transposed?) for every weight of a T5 1.1 model."""
+    out = [
+        ("shared.weight", t5x.EMBEDDING, False),
+        ("lm_head.weight", t5x.LOGITS, True),
+        ("encoder.final_layer_norm.weight", "encoder/encoder_norm/scale", False),
+        ("decoder.final_layer_norm.weight", "decoder/decoder_norm/scale", False),
+    ]
+    for stack in ("encoder", "decoder"):
+        out.append(
+            (
+                f"{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight",
+                f"{stack}/relpos_bias/rel_embedding",
+                True,
+            )
+        )
+
+    def sublayer(hf: str, ours: str, norm: str, attn_hf: str | None, attn: str | None):
+        out.append((f"{hf}.layer_norm.weight", f"{ours}/{norm}/scale", False))
+        if attn_hf:
+            for p, name in _ATTN.items():
+                out.append((f"{hf}.{attn_hf}.{p}.weight", f"{ours}/{attn}/{name}/kernel", True))
+        else:
+            for w in ("wi_0", "wi_1", "wo"):
+                out.append((f"{hf}.DenseReluDense.{w}.weight", f"{ours}/mlp/{w}/kernel", True))
+
+    for i in range(config.num_encoder_layers):
+        hf, ours = f"encoder.block.{i}.layer", f"encoder/layers_{i}"
+        sublayer(f"{hf}.0", ours, "pre_attention_layer_norm", "SelfAttention", "attention")
+        sublayer(f"{hf}.1", ours, "pre_mlp_layer_norm", None, None)
+    for i in range(config.num_decoder_layers):
+        hf, ours = f"decoder.block.{i}.layer", f"decoder/layers_{i}"
+        sublayer(
+            f"{hf}.0", ours, "pre_self_attention_layer_norm", "SelfAttention", "self_attention"
+        )
+        sublayer(
+            f"{hf}.1",
+            ours,
+            "pre_cross_attention_layer_norm",
+            "EncDecAttention",
+            "encoder_decoder_attention",
+        )
+        sublayer(f"{hf}.2", ours, "pre_mlp_layer_norm", None, None)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# HF -> spot_jax.
+
+
+def config_from_hf(hf: Mapping, vocab_rows: int) -> T5Config:
+    """A T5Config from HF's config.json; `vocab_rows` is the embedding's actual row count."""
+    proj = hf.get("feed_forward_proj", "relu")
+    if proj != "gated-gelu":
+        raise CheckpointError(
+            f"HF model has feed_forward_proj={proj!r}; spot_jax runs T5 1.1 (gated-gelu) only"
+        )
+    # T5 1.0 rescales decoder outputs by d**-0.5 before tied logits; T5 1.1 does not.
+    # transformers >= 5 records this as `scale_decoder_outputs` (and always ties by name);
+    # older configs say it with `tie_word_embeddings`.
+    scaled = hf.get("scale_decoder_outputs", hf.get("tie_word_embeddings", True))
+    if scaled:
+        raise CheckpointError(
+            "HF model rescales decoder outputs for tied embeddings (T5 1.0 style); spot_jax "
+            "runs T5 1.1 (untied lm_head, no rescale) only"
+        )
+    return T5Config(
+        vocab_size=vocab_rows,
+        emb_dim=hf["d_model"],
+        num_heads=hf["num_heads"],
+        head_dim=hf["d_kv"],
+        mlp_dim=hf["d_ff"],
+        num_encoder_layers=hf["num_layers"],
+        num_decoder_layers=hf.get("num_decoder_layers") or hf["num_layers"],
+        relpos_buckets=hf.get("relative_attention_num_buckets", 32),
+        relpos_max_distance=hf.get("relative_attention_max_distance", 128),
+    )
+
+
+class HFWeights:
+    """The tensors of an HF model directory, read one at a time.
+
+    Accepts `model.safetensors`, a sharded `model.safetensors.index.json`, or
+    `pytorch_model.bin` (+ index).
+    """
+
+    def __init__(self, model_dir: epath.PathLike):
+        self.dir = epath.Path(model_dir)
+        if not (self.dir / "config.json").exists():
+            raise CheckpointError(f"{self.dir} is not an HF model directory (no config.json)")
+        self.config = json.loads((self.dir / "config.json").read_text())
+        self.files: dict[str, epath.Path] = {}
+        for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
+            if (self.dir / index_name).exists():
+                weight_map = json.loads((self.dir / index_name).read_text())["weight_map"]
+                self.files = {k: self.dir / f for k, f in weight_map.items()}
+                break
+        else:
+            for single in ("model.safetensors", "pytorch_model.bin"):
+                if (self.dir / single).exists():
+                    self.files = {k: self.dir / single for k in _keys(self.dir / single)}
+                    break
+        if not self.files:
+            raise CheckpointError(
+                f"{self.dir} has no model.safetensors, pytorch_model.bin or their index"
+            )
+        self._bin: dict[str, Mapping] = {}
+
+    def read(self, name: str) -> np.ndarray:
+        if name == "lm_head.weight" and name not in self.files and "shared.weight" in self.files:
+            # Saved with lm_head tied to the embedding: the same values.
+            return self.read("shared.weight")
+        if name not in self.files:
+            raise CheckpointError(f"HF model {self.dir} lacks tensor {name}")
+        path = self.files[name]
+        if not path.exists():
+            raise CheckpointError(f"weight file {path} (holding {name}) is missing")
+        if path.name.endswith(".safetensors"):
+            return _read_safetensor(path, name)
+        if str(path) not in self._bin:
+            import torch
+
+            self._bin = {
+                str(path): torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            }
+        return _torch_to_numpy(self._bin[str(path)][name])
+
+
+def _keys(path: epath.Path) -> list[str]:
+    if path.name.endswith(".safetensors"):
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="numpy") as f:
+            return list(f.keys())
+    import torch
+
+    return list(torch.load(path, map_location="cpu", weights_only=True, mmap=True))
+
+
+def _read_safetensor(path: epath.Path, name: str) -> np.ndarray:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            return f.get_tensor(name)
+    except (TypeError, ValueError):
+        # numpy has no bfloat16 in safetensors' numpy backend; go through torch.
+        with safe_open(str(path), framework="pt") as f:
+            return _torch_to_numpy(f.get_tensor(name))
+
+
+def _torch_to_numpy(tensor) -> np.ndarray:
+    import ml_dtypes
+    import torch
+
+    if tensor.dtype == torch.bfloat16:
+        return tensor.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+    return tensor.numpy()
+
+
+def read_hf(
+    model_dir: epath.PathLike, vocab_rows: int | None = None, log=print
+) -> tuple[T5Config, Callable[[str], np.ndarray]]:
+    """The T5Config of an HF T5 1.1 model and a reader of its params under T5X names.
+
+    Args:
+      model_dir: HF model directory.
+      vocab_rows: resize the embedding and logits to this many rows (pad with zeros or
+        slice); None keeps the checkpoint's row count.
+    """
+    weights = HFWeights(model_dir)
+    rows = weights.read("shared.weight").shape[0]
+    if weights.config.get("vocab_size") not in (None, rows):
+        log(
+            f"note: config.json says vocab_size={weights.config['vocab_size']} but "
+            f"shared.weight has {rows} rows; using {rows}"
+        )
+    if vocab_rows and vocab_rows != rows:
+        log(f"resizing vocab rows {rows} -> {vocab_rows} (embedding and lm_head)")
+    elif rows != 32128:
+        log(
+            f"note: {rows} vocab rows; T5X checkpoints and prompts use 32128 "
+            "(--vocab-rows 32128 pads)"
+        )
+    config = dataclasses.replace(config_from_hf(weights.config, rows))
+    mapping = {ours: (hf, transpose) for hf, ours, transpose in name_map(config)}
+    shapes = t5x.param_shapes(config)
+    final = dataclasses.replace(config, vocab_size=vocab_rows or rows)
+
+    def read(name: str) -> np.ndarray:
+        hf, transpose = mapping[name]
+        value = weights.read(hf)
+        value = value.T if transpose else value
+        if tuple(value.shape) != shapes[name]:
+            raise CheckpointError(
+                f"HF tensor {hf} has shape {list(value.shape)} but config.json implies "
+                f"{list(shapes[name][::-1] if transpose else shapes[name])} for {name}"
+            )
+        return np.ascontiguousarray(t5x.resize_vocab(name, value, final.vocab_size))
+
+    return final, read
+
+
+def convert(
+    model_dir: epath.PathLike, output: epath.PathLike, vocab_rows: int | None = None, log=print
+) -> T5Config:
+    """HF T5 1.1 model directory -> spot_jax frozen checkpoint."""
+    config, read = read_hf(model_dir, vocab_rows, log)
+    t5x.write_frozen_streaming(output, t5x.param_shapes(config), read, config)
+    return config
+
+
+# ---------------------------------------------------------------------------------------------
+# spot_jax -> HF / PEFT.
+
+
+def hf_config(config: T5Config) -> dict:
+    """config.json of T5ForConditionalGeneration for a T5 1.1 model."""
+    return {
+        "architectures": ["T5ForConditionalGeneration"],
+        "model_type": "t5",
+        "d_model": config.emb_dim,
+        "d_kv": config.head_dim,
+        "d_ff": config.mlp_dim,
+        "num_heads": config.num_heads,
+        "num_layers": config.num_encoder_layers,
+        "num_decoder_layers": config.num_decoder_layers,
+        "relative_attention_num_buckets": config.relpos_buckets,
+        "relative_attention_max_distance": config.relpos_max_distance,
+        "vocab_size": config.vocab_size,
+        "feed_forward_proj": "gated-gelu",
+        "dense_act_fn": "gelu_new",
+        "is_gated_act": True,
+        "layer_norm_epsilon": 1e-6,
+        "dropout_rate": 0.1,
+        "initializer_factor": 1.0,
+        "is_encoder_decoder": True,
+        "tie_word_embeddings": False,
+        "scale_decoder_outputs": False,
+        "use_cache": True,
+        "pad_token_id": 0,
+        "eos_token_id": 1,
+        "decoder_start_token_id": 0,
+        "torch_dtype": "float32",
+    }
+
+
+def export(
+    read: Callable[[str], np.ndarray],
+    config: T5Config,
+    output: epath.PathLike,
+    max_shard_bytes: int = 5 << 30,
+) -> None:
+    """Writes config.json + model.safetensors (or shards + index) from a param reader."""
+    from safetensors.numpy import save_file
+
+    output = epath.Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    (output / "config.json").write_text(json.dumps(hf_config(config), indent=2))
+    shards: list[dict[str, np.ndarray]] = [{}]
+    written: list[dict[str, str]] = []
+    size = 0
+
+    def flush(final: bool) -> None:
+        if not shards[-1]:
+            return
+        shard_name = f"model-{len(written) + 1:05d}.safetensors"
+        save_file(shards[-1], str(output / shard_name), metadata={"format": "pt"})
+        written.append({k: shard_name for k in shards[-1]})
+        shards[-1] = {}
+
+    for hf, ours, transpose in name_map(config):
+        value = np.asarray(read(ours))
+        value = np.ascontiguousarray(value.T if transpose else value)
+        if size and size + value.nbytes > max_shard_bytes:
+            flush(False)
+            size = 0
+        shards[-1][hf] = value
+        size += value.nbytes
+    flush(True)
+    if len(written) == 1:
+        (output / "model-00001.safetensors").rename(output / "model.safetensors")
+        return
+    weight_map = {k: v for shard in written for k, v in shard.items()}
+    (output / "model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {}, "weight_map": weight_map}, indent=2)
+    )
+
+
+def export_prompt(
+    prompt: np.ndarray, config: T5Config, output: epath.PathLike, base_model: str = ""
+) -> None:
+    """Writes a PEFT prompt-tuning adapter (encoder prompt only) for a [P, H] prompt."""
+    from safetensors.numpy import save_file
+
+    prompt = np.asarray(prompt, np.float32)
+    if prompt.ndim != 2 or prompt.shape[1] != config.emb_dim:
+        raise CheckpointError(
+            f"prompt has shape {list(prompt.shape)}; this model needs [P, {config.emb_dim}]"
+        )
+    output = epath.Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    adapter = {
+        "peft_type": "PROMPT_TUNING",
+        "task_type": "SEQ_2_SEQ_LM",
+        "num_virtual_tokens": int(prompt.shape[0]),
+        "token_dim": config.emb_dim,
+        # T5X prompt tuning prompts the encoder only; PEFT's seq2seq default (2) would also
+        # prefix the decoder.
+        "num_transformer_submodules": 1,
+        "num_attention_heads": config.num_heads,
+        "num_layers": config.num_encoder_layers,
+        "prompt_tuning_init": "RANDOM",
+        "base_model_name_or_path": base_model,
+        "inference_mode": True,
+    }
+    (output / ADAPTER_CONFIG).write_text(json.dumps(adapter, indent=2))
+    save_file({PEFT_PROMPT_KEY: prompt}, str(output / ADAPTER_WEIGHTS), metadata={"format": "pt"})
+
+
+def import_prompt(adapter_dir: epath.PathLike, log=print) -> np.ndarray:
+    """The encoder prompt [P, H] (float32) of a PEFT prompt-tuning adapter directory."""
+    adapter_dir = epath.Path(adapter_dir)
+    if not (adapter_dir / ADAPTER_CONFIG).exists():
+        raise CheckpointError(f"{adapter_dir} is not a PEFT adapter (no {ADAPTER_CONFIG})")
+    cfg = json.loads((adapter_dir / ADAPTER_CONFIG).read_text())
+    if cfg.get("peft_type") != "PROMPT_TUNING":
+        raise CheckpointError(
+            f"{adapter_dir} holds a {cfg.get('peft_type')} adapter; only PROMPT_TUNING has a "
+            "soft prompt to import"
+        )
+    if (adapter_dir / ADAPTER_WEIGHTS).exists():
+        from safetensors.numpy import load_file
+
+        tensors = load_file(str(adapter_dir / ADAPTER_WEIGHTS))
+    elif (adapter_dir / "adapter_model.bin").exists():
+        import torch
+
+        tensors = {
+            k: _torch_to_numpy(v)
+            for k, v in torch.load(
+                adapter_dir / "adapter_model.bin", map_location="cpu", weights_only=True
+            ).items()
+        }
+    else:
+        raise CheckpointError(f"{adapter_dir} has no {ADAPTER_WEIGHTS} or adapter_model.bin")
+    keys = [k for k in tensors if k.endswith(PEFT_PROMPT_KEY)]
+    if not keys:
+        raise CheckpointError(
+            f"{adapter_dir} has no {PEFT_PROMPT_KEY} tensor (has {list(tensors)})"
+        )
+    table = np.asarray(tensors[keys[0]], np.float32)
+    p = int(cfg["num_virtual_tokens"])
+    if cfg.get("num_transformer_submodules", 1) == 2:
+        log("note: the adapter also prompts the decoder; importing the encoder prompt only")
+    return table[:p]
+
+
+def iter_frozen(path: epath.PathLike) -> tuple[T5Config, Callable[[str], np.ndarray]]:
+    """Config and a one-param-at-a-time reader of a spot_jax frozen checkpoint."""
+    from spot_jax.train import checkpoints
+
+    meta = checkpoints.read_frozen_config(path)
+    fields = {f.name for f in dataclasses.fields(T5Config)}
+    config = T5Config(**{k: v for k, v in meta.items() if k in fields})
+    if "relpos_max_distance" not in meta:
+        print(
+            f"note: {path} does not record relpos_max_distance; assuming "
+            f"{config.relpos_max_distance}"
+        )
+    reader = t5x.OrbaxParams(epath.Path(path) / "params")
+    return config, reader.read

@@ -1,0 +1,622 @@
+"""T5X checkpoints as a source of frozen weights: legacy msgpack + tensorstore, and Orbax.
+
+A T5X checkpoint holds the model params under `target` and the optimizer state under
+`state`; we read `target` only. Arrays are read one at a time (or one shard at a time), so
+converting XXL never holds its 44 GB of float32 weights in memory at once.
+
+Legacy layout (t5x `Checkpointer`, format version 3):
+  checkpoint_<step>/checkpoint   msgpack `{'version': 3, 'optimizer': {'target': ..., ...}}`;
+      small leaves inline as msgpack ext type 1 (`[shape, dtype, bytes]`), large ones as a
+      tensorstore zarr spec whose `kvstore.path` is relative to the checkpoint directory;
+  checkpoint_<step>/target.<dotted path>/   one zarr v2 array (gzip chunks) per large leaf.
+Orbax layout (T5X since 2024): checkpoint_<step>/state/ written by a PyTreeCheckpointHandler.
+
+All file access goes through tensorstore key-value stores, so local paths and gs:// URLs work
+alike without TensorFlow or gcsfs.
+"""
+
+import dataclasses
+import itertools
+import json
+import math
+import shutil
+import tempfile
+from collections.abc import Mapping
+from typing import Any
+
+import ml_dtypes
+import msgpack
+import numpy as np
+import tensorstore as ts
+from etils import epath
+
+from spot_jax.models.config import _SIZES, T5Config
+from spot_jax.train.checkpoints import FROZEN_META, PROMPT_PATH, CheckpointError, save_frozen
+
+EMBEDDING = "token_embedder/embedding"
+# Arrays this large go through a disk-backed buffer while converting; smaller ones stay in RAM.
+MEMMAP_MIN_ELEMENTS = 1 << 20
+LOGITS = "decoder/logits_dense/kernel"
+
+
+# ---------------------------------------------------------------------------------------------
+# Storage: local paths and gs:// URLs as tensorstore key-value stores.
+
+
+def _kvstore_spec(path: str) -> dict[str, Any]:
+    """The tensorstore kvstore spec of a directory or file path (local or gs://bucket/...)."""
+    path = str(path)
+    if path.startswith("gs://"):
+        bucket, _, rest = path[len("gs://") :].partition("/")
+        return {"driver": "gcs", "bucket": bucket, "path": rest}
+    return {"driver": "file", "path": str(epath.Path(path).absolute())}
+
+
+def _join(base: str, *parts: str) -> str:
+    return "/".join([str(base).rstrip("/"), *parts])
+
+
+def _read_bytes(path: str) -> bytes | None:
+    """The bytes of a file, or None if it does not exist."""
+    spec = _kvstore_spec(path)
+    parent, _, key = spec["path"].rpartition("/")
+    store = ts.KvStore.open({**spec, "path": parent + "/"}).result()
+    result = store.read(key).result()
+    return bytes(result.value) if result.state == "value" else None
+
+
+def _list_keys(directory: str) -> set[str]:
+    spec = _kvstore_spec(directory)
+    store = ts.KvStore.open({**spec, "path": spec["path"].rstrip("/") + "/"}).result()
+    return {k.decode() for k in store.list().result()}
+
+
+# ---------------------------------------------------------------------------------------------
+# Leaves of the legacy msgpack tree.
+
+
+@dataclasses.dataclass
+class _InlineLeaf:
+    """An ndarray stored in the msgpack itself (flax's ext type 1), decoded only when read."""
+
+    payload: bytes
+
+    def load(self) -> np.ndarray:
+        shape, dtype_name, buffer = msgpack.unpackb(self.payload)
+        dtype = ml_dtypes.bfloat16 if dtype_name == "bfloat16" else np.dtype(dtype_name)
+        return np.frombuffer(buffer, dtype=dtype).reshape(shape)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(msgpack.unpackb(self.payload)[0])
+
+
+@dataclasses.dataclass
+class _ChunkedLeaf:
+    """flax's `__msgpack_chunked_array__`: a huge inline array split into flat pieces."""
+
+    shape: tuple[int, ...]
+    chunks: list[Any]
+
+    def load(self) -> np.ndarray:
+        return np.concatenate([_load_inline(c).reshape(-1) for c in self.chunks]).reshape(
+            self.shape
+        )
+
+
+@dataclasses.dataclass
+class _TensorstoreLeaf:
+    """A zarr array beside the msgpack file (T5X writes every partitioned leaf this way)."""
+
+    name: str
+    array_dir: str
+    shape: tuple[int, ...]
+    bf16_as_uint16: bool = False  # format version 2 stored bfloat16 as uint16
+
+    def _open(self):
+        try:
+            meta = _read_bytes(_join(self.array_dir, ".zarray"))
+        except Exception as e:  # noqa: BLE001 - any storage error is the same fact for users
+            raise CheckpointError(
+                f"cannot read array of {self.name} at {self.array_dir}: {e}"
+            ) from e
+        if meta is None:
+            raise CheckpointError(
+                f"array file of parameter {self.name} is missing: {self.array_dir}/.zarray "
+                "(an incomplete copy of the checkpoint?)"
+            )
+        self._check_chunks(json.loads(meta))
+        spec = {"driver": "zarr", "kvstore": _kvstore_spec(self.array_dir)}
+        return ts.open(spec, read=True, open=True).result()
+
+    def _check_chunks(self, zarray: Mapping[str, Any]) -> None:
+        # A missing chunk reads silently as the fill value; refuse it instead.
+        counts = [math.ceil(s / c) for s, c in zip(zarray["shape"], zarray["chunks"], strict=True)]
+        sep = zarray.get("dimension_separator") or "."
+        want = {sep.join(map(str, i)) for i in itertools.product(*map(range, counts))}
+        if not zarray["shape"]:
+            want = {"0"}
+        missing = sorted(want - _list_keys(self.array_dir))
+        if missing:
+            raise CheckpointError(
+                f"array of parameter {self.name} lacks chunk file(s) {missing[:3]} in "
+                f"{self.array_dir} ({len(missing)} of {len(want)} missing; an incomplete copy?)"
+            )
+
+    def read(self, index=...) -> np.ndarray:
+        store = getattr(self, "_store", None) or self._open()
+        self._store = store
+        try:
+            value = store[index].read().result()
+        except Exception as e:  # noqa: BLE001
+            raise CheckpointError(
+                f"cannot read parameter {self.name} from {self.array_dir} (truncated or "
+                f"corrupt chunk?): {str(e)[:200]}"
+            ) from e
+        return value.view(ml_dtypes.bfloat16) if self.bf16_as_uint16 else value
+
+    def load(self) -> np.ndarray:
+        return self.read()
+
+
+def _load_inline(leaf) -> np.ndarray:
+    return leaf.load() if hasattr(leaf, "load") else np.asarray(leaf)
+
+
+def _ext_hook(code: int, data: bytes):
+    if code == 1:  # ndarray: keep the bytes, decode on demand
+        return _InlineLeaf(data)
+    if code == 3:  # numpy scalar, e.g. state/step
+        shape_dtype = msgpack.unpackb(data)
+        return np.frombuffer(shape_dtype[1], dtype=shape_dtype[0])[0]
+    return msgpack.ExtType(code, data)
+
+
+def _is_ts_spec(node) -> bool:
+    return isinstance(node, Mapping) and "driver" in node and ("kvstore" in node or "path" in node)
+
+
+def _flatten_target(node, ckpt_dir: str, version: int, prefix: str = "") -> dict[str, Any]:
+    if isinstance(node, _InlineLeaf):
+        return {prefix: node}
+    if _is_ts_spec(node):
+        rel = (node.get("kvstore") or {}).get("path") or node.get("path")
+        # Old writers stored absolute paths; rebase on where the checkpoint is now.
+        rel = rel.rstrip("/").rsplit("/", 1)[-1]
+        meta = node.get("metadata", {})
+        dtype = str(meta.get("dtype", node.get("dtype", "")))
+        return {
+            prefix: _TensorstoreLeaf(
+                prefix,
+                _join(ckpt_dir, rel),
+                tuple(meta.get("shape", ())),
+                bf16_as_uint16=version < 3 and "u2" in dtype,
+            )
+        }
+    if isinstance(node, Mapping) and node.get("__msgpack_chunked_array__"):
+        shape = tuple(node["shape"][str(i)] for i in range(len(node["shape"])))
+        chunks = [node["chunks"][str(i)] for i in range(len(node["chunks"]))]
+        return {prefix: _ChunkedLeaf(shape, chunks)}
+    if isinstance(node, Mapping):
+        out = {}
+        for k, v in node.items():
+            out.update(_flatten_target(v, ckpt_dir, version, f"{prefix}/{k}" if prefix else k))
+        return out
+    return {prefix: node}  # a plain scalar/list leaf; np.asarray handles it
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints.
+
+
+class T5XCheckpoint:
+    """The `target` params of a T5X checkpoint, read lazily one array (or shard) at a time.
+
+    Args:
+      path: a checkpoint directory (`checkpoint_<step>/`), its `checkpoint` msgpack file, a
+        lone msgpack file, or an Orbax T5X checkpoint directory; local or gs://.
+    """
+
+    def __init__(self, path: epath.PathLike):
+        self.path = str(path).rstrip("/")
+        self.kind = detect_format(self.path)
+        if self.kind == "t5x":
+            self._open_legacy()
+        elif self.kind == "t5x_orbax":
+            self._open_orbax()
+        else:
+            raise CheckpointError(_format_message(self.path, self.kind))
+        self._cache: tuple[str, np.ndarray] | None = None
+
+    def _open_legacy(self) -> None:
+        msgpack_path = _join(self.path, "checkpoint")
+        raw = _read_bytes(msgpack_path)
+        if raw is None:  # the path is the msgpack file itself
+            msgpack_path, raw = self.path, _read_bytes(self.path)
+        ckpt_dir = msgpack_path.rsplit("/", 1)[0] if "/" in msgpack_path else "."
+        try:
+            root = msgpack.unpackb(raw, ext_hook=_ext_hook, strict_map_key=False)
+        except Exception as e:  # noqa: BLE001
+            raise CheckpointError(f"{msgpack_path} is not a readable T5X msgpack: {e}") from e
+        version = int(root.get("version", 0)) if isinstance(root, Mapping) else 0
+        if version < 2 or "optimizer" not in root:
+            raise CheckpointError(
+                f"{msgpack_path} is not a T5X checkpoint of format version >= 2 (version {version})"
+            )
+        target = root["optimizer"].get("target")
+        if not isinstance(target, Mapping):
+            raise CheckpointError(f"{msgpack_path} has no optimizer/target params")
+        self._leaves = _flatten_target(target, ckpt_dir, version)
+        self.shapes = {
+            k: tuple(v.shape) if not isinstance(v, _InlineLeaf) else v.shape
+            for k, v in self._leaves.items()
+        }
+
+    def _open_orbax(self) -> None:
+        state = self.path if _read_bytes(_join(self.path, "_METADATA")) else self.path + "/state"
+        self._orbax = OrbaxParams(state, prefix="target")
+        self._leaves = self._orbax.shapes
+        self.shapes = dict(self._orbax.shapes)
+
+    def names(self) -> list[str]:
+        return sorted(self._leaves)
+
+    def read(self, name: str) -> np.ndarray:
+        """One whole array, in its stored dtype."""
+        if name not in self._leaves:
+            raise CheckpointError(f"T5X checkpoint {self.path} has no parameter {name}")
+        if self._cache and self._cache[0] == name:
+            return self._cache[1]
+        leaf = self._leaves[name]
+        if self.kind == "t5x_orbax":
+            value = self._orbax.read(name)
+        else:
+            value = _load_inline(leaf)
+        self._cache = (name, value)
+        return value
+
+    def read_slice(self, name: str, index) -> np.ndarray:
+        """One shard of an array (a tuple of slices); tensorstore arrays read only that part."""
+        leaf = self._leaves.get(name)
+        if isinstance(leaf, _TensorstoreLeaf):
+            return leaf.read(index)
+        return self.read(name)[index]
+
+
+class OrbaxParams:
+    """The leaves under `prefix` of an Orbax PyTree checkpoint, read one at a time."""
+
+    def __init__(self, directory: epath.PathLike, prefix: str = ""):
+        import orbax.checkpoint as ocp
+
+        self.dir = epath.Path(directory)
+        self.prefix = prefix
+        try:
+            meta = ocp.PyTreeCheckpointer().metadata(self.dir)
+        except Exception as e:  # noqa: BLE001
+            raise CheckpointError(f"cannot read Orbax checkpoint {self.dir}: {e}") from e
+        tree = getattr(meta, "item_metadata", meta)
+        self._tree = getattr(tree, "tree", tree)
+        sub = self._tree[prefix] if prefix else self._tree
+        if prefix and prefix not in self._tree:
+            raise CheckpointError(f"Orbax checkpoint {self.dir} has no `{prefix}` params")
+        self.shapes = {k: tuple(v.shape) for k, v in _flatten_plain(sub).items()}
+
+    def read(self, name: str) -> np.ndarray:
+        import jax
+        import orbax.checkpoint as ocp
+
+        # Every other leaf is a placeholder, so Orbax reads only this one.
+        wanted = f"{self.prefix}/{name}" if self.prefix else name
+        item = jax.tree_util.tree_map_with_path(
+            lambda p, m: m if _key(p) == wanted else ocp.PLACEHOLDER, self._tree
+        )
+        restore_args = jax.tree_util.tree_map_with_path(
+            lambda p, _: ocp.RestoreArgs(restore_type=np.ndarray if _key(p) == wanted else None),
+            self._tree,
+        )
+        try:
+            with ocp.PyTreeCheckpointer() as ckptr:
+                out = ckptr.restore(
+                    self.dir, args=ocp.args.PyTreeRestore(item=item, restore_args=restore_args)
+                )
+        except Exception as e:  # noqa: BLE001
+            raise CheckpointError(
+                f"cannot read parameter {name} from Orbax checkpoint {self.dir}: "
+                f"{type(e).__name__}: {str(e)[:200]}"
+            ) from e
+        # Keys may be nested dicts (T5X) or flat 'a/b' names (our frozen format).
+        found = [
+            leaf for path, leaf in jax.tree_util.tree_leaves_with_path(out) if _key(path) == wanted
+        ]
+        return np.asarray(found[0])
+
+
+def _key(path) -> str:
+    return "/".join(str(getattr(p, "key", p)) for p in path)
+
+
+def _flatten_plain(tree, prefix=""):
+    if isinstance(tree, Mapping):
+        out = {}
+        for k, v in tree.items():
+            out.update(_flatten_plain(v, f"{prefix}/{k}" if prefix else str(k)))
+        return out
+    return {prefix: tree}
+
+
+def detect_format(path: epath.PathLike) -> str | None:
+    """'spot_jax' (our frozen format), 't5x' (legacy msgpack), 't5x_orbax', 'tf' or None."""
+    path = str(path).rstrip("/")
+    if _read_bytes(_join(path, FROZEN_META)) is not None:
+        return "spot_jax"
+    if any(
+        _read_bytes(_join(path, *p)) is not None for p in (("state", "_METADATA"), ("_METADATA",))
+    ):
+        return "t5x_orbax"
+    for candidate in (_join(path, "checkpoint"), path):
+        try:
+            head = _read_bytes(candidate)
+        except Exception:  # noqa: BLE001 - a directory read as a file
+            head = None
+        if head is None:
+            continue
+        if head.startswith(b"model_checkpoint_path"):
+            return "tf"
+        return "t5x"
+    return None
+
+
+def _format_message(path: str, kind: str | None) -> str:
+    if kind == "tf":
+        return (
+            f"{path} is a TensorFlow (Mesh TF) checkpoint; convert it to T5X first "
+            "(t5x.checkpoint_importer) and pass that"
+        )
+    return (
+        f"{path} is not a T5X checkpoint: expected a `checkpoint` msgpack file (legacy T5X) or "
+        "an Orbax `state/_METADATA` in it"
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Shapes and configs.
+
+
+def param_shapes(config: T5Config) -> dict[str, tuple[int, ...]]:
+    """T5X names and shapes of every frozen param of a T5 1.1 model (no prompt)."""
+    d, hk, f = config.emb_dim, config.joined_kv, config.mlp_dim
+    v, h, b = config.vocab_size, config.num_heads, config.relpos_buckets
+    out = {
+        EMBEDDING: (v, d),
+        LOGITS: (d, v),
+        "encoder/relpos_bias/rel_embedding": (h, b),
+        "decoder/relpos_bias/rel_embedding": (h, b),
+        "encoder/encoder_norm/scale": (d,),
+        "decoder/decoder_norm/scale": (d,),
+    }
+
+    def block(prefix: str, parts: Mapping[str, str]) -> None:
+        for norm, attn in parts.items():
+            out[f"{prefix}/{norm}/scale"] = (d,)
+            if attn:
+                for proj in ("query", "key", "value"):
+                    out[f"{prefix}/{attn}/{proj}/kernel"] = (d, hk)
+                out[f"{prefix}/{attn}/out/kernel"] = (hk, d)
+        out[f"{prefix}/mlp/wi_0/kernel"] = (d, f)
+        out[f"{prefix}/mlp/wi_1/kernel"] = (d, f)
+        out[f"{prefix}/mlp/wo/kernel"] = (f, d)
+
+    for i in range(config.num_encoder_layers):
+        block(
+            f"encoder/layers_{i}",
+            {"pre_attention_layer_norm": "attention", "pre_mlp_layer_norm": ""},
+        )
+    for i in range(config.num_decoder_layers):
+        block(
+            f"decoder/layers_{i}",
+            {
+                "pre_self_attention_layer_norm": "self_attention",
+                "pre_cross_attention_layer_norm": "encoder_decoder_attention",
+                "pre_mlp_layer_norm": "",
+            },
+        )
+    return out
+
+
+def infer_config(
+    shapes: Mapping[str, tuple[int, ...]],
+    config: T5Config | str | None = None,
+    source: str = "checkpoint",
+    **overrides,
+) -> T5Config:
+    """The T5Config of a checkpoint from its param shapes.
+
+    Shapes fix widths, heads, depths, vocab and relpos buckets. They cannot tell
+    `relpos_max_distance` (or dtypes); that comes from `config` (a T5Config or a
+    `named_config` name), else from the named size whose shapes match, else T5's 128 when
+    there are T5's 32 buckets. `overrides` win over everything.
+
+    Raises:
+      CheckpointError: params are missing, or a given config disagrees with the shapes (names
+        the parameter and both shapes).
+    """
+    for name in (
+        EMBEDDING,
+        "encoder/relpos_bias/rel_embedding",
+        "encoder/layers_0/mlp/wi_0/kernel",
+    ):
+        if name not in shapes:
+            raise CheckpointError(
+                f"{source} lacks {name}; is it a T5 1.1 (gated-GELU, shared relpos bias) model?"
+            )
+    vocab, d = shapes[EMBEDDING]
+    heads, buckets = shapes["encoder/relpos_bias/rel_embedding"]
+    joined_kv = shapes["encoder/layers_0/attention/query/kernel"][1]
+    inferred = dict(
+        vocab_size=vocab,
+        emb_dim=d,
+        num_heads=heads,
+        head_dim=joined_kv // heads,
+        mlp_dim=shapes["encoder/layers_0/mlp/wi_0/kernel"][1],
+        relpos_buckets=buckets,
+        num_encoder_layers=_count_layers(shapes, "encoder"),
+        num_decoder_layers=_count_layers(shapes, "decoder"),
+    )
+    if isinstance(config, str):
+        from spot_jax.models.config import named_config
+
+        config = named_config(config)
+    if config is None:
+        base = {}
+        for size in _SIZES.values():
+            if all(size.get(k, getattr(T5Config, k)) == v for k, v in inferred.items()):
+                base = {"relpos_max_distance": size.get("relpos_max_distance", 128)}
+                break
+        if not base:
+            if buckets != 32 and "relpos_max_distance" not in overrides:
+                raise CheckpointError(
+                    f"{source} has {buckets} relpos buckets; its relpos_max_distance cannot be "
+                    "read from shapes: pass --config NAME or a relpos_max_distance override"
+                )
+            base = {"relpos_max_distance": 128}
+        config = T5Config(**base, **inferred)
+    config = dataclasses.replace(config, **overrides)
+    check_shapes(shapes, config, source)
+    return config
+
+
+def _count_layers(shapes: Mapping[str, Any], stack: str) -> int:
+    layers = {k.split("/")[1] for k in shapes if k.startswith(f"{stack}/layers_")}
+    return len(layers)
+
+
+def check_shapes(
+    shapes: Mapping[str, tuple[int, ...]], config: T5Config, source: str = "checkpoint"
+) -> None:
+    """Raises CheckpointError naming the first param missing or of another shape."""
+    for name, want in param_shapes(config).items():
+        if name not in shapes:
+            raise CheckpointError(f"{source} lacks parameter {name} (model config {config})")
+        if tuple(shapes[name]) != tuple(want):
+            raise CheckpointError(
+                f"parameter {name} has shape {list(shapes[name])} in {source} but the "
+                f"configured model needs {list(want)}"
+            )
+
+
+def resize_vocab(name: str, value: np.ndarray, rows: int) -> np.ndarray:
+    """Pads (zeros) or slices the vocab axis of the embedding / logits kernel to `rows`.
+
+    T5's SentencePiece vocab has 32100 ids and T5X pads its tables to 32128; some HF configs
+    keep 32100. The 28 extra rows are never produced by the tokenizer, so zero rows are inert
+    for inputs; their logits columns, though, are live, so the caller states the change.
+    """
+    axis = {EMBEDDING: 0, LOGITS: 1}.get(name)
+    if axis is None or value.shape[axis] == rows:
+        return value
+    if value.shape[axis] > rows:
+        return np.take(value, np.arange(rows), axis=axis)
+    pad = [(0, 0)] * value.ndim
+    pad[axis] = (0, rows - value.shape[axis])
+    return np.pad(value, pad)
+
+
+# ---------------------------------------------------------------------------------------------
+# Restoring straight into shardings (INITIAL_CHECKPOINT_PATH naming a T5X checkpoint).
+
+
+def restore_sharded(path, abstract_flat: Mapping[str, Any], config: T5Config) -> dict[str, Any]:
+    """Reads a T5X checkpoint's params into the shardings of `abstract_flat`.
+
+    Each device's shard is read on its own (tensorstore arrays read only that slice), one
+    param at a time, so no host ever holds the whole model.
+
+    Raises:
+      CheckpointError: a param is missing or of another shape (names it and both shapes).
+    """
+    import jax
+
+    ckpt = T5XCheckpoint(path)
+    for name, spec in abstract_flat.items():
+        if name not in ckpt.shapes:
+            raise CheckpointError(f"T5X checkpoint {path} lacks parameter {name}")
+        if tuple(ckpt.shapes[name]) != tuple(spec.shape):
+            raise CheckpointError(
+                f"parameter {name} has shape {list(ckpt.shapes[name])} in {path} but the model "
+                f"needs {list(spec.shape)} (model config: {config.shape_dict()})"
+            )
+    out = {}
+    for name, spec in abstract_flat.items():
+
+        def shard(index, name=name, dtype=spec.dtype):
+            return np.asarray(ckpt.read_slice(name, index)).astype(dtype)
+
+        out[name] = jax.make_array_from_callback(tuple(spec.shape), spec.sharding, shard)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Conversion.
+
+
+def convert(
+    input_path: epath.PathLike,
+    output_path: epath.PathLike,
+    config: T5Config | str | None = None,
+    vocab_rows: int | None = None,
+    log=print,
+    **overrides,
+) -> T5Config:
+    """Converts a T5X checkpoint's `target` into a spot_jax frozen checkpoint.
+
+    Arrays are read one at a time into memory-mapped files under the output directory, so the
+    process holds only one array in RAM (plus what the OS pages in while Orbax writes).
+
+    Returns:
+      the model's T5Config (vocab resized to `vocab_rows` if given).
+    """
+    ckpt = T5XCheckpoint(input_path)
+    config = infer_config(ckpt.shapes, config, source=f"T5X checkpoint {input_path}", **overrides)
+    if vocab_rows and vocab_rows != config.vocab_size:
+        log(f"resizing vocab rows {config.vocab_size} -> {vocab_rows} (embedding, logits)")
+        config = dataclasses.replace(config, vocab_size=vocab_rows)
+    if PROMPT_PATH in ckpt.shapes:
+        log(f"note: {PROMPT_PATH} in the checkpoint is not part of the frozen model; skipped")
+    write_frozen_streaming(
+        output_path,
+        param_shapes(config),
+        lambda name: resize_vocab(name, ckpt.read(name), config.vocab_size),
+        config,
+    )
+    return config
+
+
+def write_frozen_streaming(output_path, shapes, read_fn, config: T5Config) -> None:
+    """`save_frozen` fed through disk-backed arrays filled one param at a time."""
+    output = epath.Path(output_path)
+    output.mkdir(parents=True, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".convert-", dir=output) if output.is_dir() else None
+    try:
+        flat = {}
+        for i, name in enumerate(sorted(shapes)):
+            value = np.asarray(read_fn(name))
+            if tuple(value.shape) != tuple(shapes[name]):
+                raise CheckpointError(
+                    f"parameter {name} has shape {list(value.shape)} but the model needs "
+                    f"{list(shapes[name])}"
+                )
+            if tmp is None or value.size < MEMMAP_MIN_ELEMENTS:
+                flat[name] = np.array(value)
+                continue
+            mm = np.lib.format.open_memmap(
+                f"{tmp}/{i}.npy", mode="w+", dtype=value.dtype, shape=value.shape
+            )
+            mm[...] = value
+            mm.flush()
+            flat[name] = mm
+            del value
+        save_frozen(output, flat, config)
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)

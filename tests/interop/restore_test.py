@@ -1,0 +1,54 @@
+"""INITIAL_CHECKPOINT_PATH naming a T5X checkpoint: read straight into the shardings."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from spot_jax import axes
+from spot_jax.interop import t5x
+from spot_jax.models.config import named_config
+from spot_jax.models.prompted import PROMPT_PATH, PromptedT5
+from spot_jax.train import checkpoints, sharding, trainer
+
+PT_TINY = (
+    Path(__file__).resolve().parents[3]
+    / "shared/fixtures/t5x/prompt_tuning_test_t5_1_1_tiny/checkpoint_3"
+)
+pytestmark = pytest.mark.skipif(not PT_TINY.exists(), reason="shared fixtures not present")
+
+
+def build(model, mesh, path):
+    return trainer.build_params(
+        model,
+        mesh,
+        axes.standard_rules(),
+        batch_size=8,
+        feature_lengths={"inputs": 8, "targets": 4},
+        initial_checkpoint_path=str(path),
+        seed=0,
+    )
+
+
+def test_build_params_from_t5x_equals_converted(tmp_path):
+    model = PromptedT5(named_config("pt_test_tiny"), prompt_length=3)
+    mesh = sharding.make_mesh(2)
+    direct, shardings = build(model, mesh, PT_TINY)
+    t5x.convert(PT_TINY, tmp_path / "frozen", log=lambda _: None)
+    converted, _ = build(model, mesh, tmp_path / "frozen")
+    assert set(direct) == set(converted) == set(shardings)
+    for name in direct:
+        assert direct[name].sharding == shardings[name], name
+        np.testing.assert_array_equal(
+            np.asarray(direct[name]), np.asarray(converted[name]), err_msg=name
+        )
+    # The embedding is really split across devices, so shards were read separately.
+    emb = direct[t5x.EMBEDDING]
+    assert len({str(s.index) for s in emb.addressable_shards}) > 1
+    assert PROMPT_PATH in direct
+
+
+def test_t5x_checkpoint_of_another_model_names_the_parameter():
+    model = PromptedT5(named_config("t5x_test_tiny"), prompt_length=3)
+    with pytest.raises(checkpoints.CheckpointError, match=r"parameter \S+ has shape \[.*needs \["):
+        build(model, sharding.make_mesh(1), PT_TINY)
