@@ -3,12 +3,16 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+TORCH_SPEC ?= torch==2.13.0
 
 .PHONY: demo test lint install clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
+	# A CPU build of torch first (the test extra's cross-checks against HF/PEFT need it);
+	# an open range would pull a multi-GB CUDA build.
+	$(BIN)/pip install -q '$(TORCH_SPEC)'
 	$(BIN)/pip install -q -e '.[data,test]'
 	touch $(STAMP)
 
