@@ -169,3 +169,13 @@ def test_eval_and_infer_on_the_trained_model_dir(resumed):
     # The eval/infer configs do not replace the training run's config.gin.
     assert (model_dir / "config.gin").read_text() == train_config
     assert (model_dir / "config_eval.gin").exists() and (model_dir / "config_infer.gin").exists()
+
+
+def test_relative_model_dir_is_taken_from_the_working_directory(tmp_path):
+    cmd = command("train", "runs/rel", "--gin.TRAIN_STEPS=10", "--gin.CHECKPOINT_PERIOD=10")
+    result = subprocess.run(
+        cmd, capture_output=True, text=True, env=env(), cwd=tmp_path, timeout=TIMEOUT
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert prompt_at(tmp_path / "runs" / "rel", 10).shape == (5, 8)
+    assert (tmp_path / "runs" / "rel" / "checkpoints" / "10").is_dir()

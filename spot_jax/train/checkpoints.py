@@ -91,7 +91,11 @@ class TrainCheckpointer:
             # Prompt states are tiny; a synchronous save keeps the kill-and-resume story simple.
             enable_async_checkpointing=False,
         )
-        self.directory = epath.Path(model_dir) / "checkpoints"
+        # Orbax wants absolute paths; a relative local MODEL_DIR is taken from the cwd.
+        root = str(model_dir)
+        self.directory = (
+            epath.Path(root if "://" in root else os.path.abspath(root)) / "checkpoints"
+        )
         self.manager = ocp.CheckpointManager(self.directory, options=options)
 
     def latest_step(self) -> int | None:
