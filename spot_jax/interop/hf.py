@@ -401,5 +401,12 @@ def iter_frozen(path: epath.PathLike) -> tuple[T5Config, Callable[[str], np.ndar
             f"note: {path} does not record relpos_max_distance; assuming "
             f"{config.relpos_max_distance}"
         )
-    reader = t5x.OrbaxParams(epath.Path(path) / "params")
-    return config, reader.read
+    readers = [t5x.OrbaxParams(group) for group in checkpoints.frozen_group_dirs(path)]
+    owner = {name: r for r in readers for name in r.shapes}
+
+    def read(name: str) -> np.ndarray:
+        if name not in owner:
+            raise checkpoints.CheckpointError(f"frozen checkpoint {path} lacks parameter {name}")
+        return owner[name].read(name)
+
+    return config, read

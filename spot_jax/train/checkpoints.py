@@ -176,14 +176,47 @@ def save_numpy_params(
 # Frozen-model checkpoints (what INITIAL_CHECKPOINT_PATH names).
 
 
+# Orbax buffers every array of one save in host memory, so a frozen model is written as several
+# Orbax checkpoints of at most this many bytes each: converting XXL (44 GB in float32) then needs
+# about one group of RAM, not the whole model.
+FROZEN_GROUP_BYTES = 1 << 30
+
+
+def frozen_groups(flat_params: Mapping[str, Any], group_bytes: int):
+    """Splits params (sorted by name) into consecutive groups of at most `group_bytes`."""
+    groups: list[list[str]] = [[]]
+    size = 0
+    for name in sorted(flat_params):
+        nbytes = int(np.prod(flat_params[name].shape)) * np.dtype(flat_params[name].dtype).itemsize
+        if groups[-1] and size + nbytes > group_bytes:
+            groups.append([])
+            size = 0
+        groups[-1].append(name)
+        size += nbytes
+    return groups
+
+
+def _group_dir(i: int) -> str:
+    return "params" if i == 0 else f"params_{i}"
+
+
 def save_frozen(
-    path: epath.PathLike, flat_params: Mapping[str, jax.Array], config: T5Config
+    path: epath.PathLike,
+    flat_params: Mapping[str, jax.Array],
+    config: T5Config,
+    group_bytes: int | None = None,
 ) -> None:
-    """Writes a frozen-model checkpoint: Orbax params (T5X names, unscanned) + model JSON."""
+    """Writes a frozen-model checkpoint: Orbax params (T5X names, unscanned) + model JSON.
+
+    Params go to `params/`, `params_1/`, ... (groups of at most `group_bytes`), each an Orbax
+    checkpoint of a flat {name: array} dict; `spot_model.json` lists the groups.
+    """
     path = epath.Path(path)
-    nested = {k: v for k, v in flat_params.items() if k != PROMPT_PATH}
-    with ocp.StandardCheckpointer() as ckptr:
-        ckptr.save(path / "params", nested, force=True)
+    params = {k: v for k, v in flat_params.items() if k != PROMPT_PATH}
+    groups = frozen_groups(params, group_bytes or FROZEN_GROUP_BYTES)
+    for i, names in enumerate(groups):
+        with ocp.StandardCheckpointer() as ckptr:
+            ckptr.save(path / _group_dir(i), {k: params[k] for k in names}, force=True)
     if jax.process_index() == 0:
         (path / FROZEN_META).write_text(
             json.dumps(
@@ -192,10 +225,17 @@ def save_frozen(
                     **config.shape_dict(),
                     # Not a shape, but needed to rebuild the model elsewhere (HF export).
                     "relpos_max_distance": config.relpos_max_distance,
+                    "groups": [_group_dir(i) for i in range(len(groups))],
                 },
                 indent=2,
             )
         )
+
+
+def frozen_group_dirs(path: epath.PathLike) -> list[epath.Path]:
+    """The Orbax group directories of a frozen checkpoint (one, `params`, before groups)."""
+    path = epath.Path(path)
+    return [path / g for g in read_frozen_config(path).get("groups", ["params"])]
 
 
 def read_frozen_config(path: epath.PathLike) -> dict[str, Any]:
@@ -240,28 +280,38 @@ def restore_frozen(
         raise CheckpointError(
             f"INITIAL_CHECKPOINT_PATH {path} is of another model: {'; '.join(diffs)}"
         )
+    stored, where = {}, {}
     with ocp.StandardCheckpointer() as ckptr:
-        meta = ckptr.metadata(path / "params")
-        tree = getattr(meta, "item_metadata", meta)
-        tree = getattr(tree, "tree", tree)
-        stored = {k: v for k, v in _flatten_meta(tree).items()}
-        missing = sorted(set(abstract_flat) - set(stored))
-        if missing:
-            raise CheckpointError(f"checkpoint {path} lacks parameters {missing[:5]}")
-        for name, spec in abstract_flat.items():
-            if tuple(stored[name].shape) != tuple(spec.shape):
+        for group in frozen_group_dirs(path):
+            if not group.exists():
+                raise CheckpointError(f"frozen checkpoint {path} lacks its folder {group.name}")
+            meta = ckptr.metadata(group)
+            tree = getattr(meta, "item_metadata", meta)
+            tree = getattr(tree, "tree", tree)
+            for name, leaf in _flatten_meta(tree).items():
+                stored[name], where[name] = leaf, group
+    missing = sorted(set(abstract_flat) - set(stored))
+    if missing:
+        raise CheckpointError(f"checkpoint {path} lacks parameters {missing[:5]}")
+    for name, spec in abstract_flat.items():
+        if tuple(stored[name].shape) != tuple(spec.shape):
+            raise CheckpointError(
+                f"parameter {name} has shape {list(stored[name].shape)} in {path} but the "
+                f"model needs {list(spec.shape)}"
+            )
+    restored = {}
+    with ocp.StandardCheckpointer() as ckptr:
+        for group in sorted(set(where.values()), key=str):
+            # Leaves we do not need (e.g. a prompt saved with the model) are skipped, not loaded.
+            target = {
+                k: abstract_flat.get(k, ocp.PLACEHOLDER) for k, g in where.items() if g == group
+            }
+            try:
+                restored.update(ckptr.restore(group, target))
+            except Exception as e:
                 raise CheckpointError(
-                    f"parameter {name} has shape {list(stored[name].shape)} in {path} but the "
-                    "model "
-                    f"needs {list(spec.shape)}"
-                )
-        target = {k: abstract_flat.get(k) for k in stored}
-        # Leaves we do not need (e.g. a prompt saved with the model) are skipped, not loaded.
-        target = {k: v if v is not None else ocp.PLACEHOLDER for k, v in target.items()}
-        try:
-            restored = ckptr.restore(path / "params", target)
-        except Exception as e:
-            raise CheckpointError(f"cannot read {path}: {type(e).__name__}: {str(e)[:300]}") from e
+                    f"cannot read {group}: {type(e).__name__}: {str(e)[:300]}"
+                ) from e
     return {k: v for k, v in restored.items() if k in abstract_flat}
 
 
