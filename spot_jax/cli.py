@@ -157,6 +157,7 @@ COMMANDS = {
     "export": "spot_jax.interop.commands:export_main",
     "import-prompt": "spot_jax.interop.commands:import_prompt_main",
     "library": "spot_jax.spot.commands:library_main",
+    "tasks": "spot_jax.data.commands:tasks_main",
 }
 
 

@@ -61,3 +61,227 @@ def sequence_accuracy(targets: Sequence[Any], predictions: Sequence[Any]) -> dic
             t, p = np.asarray(target), np.asarray(prediction)
             hits.append(t.shape == p.shape and bool(np.all(t == p)))
     return {"sequence_accuracy": 100.0 * float(np.mean(hits))}
+
+
+def _binary_f1(targets: np.ndarray, predictions: np.ndarray, positive: Any = 1) -> float:
+    tp = float(np.sum((predictions == positive) & (targets == positive)))
+    fp = float(np.sum((predictions == positive) & (targets != positive)))
+    fn = float(np.sum((predictions != positive) & (targets == positive)))
+    return 0.0 if tp == 0 else 2 * tp / (2 * tp + fp + fn)
+
+
+def f1_with_invalid(targets: Sequence[int], predictions: Sequence[int]) -> dict[str, float]:
+    """Binary F1 of class 1 (MRPC, QQP); a prediction other than 0/1 counts as wrong.
+
+    Args:
+        targets: `[N]` labels in {0, 1}.
+        predictions: `[N]` predicted class ids; invalid ones (e.g. -1) become the wrong class.
+
+    Returns:
+        `{'f1': 100 * F1}`.
+    """
+    _check_lengths(targets, predictions)
+    t = np.asarray(targets, dtype=np.int64)
+    p = np.asarray(predictions, dtype=np.int64).copy()
+    invalid = (p != 0) & (p != 1)
+    p[invalid] = 1 - t[invalid]
+    return {"f1": 100.0 * _binary_f1(t, p)}
+
+
+def mean_multiclass_f1(num_classes: int):
+    """CB's metric: F1 of each class (one vs rest), averaged over `num_classes` classes."""
+
+    def fn(targets: Sequence[int], predictions: Sequence[int]) -> dict[str, float]:
+        _check_lengths(targets, predictions)
+        t, p = np.asarray(targets), np.asarray(predictions)
+        scores = [_binary_f1(t, p, positive=c) for c in range(num_classes)]
+        return {f"mean_{num_classes}class_f1": 100.0 * float(np.mean(scores))}
+
+    return fn
+
+
+def matthews_corrcoef(targets: Sequence[int], predictions: Sequence[int]) -> dict[str, float]:
+    """CoLA's metric, x100: (tp*tn - fp*fn) / sqrt((tp+fp)(tp+fn)(tn+fp)(tn+fn)); 0 if undefined.
+
+    Predictions other than 1 count as class 0, as sklearn's binary case does for two labels.
+    """
+    _check_lengths(targets, predictions)
+    t = np.asarray(targets) == 1
+    p = np.asarray(predictions) == 1
+    tp, tn = float(np.sum(t & p)), float(np.sum(~t & ~p))
+    fp, fn = float(np.sum(~t & p)), float(np.sum(t & ~p))
+    denominator = np.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
+    value = 0.0 if denominator == 0 else (tp * tn - fp * fn) / denominator
+    return {"matthews_corrcoef": 100.0 * float(value)}
+
+
+def _pearson(x: np.ndarray, y: np.ndarray) -> float:
+    x, y = x - x.mean(), y - y.mean()
+    denominator = np.sqrt(np.sum(x * x) * np.sum(y * y))
+    return 0.0 if denominator == 0 else float(np.sum(x * y) / denominator)
+
+
+def _average_ranks(values: np.ndarray) -> np.ndarray:
+    """1-based ranks; tied values share the mean of their ranks (as Spearman needs)."""
+    order = np.argsort(values, kind="stable")
+    ranks = np.empty(len(values), dtype=np.float64)
+    sorted_values = values[order]
+    start = 0
+    while start < len(values):
+        end = start
+        while end + 1 < len(values) and sorted_values[end + 1] == sorted_values[start]:
+            end += 1
+        ranks[order[start : end + 1]] = (start + end) / 2 + 1
+        start = end + 1
+    return ranks
+
+
+def pearson_corrcoef(targets: Sequence[float], predictions: Sequence[float]) -> dict[str, float]:
+    """STS-B: Pearson correlation x100."""
+    _check_lengths(targets, predictions)
+    t, p = np.asarray(targets, np.float64), np.asarray(predictions, np.float64)
+    return {"pearson_corrcoef": 100.0 * _pearson(t, p)}
+
+
+def spearman_corrcoef(targets: Sequence[float], predictions: Sequence[float]) -> dict[str, float]:
+    """STS-B: Spearman rank correlation x100 (Pearson of tie-averaged ranks)."""
+    _check_lengths(targets, predictions)
+    t, p = np.asarray(targets, np.float64), np.asarray(predictions, np.float64)
+    return {"spearman_corrcoef": 100.0 * _pearson(_average_ranks(t), _average_ranks(p))}
+
+
+def normalize_squad(answer: str) -> str:
+    """The official SQuAD normalisation: lower case, no punctuation, no articles, one space."""
+    import re
+    import string
+
+    text = "".join(ch for ch in answer.lower() if ch not in set(string.punctuation))
+    text = re.sub(r"\b(a|an|the)\b", " ", text)
+    return " ".join(text.split())
+
+
+def _token_f1(target: str, prediction: str) -> float:
+    from collections import Counter
+
+    t, p = target.split(), prediction.split()
+    common = sum((Counter(t) & Counter(p)).values())
+    if common == 0:
+        return 0.0
+    precision, recall = common / len(p), common / len(t)
+    return 2 * precision * recall / (precision + recall)
+
+
+def squad(targets: Sequence[Sequence[str]], predictions: Sequence[str]) -> dict[str, float]:
+    """SQuAD exact match and token F1 (x100), each the max over an example's answers.
+
+    Args:
+        targets: `[N]` lists of reference answers.
+        predictions: `[N]` predicted answers.
+
+    Returns:
+        `{'em': ..., 'f1': ...}` over normalised answers.
+    """
+    _check_lengths(targets, predictions)
+    em, f1 = [], []
+    for answers, prediction in zip(targets, predictions, strict=True):
+        answers = [answers] if isinstance(answers, str) else list(answers)
+        p = normalize_squad(prediction)
+        normed = [normalize_squad(a) for a in answers]
+        em.append(max(float(a == p) for a in normed))
+        f1.append(max(_token_f1(a, p) for a in normed))
+    return {"em": 100.0 * float(np.mean(em)), "f1": 100.0 * float(np.mean(f1))}
+
+
+def record(targets: Sequence[dict], predictions: Sequence[dict]) -> dict[str, float]:
+    """ReCoRD: SQuAD EM/F1 over one copy per (passage, query) group, max over its answers.
+
+    Args:
+        targets: `[N]` `{'value': [answers], 'group': key}` (postprocessors.record).
+        predictions: `[N]` `{'value': answer}`.
+    """
+    _check_lengths(targets, predictions)
+    seen, kept_t, kept_p = set(), [], []
+    for target, prediction in zip(targets, predictions, strict=True):
+        if target["group"] in seen:
+            continue
+        seen.add(target["group"])
+        kept_t.append(target["value"])
+        kept_p.append(prediction["value"])
+    return squad(kept_t, kept_p)
+
+
+def multirc(targets: Sequence[dict], predictions: Sequence[dict]) -> dict[str, float]:
+    """MultiRC: F1a (binary F1 over all answers) and EM (all answers of a question right).
+
+    Args:
+        targets: `[N]` `{'value': 0/1, 'group': question id}` (postprocessors.multirc).
+        predictions: `[N]` `{'value': class id}`.
+
+    Returns:
+        `{'f1': ..., 'exact_match': ...}`, x100; EM is the mean over questions.
+    """
+    _check_lengths(targets, predictions)
+    t = [x["value"] for x in targets]
+    p = [x["value"] for x in predictions]
+    groups: dict[Any, list[bool]] = {}
+    for target, prediction in zip(targets, predictions, strict=True):
+        groups.setdefault(target["group"], []).append(target["value"] == prediction["value"])
+    exact = [all(hits) for hits in groups.values()]
+    return {"f1": f1_with_invalid(t, p)["f1"], "exact_match": 100.0 * float(np.mean(exact))}
+
+
+# Which metric keys make up each task's score (the papers' per-task average).
+GLUE_SCORE_KEYS = {
+    "cola": ("matthews_corrcoef",),
+    "sst2": ("accuracy",),
+    "mrpc": ("f1", "accuracy"),
+    "qqp": ("f1", "accuracy"),
+    "stsb": ("pearson_corrcoef", "spearman_corrcoef"),
+    "mnli": ("accuracy",),
+    "qnli": ("accuracy",),
+    "rte": ("accuracy",),
+}
+SUPER_GLUE_SCORE_KEYS = {
+    "boolq": ("accuracy",),
+    "cb": ("mean_3class_f1", "accuracy"),
+    "copa": ("accuracy",),
+    "multirc": ("f1", "exact_match"),
+    "record": ("f1", "em"),
+    "rte": ("accuracy",),
+    "wic": ("accuracy",),
+    "wsc": ("accuracy",),
+}
+
+
+def task_score(results: dict[str, float], keys: Sequence[str]) -> float:
+    """A task's one number: the mean of its metrics (papers average e.g. F1 and accuracy)."""
+    return float(np.mean([results[k] for k in keys]))
+
+
+def benchmark_average(
+    results: dict[str, dict[str, float]], score_keys: dict[str, Sequence[str]]
+) -> float:
+    """Mean over tasks of per-task scores (two-metric tasks averaged first).
+
+    Args:
+        results: task -> its metric dict; for MNLI give the mean of matched and mismatched
+            accuracy as 'accuracy' if both were evaluated.
+        score_keys: `GLUE_SCORE_KEYS` or `SUPER_GLUE_SCORE_KEYS`.
+
+    Raises:
+        ValueError: naming the tasks missing from `results`.
+    """
+    missing = sorted(set(score_keys) - set(results))
+    if missing:
+        raise ValueError(f"Benchmark average needs results for {missing}.")
+    return float(np.mean([task_score(results[t], keys) for t, keys in score_keys.items()]))
+
+
+def glue_average(results: dict[str, dict[str, float]]) -> float:
+    """GLUE score over the 8 tasks SPoT reports (WNLI excluded)."""
+    return benchmark_average(results, GLUE_SCORE_KEYS)
+
+
+def super_glue_average(results: dict[str, dict[str, float]]) -> float:
+    """SuperGLUE score over its 8 tasks."""
+    return benchmark_average(results, SUPER_GLUE_SCORE_KEYS)

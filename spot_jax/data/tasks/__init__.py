@@ -3,18 +3,54 @@
 Importing this package registers every task; `register_all()` does it again after a
 `seqio.TaskRegistry.reset()` (which tests use), since a module body runs only once.
 
-For now there is one task, `spot_demo_copy_v1`, the foundation's smoke test; SPoT's task
-catalog (GLUE, SuperGLUE, ...) comes in later modules, one file per family.
+    demo.py        spot_demo_copy_v1, the foundation's in-memory smoke test
+    glue.py        spot_glue_<task>_v200 (+ spot_glue_mnli_mismatched_v200)
+    super_glue.py  spot_super_glue_<task>_v102
+    few_shot.py    <task>_<k>shot_seed<s> (PPT's 32-train / 32-dev protocol)
+    ../mixtures.py spot_glue_mixture, spot_super_glue_mixture, spot_all_mixture
+
+Every TFDS task also has a `<name>_taskless` twin without the leading task word.
+
+Mock data: with SPOT_JAX_TFDS_MOCK=N in the environment, `register_all()` switches TFDS to
+`tfds.testing.mock_data(num_examples=N)` for the rest of the process, so any job or command
+(e.g. `spot-jax train` in a subprocess) runs the real tasks on random examples offline.
 """
 
 from __future__ import annotations
 
-from spot_jax.data.tasks import demo
+import os
+
+from spot_jax.data.tasks import demo, few_shot, glue, super_glue
+
+MOCK_ENV_VAR = "SPOT_JAX_TFDS_MOCK"
+_mock_context = None
+
+
+def enable_mock_data(num_examples: int) -> None:
+    """Serves every TFDS dataset from `tfds.testing.mock_data` from now on (tests, demos)."""
+    global _mock_context
+    if _mock_context is not None:
+        return
+    import tensorflow_datasets as tfds
+
+    _mock_context = tfds.testing.mock_data(num_examples=num_examples)
+    _mock_context.__enter__()
 
 
 def register_all() -> None:
     """Registers all of spot_jax's tasks and mixtures; safe to call repeatedly."""
+    if os.environ.get(MOCK_ENV_VAR):
+        enable_mock_data(int(os.environ[MOCK_ENV_VAR]))
     demo.register()
+    glue.register()
+    super_glue.register()
+    few_shot.register()
+    from spot_jax.data import mixtures
+
+    # Absent while `mixtures` itself is being imported (it imports this package); its
+    # module body then registers the mixtures once it is complete.
+    if hasattr(mixtures, "register"):
+        mixtures.register()
 
 
 register_all()

@@ -1,0 +1,90 @@
+"""`spot-jax tasks`: list the registered tasks and mixtures, show preprocessed examples.
+
+    spot-jax tasks list [--mixtures]
+    spot-jax tasks show spot_glue_rte_v200 [--split validation] [-n 5] [--mock-data]
+
+`show` prints one JSON object a line with the `inputs` / `targets` strings the model reads
+(after text preprocessing, before tokenization). `--mock-data` serves the TFDS data from
+`tfds.testing.mock_data` (random examples, no download). Few-shot names such as
+`spot_glue_rte_v200_16shot_seed7` are registered on demand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Iterator
+
+import numpy as np
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="spot-jax tasks", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="action", required=True)
+    ls = sub.add_parser("list", help="print registered task (and mixture) names")
+    ls.add_argument("--mixtures", action="store_true", help="list mixtures instead of tasks")
+    show = sub.add_parser("show", help="print preprocessed examples as JSON lines")
+    show.add_argument("name", help="task name, e.g. spot_glue_rte_v200")
+    show.add_argument("--split", default="validation")
+    show.add_argument("-n", type=int, default=5, help="examples to print")
+    show.add_argument("--mock-data", action="store_true", help="use tfds.testing.mock_data")
+    show.add_argument("--mock-examples", type=int, default=4, help="mock examples per split")
+    return p
+
+
+def _jsonable(value):
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    if isinstance(value, np.ndarray):
+        return [_jsonable(v) for v in value.tolist()]
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def show_examples(name: str, split: str = "validation", n: int = 5) -> Iterator[dict]:
+    """The first `n` preprocessed examples of a task split, as plain Python values.
+
+    Raises:
+        ValueError: for an unknown task (with the list command to find one) or split.
+    """
+    import seqio
+
+    from spot_jax.data import tasks
+    from spot_jax.data.tasks import few_shot
+
+    tasks.register_all()
+    if name not in seqio.TaskRegistry.names() and not few_shot.resolve(name):
+        if name in seqio.MixtureRegistry.names():
+            raise ValueError(f"{name!r} is a mixture; show one of its tasks.")
+        raise ValueError(f"No task named {name!r}; see `spot-jax tasks list`.")
+    task = seqio.TaskRegistry.get(name)
+    if split not in task.splits:
+        raise ValueError(f"Task {name!r} has splits {list(task.splits)}, not {split!r}.")
+    ds = task.preprocess_precache(task.source.get_dataset(split=split, shuffle=False), seed=0)
+    for example in ds.take(n).as_numpy_iterator():
+        yield {k: _jsonable(v) for k, v in example.items()}
+
+
+def tasks_main(argv: list[str]) -> int:
+    """Entry point of `spot-jax tasks`; returns the exit status."""
+    args = _parser().parse_args(argv)
+    import seqio
+
+    from spot_jax.data import tasks
+
+    if args.action == "list":
+        tasks.register_all()
+        registry = seqio.MixtureRegistry if args.mixtures else seqio.TaskRegistry
+        for name in sorted(registry.names()):
+            print(name)
+        return 0
+    if args.mock_data:
+        tasks.enable_mock_data(args.mock_examples)
+    for example in show_examples(args.name, args.split, args.n):
+        print(json.dumps(example, ensure_ascii=False, sort_keys=True))
+    sys.stdout.flush()
+    return 0

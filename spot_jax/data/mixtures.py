@@ -1,0 +1,92 @@
+"""SPoT's multi-task mixtures: examples-proportional mixing with a size cap.
+
+Raffel et al.'s examples-proportional mixing, as SPoT uses it (paper §2.1.3): task i is
+sampled with rate min(n_i, K), n_i its train-split size and K = 2**19 = 524,288.
+
+    spot_glue_mixture          the 8 GLUE tasks SPoT reports (no WNLI)
+    spot_super_glue_mixture    the 8 SuperGLUE tasks
+    spot_all_mixture           both (RTE appears in each benchmark; both copies are kept)
+
+`register_mixture(name, task_names, cap)` builds one from any tasks at run time (SPoT's
+top-k multi-task transfer mixes the retrieved source tasks this way).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import seqio
+
+from spot_jax.data.tasks import base, glue, super_glue
+
+DEFAULT_CAP = 2**19
+
+GLUE_TASKS = tuple(glue.task_name(t) for t in glue.TASKS if t != "wnli")
+SUPER_GLUE_TASKS = tuple(super_glue.task_name(t) for t in super_glue.TASKS)
+MIXTURES = {
+    "spot_glue_mixture": GLUE_TASKS,
+    "spot_super_glue_mixture": SUPER_GLUE_TASKS,
+    "spot_all_mixture": GLUE_TASKS + SUPER_GLUE_TASKS,
+}
+
+
+def examples_proportional_rate(task_name: str, cap: int = DEFAULT_CAP) -> float:
+    """min(train examples, cap) for one task (see `base.train_size` for the sizes)."""
+    return float(min(base.train_size(task_name), cap))
+
+
+def rates(mixture_name: str) -> dict[str, float]:
+    """The (unnormalised) sampling rate of each task of a registered mixture."""
+    mixture = seqio.get_mixture_or_task(mixture_name)
+    return {task.name: float(mixture.get_rate(task)) for task in mixture.tasks}
+
+
+# What each mixture registered here was built from: name -> (task names, cap).
+_REGISTERED: dict[str, tuple[tuple[str, ...], int]] = {}
+
+
+class _CappedRate:
+    """A picklable, printable rate function: min(train size, cap)."""
+
+    def __init__(self, cap: int):
+        self.cap = cap
+
+    def __call__(self, task: seqio.Task) -> float:
+        return examples_proportional_rate(task.name, self.cap)
+
+    def __repr__(self) -> str:
+        return f"examples_proportional(cap={self.cap})"
+
+
+def register_mixture(name: str, task_names: Sequence[str], cap: int = DEFAULT_CAP) -> seqio.Mixture:
+    """Registers an examples-proportional mixture of `task_names` (rates min(n_i, cap)).
+
+    Registering the same name again with the same tasks returns the existing mixture; with
+    different tasks or cap it replaces it.
+
+    Raises:
+        ValueError: if a task is not registered.
+    """
+    if any(t not in seqio.TaskRegistry.names() for t in task_names):
+        from spot_jax.data import tasks
+
+        tasks.register_all()
+    unknown = [t for t in task_names if t not in seqio.TaskRegistry.names()]
+    if unknown:
+        raise ValueError(f"Cannot mix unregistered tasks {unknown}.")
+    if name in seqio.MixtureRegistry.names():
+        if _REGISTERED.get(name) == (tuple(task_names), cap):
+            return seqio.MixtureRegistry.get(name)
+        seqio.MixtureRegistry.remove(name)
+    _REGISTERED[name] = (tuple(task_names), cap)
+    return seqio.MixtureRegistry.add(name, list(task_names), default_rate=_CappedRate(cap))
+
+
+def register() -> list[str]:
+    """Registers SPoT's default mixtures."""
+    for name, task_names in MIXTURES.items():
+        register_mixture(name, task_names)
+    return list(MIXTURES)
+
+
+register()

@@ -1,0 +1,70 @@
+"""Postprocessors: decoded strings back to the labels the metrics compare (no TF needed).
+
+SeqIO calls `postprocess_fn(text, example=..., is_target=...)` on both the decoded prediction
+and the target string; the example carries the ids and answer lists the grouped metrics use.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    return str(value)
+
+
+def string_label_to_class_id(
+    string_label: Any,
+    example: Any = None,
+    is_target: bool = False,
+    *,
+    label_classes: Sequence[str],
+    default: int = -1,
+) -> int:
+    """The index of the label in `label_classes`; `default` (-1, counted wrong) otherwise."""
+    del example, is_target
+    label = _text(string_label).strip()
+    return label_classes.index(label) if label in label_classes else default
+
+
+def string_to_float(
+    string: Any, example: Any = None, is_target: bool = False, *, default: float = -1.0
+) -> float:
+    """STS-B: the decoded score as a float; `default` when it does not parse."""
+    del example, is_target
+    try:
+        return float(_text(string))
+    except ValueError:
+        return default
+
+
+def _as_int(value: Any) -> int:
+    return int(getattr(value, "item", lambda: value)())
+
+
+def multirc(string_label: Any, example: Any = None, is_target: bool = False) -> dict:
+    """MultiRC: `{'value': 0/1 (-1 invalid), 'group': question id}` (targets only group)."""
+    out = {"value": string_label_to_class_id(string_label, label_classes=("False", "True"))}
+    if is_target and example is not None:
+        out["group"] = _as_int(example["idx/question"])
+    return out
+
+
+def record(answer: Any, example: Any = None, is_target: bool = False) -> dict:
+    """ReCoRD: a prediction is `{'value': text}`; a target holds all answers and its group."""
+    if is_target and example is not None:
+        return {
+            "value": [_text(a) for a in example["answers"]],
+            "group": (_as_int(example["idx/passage"]), _as_int(example["idx/query"])),
+        }
+    return {"value": _text(answer)}
+
+
+def qa(answer: Any, example: Any = None, is_target: bool = False) -> Any:
+    """Extractive QA: a target becomes its list of answers, a prediction stays text."""
+    if is_target and example is not None:
+        return [_text(a) for a in example["answers"]]
+    return _text(answer)

@@ -1,0 +1,211 @@
+"""Text-to-text preprocessors of SPoT's tasks (TF inside: behind the data seam's fence).
+
+Each turns a TFDS example into `{'inputs': str, 'targets': str, ...}` with T5's exact strings
+(`t5.data.preprocessors.glue/stsb/wsc/record`), so prompts trained here meet the same text as
+prompts trained with T5X:
+
+    glue:    '<benchmark> key1: v1 key2: v2'  -> label_names[label]  ('<unk>' for label -1)
+    stsb:    'stsb sentence1: s1 sentence2: s2' -> round(label * 5) / 5 as '%.1f'
+    wsc:     'wsc text: ... * noun * ... # pronoun # ...' -> 'False' / 'True'
+    record:  'record query: q entities: e1, e2 passage: p' -> one example per answer
+
+Besides those, `remove_task_prefix` (prompt tuning's "taskless" variant) and `few_shot`
+(seeded k-shot subsets) work on any of the tasks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import seqio
+import tensorflow as tf
+
+UNK_LABEL = "<unk>"
+
+
+def _label_text(label: tf.Tensor, label_names: Sequence[str]) -> tf.Tensor:
+    """label_names[label], or '<unk>' for the unlabeled (-1) test examples."""
+    label = tf.cast(label, tf.int64)
+    return tf.cond(
+        tf.equal(label, -1),
+        lambda: tf.constant(UNK_LABEL),
+        lambda: tf.gather(tf.constant(list(label_names)), tf.maximum(label, 0)),
+    )
+
+
+@seqio.map_over_dataset
+def glue(
+    x: dict,
+    benchmark_name: str,
+    label_names: Sequence[str],
+    feature_names: Sequence[str] | None = None,
+) -> dict:
+    """GLUE/SuperGLUE classification example to T5's text-to-text pair.
+
+    Args:
+        x: a TFDS example with text features, `label` and `idx`.
+        benchmark_name: the word the input starts with (e.g. 'rte', 'mnli').
+        label_names: the class names, indexed by `label`.
+        feature_names: the text features in order; default all but label/idx, sorted by name.
+
+    Returns:
+        `{'inputs', 'targets', 'idx'}`; for MultiRC 'idx/paragraph', 'idx/question',
+        'idx/answer' instead of 'idx', and HTML markup removed from the input.
+    """
+    keys = list(feature_names or sorted(set(x) - {"label", "idx"}))
+    pieces = [benchmark_name]
+    for key in keys:
+        pieces += [f"{key}:", x[key]]
+    inputs = tf.strings.join(pieces, separator=" ")
+    out = {"targets": _label_text(x["label"], label_names)}
+    if benchmark_name == "multirc":
+        inputs = tf.strings.regex_replace(inputs, "<br>", " ")
+        inputs = tf.strings.regex_replace(inputs, "<(/)?b>", "")
+        for part in ("paragraph", "question", "answer"):
+            out[f"idx/{part}"] = x["idx"][part]
+    else:
+        out["idx"] = x["idx"]
+    out["inputs"] = inputs
+    return out
+
+
+@seqio.map_over_dataset
+def stsb(x: dict) -> dict:
+    """STS-B: the score rounded to the nearest 0.2 and written with one decimal ('3.4')."""
+    inputs = tf.strings.join(
+        ["stsb sentence1:", x["sentence1"], "sentence2:", x["sentence2"]], separator=" "
+    )
+    score = tf.round(tf.cast(x["label"], tf.float32) * 5) / 5
+    return {"inputs": inputs, "targets": tf.strings.as_string(score, precision=1), "idx": x["idx"]}
+
+
+def _mark_span(text: tf.Tensor, span: tf.Tensor, word_index: tf.Tensor, mark: str) -> tf.Tensor:
+    # Matches the span where it starts at whitespace-word `word_index` and wraps it in marks.
+    pattern = tf.strings.join(
+        ["^((?:\\S+\\s){", tf.strings.as_string(word_index), "})(", span, ")"]
+    )
+    return tf.strings.regex_replace(text, pattern, f"\\1{mark} \\2 {mark}")
+
+
+@seqio.map_over_dataset
+def wsc(x: dict) -> dict:
+    """WSC (wsc.fixed): '* noun *' and '# pronoun #' marked in the text; target False/True."""
+    text = _mark_span(x["text"], x["span1_text"], x["span1_index"], "*")
+    # The first marks added two words before the pronoun when the noun comes first.
+    span2_index = x["span2_index"] + 2 * tf.cast(x["span1_index"] < x["span2_index"], tf.int32)
+    text = _mark_span(text, x["span2_text"], span2_index, "#")
+    inputs = tf.strings.join(["wsc", "text:", text], separator=" ")
+    return {
+        "inputs": inputs,
+        "targets": _label_text(x["label"], ("False", "True")),
+        "idx": x["idx"],
+    }
+
+
+def record(dataset: tf.data.Dataset) -> tf.data.Dataset:
+    """ReCoRD: one example per answer (one '<unk>' example when there is none).
+
+    Every copy keeps all `answers` and the (passage, query) ids, which the postprocessor
+    uses to group the copies back into one question at eval.
+    """
+
+    def one_per_answer(x):
+        answers = x["answers"]
+        n = tf.size(answers)
+        copies = tf.maximum(n, 1)
+
+        def repeat(t):
+            return tf.broadcast_to(t, tf.concat([[copies], tf.shape(t)], axis=0))
+
+        passage = tf.strings.regex_replace(x["passage"], r"(\.|\?|\!|\"|\')\n@highlight\n", r"\1 ")
+        passage = tf.strings.regex_replace(passage, r"\n@highlight\n", ". ")
+        inputs = tf.strings.join(
+            [
+                "record query:",
+                x["query"],
+                "entities:",
+                tf.strings.reduce_join(x["entities"], separator=", "),
+                "passage:",
+                passage,
+            ],
+            separator=" ",
+        )
+        return {
+            "inputs": repeat(inputs),
+            "targets": tf.cond(n > 0, lambda: answers, lambda: tf.constant([UNK_LABEL])),
+            "answers": repeat(answers),
+            "idx/passage": repeat(x["idx"]["passage"]),
+            "idx/query": repeat(x["idx"]["query"]),
+        }
+
+    return dataset.map(one_per_answer, num_parallel_calls=tf.data.AUTOTUNE).unbatch()
+
+
+@seqio.map_over_dataset
+def remove_task_prefix(x: dict) -> dict:
+    """Prompt tuning's 'taskless' inputs: drops the first word (the task name) of `inputs`."""
+    out = dict(x)
+    out["inputs"] = tf.strings.regex_replace(x["inputs"], r"^[^ ]* ", "")
+    return out
+
+
+def class_quotas(k: int, num_classes: int) -> list[int]:
+    """k examples spread over classes as evenly as possible (earlier classes get the rest)."""
+    return [k // num_classes + (c < k % num_classes) for c in range(num_classes)]
+
+
+def few_shot(
+    dataset: tf.data.Dataset,
+    *,
+    k: int,
+    seed: int,
+    num_classes: int = 1,
+    label_key: str | None = "label",
+    block: int = 0,
+    pool_size: int = 1_000_000,
+) -> tf.data.Dataset:
+    """A seeded, class-balanced k-shot subset (PPT's protocol: k in all, balanced).
+
+    The split is shuffled with `seed` (a fixed order), then each class c contributes its
+    examples number [block*q_c, (block+1)*q_c) in that order, where q = `class_quotas(k,
+    num_classes)`. Block 0 is the few-shot train set, block 1 a disjoint dev set of the same
+    size drawn from the same split. Unlabeled (-1) examples are never selected.
+
+    Args:
+        dataset: raw TFDS examples.
+        k: examples in the subset (fewer when the split is too small).
+        seed: shuffle seed choosing the subset.
+        num_classes: classes to balance over; 1 (or `label_key=None`) ignores labels.
+        label_key: the integer class feature.
+        block: which disjoint k-subset to return (0 train, 1 dev).
+        pool_size: shuffle buffer, larger than every split we subsample.
+
+    Returns:
+        The subset, in shuffled order.
+    """
+    dataset = dataset.shuffle(pool_size, seed=seed, reshuffle_each_iteration=False)
+    if label_key is None:
+        num_classes = 1
+    quotas = tf.constant(class_quotas(k, num_classes), tf.int32)
+
+    def keep(counts, x):
+        if num_classes == 1:
+            index, valid = tf.constant(0), tf.constant(True)
+        else:
+            label = tf.cast(x[label_key], tf.int32)
+            index, valid = tf.maximum(label, 0), label >= 0
+        seen, quota = counts[index], quotas[index]
+        take = valid & (seen >= block * quota) & (seen < (block + 1) * quota)
+        counts = tf.tensor_scatter_nd_add(counts, [[index]], [tf.cast(valid, tf.int32)])
+        return counts, (take, x)
+
+    def chosen(take, x):
+        del x
+        return take
+
+    def example(take, x):
+        del take
+        return x
+
+    counts = tf.zeros([num_classes], tf.int32)
+    return dataset.scan(counts, keep).filter(chosen).map(example)

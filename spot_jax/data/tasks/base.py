@@ -1,0 +1,156 @@
+"""What every SPoT TFDS task shares: naming, output features, the preprocessor chain.
+
+Task names follow the SPoT code: `spot_<benchmark>_<task>_v<tfds version without dots>`,
+e.g. `spot_glue_rte_v200` (tfds `glue/rte:2.0.0`). Each task has a "taskless" twin,
+`<name>_taskless`, whose inputs lack the leading task word (prompt tuning's
+`remove_first_text_token`), for runs where the prompt alone should identify the task.
+
+Train-split sizes come from the TFDS builder info when the data is prepared, else from
+`KNOWN_TRAIN_SIZES` (the TFDS catalog's counts), so mixture rates exist before any download
+and under `tfds.testing.mock_data` (whose builders report no split sizes).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping, Sequence
+
+import seqio
+
+from spot_jax.data import preprocessors, vocab
+
+TASKLESS_SUFFIX = "_taskless"
+
+# Train examples per task, from the TFDS catalog (glue 2.0.0, super_glue 1.0.2).
+KNOWN_TRAIN_SIZES = {
+    "spot_glue_cola_v200": 8_551,
+    "spot_glue_sst2_v200": 67_349,
+    "spot_glue_mrpc_v200": 3_668,
+    "spot_glue_qqp_v200": 363_846,
+    "spot_glue_stsb_v200": 5_749,
+    "spot_glue_mnli_v200": 392_702,
+    "spot_glue_qnli_v200": 104_743,
+    "spot_glue_rte_v200": 2_490,
+    "spot_glue_wnli_v200": 635,
+    "spot_super_glue_boolq_v102": 9_427,
+    "spot_super_glue_cb_v102": 250,
+    "spot_super_glue_copa_v102": 400,
+    "spot_super_glue_multirc_v102": 27_243,
+    "spot_super_glue_record_v102": 100_730,
+    "spot_super_glue_rte_v102": 2_490,
+    "spot_super_glue_wic_v102": 5_428,
+    "spot_super_glue_wsc_v102": 554,
+}
+
+
+def output_features() -> dict[str, seqio.Feature]:
+    """T5's SentencePiece vocabulary on inputs and targets, EOS appended to both."""
+    spm = vocab.get_vocabulary()
+    return {
+        "inputs": seqio.Feature(spm, add_eos=True, required=False),
+        "targets": seqio.Feature(spm, add_eos=True),
+    }
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskSpec:
+    """One TFDS-backed text-to-text task.
+
+    Attributes:
+        name: the SeqIO name, `spot_<benchmark>_<task>_v<version>`.
+        tfds_name: `builder/config:version`.
+        splits: task split -> TFDS split.
+        text_preprocessor: raw TFDS example dataset -> `{'inputs', 'targets', ...}` strings.
+        postprocess_fn: decoded text -> what the metrics compare.
+        metric_fns: SeqIO `(targets, predictions)` metric functions.
+        label_names: class names when the task is a classification over integer labels
+            (few-shot subsets balance over them), else None.
+    """
+
+    name: str
+    tfds_name: str
+    splits: Mapping[str, str]
+    text_preprocessor: Callable
+    postprocess_fn: Callable
+    metric_fns: Sequence[Callable]
+    label_names: Sequence[str] | None = None
+
+
+SPECS: dict[str, TaskSpec] = {}
+
+
+class TfdsSource(seqio.TfdsDataSource):
+    """seqio's TFDS source, which also reads builders that list no files.
+
+    Mock builders (`tfds.testing.mock_data`) and unprepared datasets report no split files
+    or sizes; seqio then shards the examples instead of the files, and sizes are unknown.
+    """
+
+    def list_shards(self, split: str):
+        try:
+            return super().list_shards(split)
+        except KeyError:
+            return []
+
+    def num_input_examples(self, split: str) -> int | None:
+        try:
+            return super().num_input_examples(split)
+        except KeyError:
+            return None
+
+
+def preprocessor_chain(spec: TaskSpec, taskless: bool = False) -> list:
+    """Text preprocessing, then (after the cache point) tokenize and append EOS.
+
+    The cache placeholder sits before tokenization, so `Task.preprocess_precache` yields
+    the strings the model will read (what `spot-jax tasks show` prints).
+    """
+    chain = [spec.text_preprocessor]
+    if taskless:
+        chain.append(preprocessors.remove_task_prefix)
+    return [
+        *chain,
+        seqio.CacheDatasetPlaceholder(),
+        seqio.preprocessors.tokenize,
+        seqio.preprocessors.append_eos_after_trim,
+    ]
+
+
+def register_spec(spec: TaskSpec) -> None:
+    """Registers the task and its taskless twin once (imports and register_all may repeat)."""
+    SPECS[spec.name] = spec
+    for name, taskless in ((spec.name, False), (spec.name + TASKLESS_SUFFIX, True)):
+        if name in seqio.TaskRegistry.names():
+            continue
+        seqio.TaskRegistry.add(
+            name,
+            source=TfdsSource(tfds_name=spec.tfds_name, splits=dict(spec.splits)),
+            output_features=output_features(),
+            preprocessors=preprocessor_chain(spec, taskless),
+            postprocess_fn=spec.postprocess_fn,
+            metric_fns=list(spec.metric_fns),
+        )
+
+
+def train_size(task_name: str) -> int:
+    """Train examples of a task (few-shot and taskless variants: those of what they read).
+
+    Reads the TFDS builder info when it knows the split, else `KNOWN_TRAIN_SIZES`.
+
+    Raises:
+        ValueError: when neither knows the task.
+    """
+    task = seqio.get_mixture_or_task(task_name)
+    try:
+        n = task.source.num_input_examples("train")
+    except Exception:  # noqa: BLE001 - unprepared data or mock builders: use the catalog
+        n = None
+    if n:
+        return int(n)
+    base = task_name.removesuffix(TASKLESS_SUFFIX)
+    if base in KNOWN_TRAIN_SIZES:
+        return KNOWN_TRAIN_SIZES[base]
+    raise ValueError(
+        f"No train-split size known for task {task_name!r}; prepare its TFDS data or add "
+        "it to spot_jax.data.tasks.base.KNOWN_TRAIN_SIZES."
+    )
