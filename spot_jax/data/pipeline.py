@@ -64,6 +64,11 @@ def get_provider(cfg: DatasetConfig) -> seqio.DatasetProviderBase:
     tasks.register_all()
     if cfg.module:
         importlib.import_module(cfg.module)
+    # Few-shot variants (`<task>_<k>shot_seed<s>`) are registered on first use.
+    from spot_jax.data.tasks import few_shot
+
+    if cfg.mixture_or_task_name not in seqio.TaskRegistry.names():
+        few_shot.resolve(cfg.mixture_or_task_name)
     try:
         return seqio.get_mixture_or_task(cfg.mixture_or_task_name)
     except ValueError as error:
