@@ -8,7 +8,9 @@ sampled with rate min(n_i, K), n_i its train-split size and K = 2**19 = 524,288.
     spot_all_mixture           both (RTE appears in each benchmark; both copies are kept)
 
 `register_mixture(name, task_names, cap)` builds one from any tasks at run time (SPoT's
-top-k multi-task transfer mixes the retrieved source tasks this way).
+top-k multi-task transfer mixes the retrieved source tasks this way). A mixture can also be
+named by its tasks, `spot_mix__<task>__<task>...` (`mixture_name`): the pipeline registers such
+a name on first use, so a run's config.gin alone reproduces its data.
 """
 
 from __future__ import annotations
@@ -80,6 +82,30 @@ def register_mixture(name: str, task_names: Sequence[str], cap: int = DEFAULT_CA
         seqio.MixtureRegistry.remove(name)
     _REGISTERED[name] = (tuple(task_names), cap)
     return seqio.MixtureRegistry.add(name, list(task_names), default_rate=_CappedRate(cap))
+
+
+MIX_PREFIX = "spot_mix__"
+
+
+def mixture_name(task_names: Sequence[str]) -> str:
+    """The self-describing name of the default-cap mixture of `task_names`."""
+    if any("__" in t for t in task_names):
+        raise ValueError(f"task names with '__' cannot be named in a mixture: {task_names}")
+    return MIX_PREFIX + "__".join(task_names)
+
+
+def resolve(name: str) -> str | None:
+    """Registers a `spot_mix__...` name as the mixture of its tasks; None for other names."""
+    if not name.startswith(MIX_PREFIX):
+        return None
+    from spot_jax.data.tasks import few_shot
+
+    task_names = name[len(MIX_PREFIX) :].split("__")
+    for task in task_names:
+        if task not in seqio.TaskRegistry.names():
+            few_shot.resolve(task)
+    register_mixture(name, task_names)
+    return name
 
 
 def register() -> list[str]:

@@ -64,11 +64,14 @@ def get_provider(cfg: DatasetConfig) -> seqio.DatasetProviderBase:
     tasks.register_all()
     if cfg.module:
         importlib.import_module(cfg.module)
-    # Few-shot variants (`<task>_<k>shot_seed<s>`) are registered on first use.
+    # Few-shot variants (`<task>_<k>shot_seed<s>`) and task-named mixtures (`spot_mix__a__b`)
+    # are registered on first use.
+    from spot_jax.data import mixtures
     from spot_jax.data.tasks import few_shot
 
-    if cfg.mixture_or_task_name not in seqio.TaskRegistry.names():
-        few_shot.resolve(cfg.mixture_or_task_name)
+    name = cfg.mixture_or_task_name
+    if name not in seqio.TaskRegistry.names() and name not in seqio.MixtureRegistry.names():
+        few_shot.resolve(name) or mixtures.resolve(name)
     try:
         return seqio.get_mixture_or_task(cfg.mixture_or_task_name)
     except ValueError as error:
