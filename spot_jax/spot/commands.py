@@ -6,6 +6,8 @@
     spot-jax library similarity --library L --metric M --target PROMPT.npy   (ranking CSV)
     spot-jax library retrieve --library L --target RUN_DIR_or_npy --k K [--metric M]
     spot-jax library transfer --library L --target T --k K --out-dir D -- TRAIN ARGS...
+    spot-jax library zero-shot --library L [--target NAME=RUN_DIR_OR_GIN ...] [--metric M]
+        [--relative] [--out m.csv] [--plot heat.png]
 
 Errors raise; the CLI prints them as one line and exits 1.
 """
@@ -76,13 +78,35 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--out-dir", required=True, help="target runs go to OUT_DIR/<source>")
     s.add_argument("--select-metric", default="eval/loss", help="validation metric to pick by")
     s.add_argument("train_args", nargs=argparse.REMAINDER, help="-- spot-jax train arguments")
+
+    s = cmd("zero-shot", "evaluate every library prompt on every target task, no training")
+    s.add_argument(
+        "--target",
+        action="append",
+        default=[],
+        help="NAME=RUN_DIR_OR_GIN (repeatable; default: the entries' own runs)",
+    )
+    s.add_argument("--metric", default="eval/sequence_accuracy", help="a trainer.evaluate key")
+    s.add_argument("--sources", nargs="*", default=None, help="entries to evaluate (default all)")
+    s.add_argument("--relative", action="store_true", help="divide by the target's own score")
+    s.add_argument(
+        "--own", action="append", default=[], help="TARGET=ENTRY_OR_NPY: a target's own prompt"
+    )
+    s.add_argument("--random", action="store_true", help="add a random-prompt baseline row")
+    s.add_argument("--eval-steps", type=int, default=None, help="batches (default EVAL_STEPS)")
+    s.add_argument(
+        "--gin-binding", action="append", default=[], help="extra binding for gin-file targets"
+    )
+    s.add_argument("--out", default=None, help="CSV path (default: stdout)")
+    s.add_argument("--plot", default=None, help="heatmap PNG path")
+    s.add_argument("--json", default=None, help="all metrics of every pair as JSON")
     return p
 
 
 def library_main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     lib = library_lib.Library(args.library)
-    return int(globals()[f"_{args.command}"](lib, args) or 0)
+    return int(globals()[f"_{args.command.replace('-', '_')}"](lib, args) or 0)
 
 
 def _add(lib, args):
@@ -212,6 +236,42 @@ def _transfer(lib, args):
     for r in results:
         print(f"{r['source']},{r['similarity']:.6g},{r['score']},{r['model_dir']}")
     print(f"best: {report['best']} by {args.select_metric}")
+
+
+def _zero_shot(lib, args):
+    from spot_jax.spot import zero_shot
+
+    steps = "config" if args.eval_steps is None else args.eval_steps
+    targets = None
+    if args.target:
+        targets = []
+        for spec in args.target:
+            name, path = zero_shot.parse_target_spec(spec)
+            bindings = [] if Path(path).is_dir() else args.gin_binding
+            targets.append(zero_shot.load_target(name, path, bindings, steps))
+    elif args.eval_steps is not None:
+        targets = [
+            zero_shot.load_target(e.name, e.meta["run_dir"], (), steps) for e in lib.entries()
+        ]
+    result = zero_shot.zero_shot(
+        lib,
+        targets,
+        args.metric,
+        args.sources,
+        zero_shot.parse_pairs(args.own, "--own"),
+        args.random,
+        log=lambda m: print(m, file=sys.stderr),
+    )
+    _emit(result.to_csv(args.relative), args.out)
+    if args.json:
+        pairs = [{"source": s, "target": t, **m} for (s, t), m in sorted(result.metrics.items())]
+        own = dict(zip(result.targets, map(float, result.own), strict=True))
+        Path(args.json).write_text(json.dumps({"own": own, "pairs": pairs}, indent=2))
+    if args.plot:
+        values = result.relative() if args.relative else result.scores
+        title = f"zero-shot {'relative ' if args.relative else ''}{args.metric}"
+        zero_shot.plot(values, result.sources, result.targets, args.plot, title)
+        print(f"wrote {args.plot}", file=sys.stderr)
 
 
 def _emit(text: str, out: str | None) -> None:
