@@ -12,6 +12,8 @@ from collections.abc import Mapping
 
 # The name that routes a config to `spot_jax.data.synthetic` instead of SeqIO.
 SYNTHETIC = "synthetic"
+# Prefix of task-named mixtures, `spot_mix__<task>__<task>...` (see data/mixtures.py).
+MIX_PREFIX = "spot_mix__"
 
 # Task features every text-to-text task provides (seqio's EncDecFeatureConverter names).
 TASK_FEATURES = ("inputs", "targets")

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 
 import seqio
 
+from spot_jax.data import config
 from spot_jax.data.tasks import base, glue, super_glue
 
 DEFAULT_CAP = 2**19
@@ -84,7 +85,7 @@ def register_mixture(name: str, task_names: Sequence[str], cap: int = DEFAULT_CA
     return seqio.MixtureRegistry.add(name, list(task_names), default_rate=_CappedRate(cap))
 
 
-MIX_PREFIX = "spot_mix__"
+MIX_PREFIX = config.MIX_PREFIX
 
 
 def mixture_name(task_names: Sequence[str]) -> str:

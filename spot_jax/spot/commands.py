@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from spot_jax.data import config as data_config
 from spot_jax.spot import library as library_lib
 from spot_jax.spot import retrieval, similarity, transfer
 
@@ -79,6 +80,12 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--select-metric", default="eval/loss", help="validation metric to pick by")
     s.add_argument("train_args", nargs=argparse.REMAINDER, help="-- spot-jax train arguments")
 
+    s = cmd("mixture", "top-k multi-task mixture: name the mixture of the top-k sources' tasks")
+    s.add_argument("--target", required=True, help="target MODEL_DIR or early prompt .npy")
+    s.add_argument("--k", type=int, default=3)
+    s.add_argument("--metric", default=retrieval.DEFAULT_METRIC, choices=list(similarity.METRICS))
+    s.add_argument("--with-task", default=None, help="also mix this task (e.g. the target's)")
+
     s = cmd("zero-shot", "evaluate every library prompt on every target task, no training")
     s.add_argument(
         "--target",
@@ -107,6 +114,30 @@ def library_main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     lib = library_lib.Library(args.library)
     return int(globals()[f"_{args.command.replace('-', '_')}"](lib, args) or 0)
+
+
+def _mixture(lib, args):
+    """Prints the self-describing mixture name and the two runs of the strategy.
+
+    The name (`spot_mix__<task>__...`) is registered by the data pipeline on first use, so
+    the source run needs nothing else (spot_jax.data.mixtures).
+    """
+    tasks = transfer.mixture_sources(lib, args.target, args.k, args.metric)
+    if args.with_task and args.with_task not in tasks:
+        tasks.append(args.with_task)
+    if not tasks:
+        raise ValueError("the top-k entries record no task names; cannot build a mixture")
+    name = data_config.MIX_PREFIX + "__".join(tasks)
+    print(name)
+    print(
+        "# 1. source prompt on the mixture:\n"
+        f"#   spot-jax train --gin_file=<model>.gin --gin_file=runs/prompt_tune.gin "
+        f"--gin_file=spot/source_mixture.gin --gin.MIXTURE_OR_TASK_NAME={name!r} "
+        "--gin.MODEL_DIR=SRC ...\n"
+        "# 2. target from it: --gin_file=prompts/from_file.gin "
+        "--gin.PROMPT_FILE=SRC/numpy_checkpoints/checkpoint_<last>/encoder.prompt.prompt.prompt",
+        file=sys.stderr,
+    )
 
 
 def _add(lib, args):

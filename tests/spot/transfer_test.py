@@ -160,3 +160,16 @@ def test_source_mixture_gin_uses_sampled_vocab(clean_gin):
     model = _parse("spot/source_mixture.gin", MIXTURE_OR_TASK_NAME="'glue_v002_proportional'")
     assert model.prompt_init.needs_embeddings
     assert gin.query_parameter("%MIXTURE_OR_TASK_NAME") == "glue_v002_proportional"
+
+
+def test_mixture_command_names_the_top_k_sources_tasks(lib, tmp_path, capsys):
+    from spot_jax.spot import commands
+
+    target = tmp_path / "target.npy"
+    np.save(target, lib.get("sst2").embedding())
+    argv = ["mixture", "--library", str(lib.root), "--target", str(target), "--k", "2"]
+    assert commands.library_main([*argv, "--with-task", "cb"]) == 0
+    name = capsys.readouterr().out.strip()
+    assert name.startswith("spot_mix__")
+    tasks = name.removeprefix("spot_mix__").split("__")
+    assert tasks[0] == "sst2" and tasks[-1] == "cb" and len(set(tasks)) == len(tasks) == 3
