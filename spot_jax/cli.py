@@ -177,7 +177,7 @@ def run_command(name: str, argv: list[str]) -> int:
     """Runs a non-gin command; bad input -> one line on stderr, exit 1."""
     import importlib
 
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    # Before the command's module can import JAX.
     runtime_flags.set_default_xla_flags()
     module_name, fn_name = COMMANDS[name].split(":")
     try:
@@ -185,8 +185,20 @@ def run_command(name: str, argv: list[str]) -> int:
     except (ImportError, AttributeError) as e:
         print(f"spot-jax {name}: not available in this build ({e})", file=sys.stderr)
         return 2
+    return _reporting_errors(name, lambda: int(fn(argv) or 0))
+
+
+def run_gin_job(job: str, argv: list[str]) -> int:
+    """Runs a job; bad input -> one line on stderr, exit 1 (tracebacks with SPOT_JAX_DEBUG=1)."""
+    return _reporting_errors(job, lambda: run_job(job, argv))
+
+
+def _reporting_errors(name: str, run) -> int:
+    """Runs `run()` with our environment defaults; any error becomes one line and exit 1."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    runtime_flags.set_default_xla_flags()
     try:
-        return int(fn(argv) or 0)
+        return run()
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
@@ -194,23 +206,6 @@ def run_command(name: str, argv: list[str]) -> int:
         if os.environ.get("SPOT_JAX_DEBUG"):
             raise
         print(f"spot-jax {name}: error: {_one_line(e)}", file=sys.stderr)
-        return 1
-
-
-def run_gin_job(job: str, argv: list[str]) -> int:
-    """Runs a job; bad input -> one line on stderr, exit 1 (tracebacks with SPOT_JAX_DEBUG=1)."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    runtime_flags.set_default_xla_flags()
-    try:
-        run_job(job, argv)
-        return 0
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    except Exception as e:  # one clear line for users; the traceback on demand
-        if os.environ.get("SPOT_JAX_DEBUG"):
-            raise
-        print(f"spot-jax {job}: error: {_one_line(e)}", file=sys.stderr)
         return 1
 
 
