@@ -166,6 +166,11 @@ def test_eval_and_infer_on_the_trained_model_dir(resumed):
         assert set(row) == {"inputs", "targets", "prediction", "score"}
         assert row["inputs"][-1] == 1 and row["targets"][-1] == 1  # EOS-terminated
         assert all(0 <= t < 512 for t in row["prediction"]) and row["score"] <= 0
+    # `python -m spot_jax.eval` is the same job (DESIGN's contract: like `-m spot_jax.train`).
+    module_cmd = [sys.executable, "-m", "spot_jax.eval"] + command(
+        "eval", model_dir, gin_file="test/tiny_eval.gin"
+    )[2 if CLI.exists() else 4 :]
+    assert json.loads(run(module_cmd).stdout.strip().splitlines()[-1]) == metrics
     # The eval/infer configs do not replace the training run's config.gin.
     assert (model_dir / "config.gin").read_text() == train_config
     assert (model_dir / "config_eval.gin").exists() and (model_dir / "config_infer.gin").exists()

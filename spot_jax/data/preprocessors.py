@@ -209,3 +209,68 @@ def few_shot(
 
     counts = tf.zeros([num_classes], tf.int32)
     return dataset.scan(counts, keep).filter(chosen).map(example)
+
+
+def drop_unlabeled(dataset: tf.data.Dataset, label_key: str = "label") -> tf.data.Dataset:
+    """Drops the examples whose integer label is -1 (SNLI's pairs without a gold label)."""
+    return dataset.filter(lambda x: tf.cast(x[label_key], tf.int64) >= 0)
+
+
+def text_classification(
+    dataset: tf.data.Dataset,
+    *,
+    benchmark_name: str,
+    label_names: Sequence[str],
+    features: Sequence[tuple[str, str]],
+    skip_unlabeled: bool = False,
+) -> tf.data.Dataset:
+    """'<benchmark> key1: v1 key2: v2' -> label_names[label] ('<unk>' for label -1).
+
+    SPoT's `preprocess_text_classification`: the keys written in the input may differ from
+    the TFDS feature names (IMDB's `text` is written 'sentence:').
+
+    Args:
+        dataset: TFDS examples with the text features and an integer `label`.
+        benchmark_name: the word the input starts with.
+        label_names: the class names, indexed by `label`.
+        features: (key written in the input, TFDS feature) pairs, in input order.
+        skip_unlabeled: drop label -1 examples first instead of writing '<unk>'.
+    """
+    if skip_unlabeled:
+        dataset = drop_unlabeled(dataset)
+
+    def convert(x):
+        pieces = [benchmark_name]
+        for key, feature in features:
+            pieces += [f"{key}:", x[feature]]
+        return {
+            "inputs": tf.strings.join(pieces, separator=" "),
+            "targets": _label_text(x["label"], label_names),
+        }
+
+    return dataset.map(convert, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def pad_punctuation(text: tf.Tensor) -> tf.Tensor:
+    """T5's SQuAD spacing: a space around every punctuation mark, whitespace runs collapsed."""
+    text = tf.strings.regex_replace(text, r"([[:punct:]])", r" \1 ")
+    return tf.strings.regex_replace(text, r"\s+", " ")
+
+
+@seqio.map_over_dataset
+def squad(x: dict, benchmark_name: str = "squad") -> dict:
+    """SQuAD: '<benchmark> question: q context: c' -> the first answer, punctuation padded.
+
+    T5's `preprocessors.squad` strings after the task word (the taskless twin is exactly
+    T5's input); all answers are kept for the metric ('<unk>' target when there are none).
+    """
+    answers = pad_punctuation(x["answers"]["text"])
+    question, context = pad_punctuation(x["question"]), pad_punctuation(x["context"])
+    inputs = tf.strings.join([benchmark_name, "question:", question, "context:", context], " ")
+    first = tf.concat([answers, tf.constant([UNK_LABEL])], axis=0)[0]
+    return {
+        "inputs": tf.strings.regex_replace(inputs, r"\s+", " "),
+        "targets": first,
+        "answers": answers,
+        "id": x["id"],
+    }
