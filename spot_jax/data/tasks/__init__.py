@@ -6,6 +6,9 @@ Importing this package registers every task; `register_all()` does it again afte
     demo.py        spot_demo_copy_v1, the foundation's in-memory smoke test
     glue.py        spot_glue_<task>_v200 (+ spot_glue_mnli_mismatched_v200)
     super_glue.py  spot_super_glue_<task>_v102
+    nli.py         spot_snli_v110, spot_anli_r{1,2,3}_v010
+    sentiment.py   spot_imdb_reviews_v100, spot_yelp_polarity_reviews_v020
+    qa.py          spot_squad_v11_v300
     few_shot.py    <task>_<k>shot_seed<s> (PPT's 32-train / 32-dev protocol)
     ../mixtures.py spot_glue_mixture, spot_super_glue_mixture, spot_all_mixture
 
@@ -20,7 +23,7 @@ from __future__ import annotations
 
 import os
 
-from spot_jax.data.tasks import demo, few_shot, glue, super_glue
+from spot_jax.data.tasks import demo, few_shot, glue, nli, qa, sentiment, super_glue
 
 MOCK_ENV_VAR = "SPOT_JAX_TFDS_MOCK"
 _mock_context = None
@@ -44,6 +47,9 @@ def register_all() -> None:
     demo.register()
     glue.register()
     super_glue.register()
+    nli.register()
+    sentiment.register()
+    qa.register()
     few_shot.register()
     from spot_jax.data import mixtures
 

@@ -40,6 +40,15 @@ KNOWN_TRAIN_SIZES = {
     "spot_super_glue_rte_v102": 2_490,
     "spot_super_glue_wic_v102": 5_428,
     "spot_super_glue_wsc_v102": 554,
+    # snli 1.1.0, anli 0.1.0, imdb_reviews 1.0.0, yelp_polarity_reviews 0.2.0, squad 3.0.0.
+    # (SNLI's count includes the 785 pairs without a gold label that the task drops.)
+    "spot_snli_v110": 550_152,
+    "spot_anli_r1_v010": 16_946,
+    "spot_anli_r2_v010": 45_460,
+    "spot_anli_r3_v010": 100_459,
+    "spot_imdb_reviews_v100": 25_000,
+    "spot_yelp_polarity_reviews_v020": 560_000,
+    "spot_squad_v11_v300": 87_599,
 }
 
 

@@ -1,0 +1,71 @@
+"""NLI source tasks in SPoT's format: `spot_snli_v110`, `spot_anli_r{1,2,3}_v010`.
+
+    spot_snli_v110       'snli hypothesis: <h> premise: <p>' -> entailment | neutral | contradiction
+                         (tfds `snli:1.1.0`; pairs without a gold label (-1) are dropped)
+    spot_anli_r1_v010    'anli hypothesis: <h> context: <c>' -> the same three labels
+                         (tfds `anli/r1:0.1.0`; likewise r2, r3)
+
+As in SPoT's `spot/data/nli.py` (and T5's MNLI) the hypothesis comes first; ANLI keeps its
+TFDS feature name `context` for the premise. Metric: accuracy.
+"""
+
+from __future__ import annotations
+
+import functools
+
+from spot_jax.data import metrics, postprocessors, preprocessors
+from spot_jax.data.tasks import base
+
+LABEL_NAMES = ("entailment", "neutral", "contradiction")
+SNLI_VERSION = "1.1.0"
+ANLI_VERSION = "0.1.0"
+ANLI_ROUNDS = ("r1", "r2", "r3")
+_SPLITS = {"train": "train", "validation": "validation", "test": "test"}
+
+
+def _version(version: str) -> str:
+    return version.replace(".", "")
+
+
+def snli_task_name() -> str:
+    return f"spot_snli_v{_version(SNLI_VERSION)}"
+
+
+def anli_task_name(round_: str) -> str:
+    return f"spot_anli_{round_}_v{_version(ANLI_VERSION)}"
+
+
+def _spec(name: str, tfds_name: str, benchmark: str, premise_key: str, skip_unlabeled: bool):
+    return base.TaskSpec(
+        name=name,
+        tfds_name=tfds_name,
+        splits=_SPLITS,
+        text_preprocessor=functools.partial(
+            preprocessors.text_classification,
+            benchmark_name=benchmark,
+            label_names=LABEL_NAMES,
+            features=(("hypothesis", "hypothesis"), (premise_key, premise_key)),
+            skip_unlabeled=skip_unlabeled,
+        ),
+        postprocess_fn=functools.partial(
+            postprocessors.string_label_to_class_id, label_classes=LABEL_NAMES
+        ),
+        metric_fns=[metrics.accuracy],
+        label_names=LABEL_NAMES,
+    )
+
+
+def snli_spec() -> base.TaskSpec:
+    return _spec(snli_task_name(), f"snli:{SNLI_VERSION}", "snli", "premise", True)
+
+
+def anli_spec(round_: str) -> base.TaskSpec:
+    return _spec(anli_task_name(round_), f"anli/{round_}:{ANLI_VERSION}", "anli", "context", False)
+
+
+def register() -> list[str]:
+    """Registers SNLI and ANLI r1-r3 (and taskless twins); returns the main task names."""
+    specs = [snli_spec(), *(anli_spec(r) for r in ANLI_ROUNDS)]
+    for spec in specs:
+        base.register_spec(spec)
+    return [spec.name for spec in specs]
