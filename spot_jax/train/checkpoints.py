@@ -49,11 +49,7 @@ def check_model_dir(model_dir: epath.PathLike, config: T5Config, prompt_length: 
     want = _model_fingerprint(config, prompt_length)
     if path.exists():
         have = json.loads(path.read_text())
-        diffs = [
-            f"{k}: {have.get(k)} in MODEL_DIR vs {v} now"
-            for k, v in want.items()
-            if have.get(k) != v
-        ]
+        diffs = _field_diffs(have, want, "{k}: {have} in MODEL_DIR vs {want} now")
         if diffs:
             raise CheckpointError(
                 f"MODEL_DIR {model_dir} holds a run of a different model ({'; '.join(diffs)}); "
@@ -271,11 +267,7 @@ def restore_frozen(
     path = epath.Path(path)
     have = read_frozen_config(path)
     want = config.shape_dict()
-    diffs = [
-        f"{k}={have.get(k)} in checkpoint vs {v} configured"
-        for k, v in want.items()
-        if have.get(k) != v
-    ]
+    diffs = _field_diffs(have, want, "{k}={have} in checkpoint vs {want} configured")
     if diffs:
         raise CheckpointError(
             f"INITIAL_CHECKPOINT_PATH {path} is of another model: {'; '.join(diffs)}"
@@ -313,6 +305,13 @@ def restore_frozen(
                     f"cannot read {group}: {type(e).__name__}: {str(e)[:300]}"
                 ) from e
     return {k: v for k, v in restored.items() if k in abstract_flat}
+
+
+def _field_diffs(have: Mapping[str, Any], want: Mapping[str, Any], template: str) -> list[str]:
+    """One message per field of `want` that `have` disagrees with."""
+    return [
+        template.format(k=k, have=have.get(k), want=v) for k, v in want.items() if have.get(k) != v
+    ]
 
 
 def _flatten_meta(tree, prefix=""):

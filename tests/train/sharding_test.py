@@ -2,14 +2,12 @@
 
 import re
 
-import jax
 import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
 from spot_jax import axes
-from spot_jax.models import config, prompted
-from spot_jax.train import sharding, trainer
+from spot_jax.train import sharding
 
 LENGTHS = {"inputs": 16, "targets": 8}
 
@@ -45,19 +43,8 @@ def _expected(name):
 
 
 @pytest.fixture(scope="module")
-def sharded_params():
-    assert jax.device_count() == 8, "conftest sets 8 CPU devices"
-    model = prompted.PromptedT5(config.named_config("tiny", dtype="float32"), prompt_length=5)
-    mesh = sharding.make_mesh(2)
-    params, shardings = trainer.build_params(
-        model,
-        mesh,
-        axes.standard_rules(),
-        batch_size=8,
-        feature_lengths=LENGTHS,
-        initial_checkpoint_path=None,
-        seed=0,
-    )
+def sharded_params(tiny_sharded):
+    _, mesh, params, shardings = tiny_sharded
     return mesh, params, shardings
 
 

@@ -8,28 +8,17 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from spot_jax import axes
 from spot_jax.data import synthetic
-from spot_jax.models import config, prompted
-from spot_jax.train import optim, sharding, state, steps, trainer
+from spot_jax.models import prompted
+from spot_jax.train import optim, sharding, state, steps
 
 LENGTHS = {"inputs": 16, "targets": 8}
 PROMPT = prompted.PROMPT_PATH
 
 
 @pytest.fixture(scope="module")
-def setup():
-    model = prompted.PromptedT5(config.named_config("tiny", dtype="float32"), prompt_length=5)
-    mesh = sharding.make_mesh(2)
-    params, shardings = trainer.build_params(
-        model,
-        mesh,
-        axes.standard_rules(),
-        batch_size=8,
-        feature_lengths=LENGTHS,
-        initial_checkpoint_path=None,
-        seed=0,
-    )
+def setup(tiny_sharded):
+    model, mesh, params, shardings = tiny_sharded
     batch = sharding.global_batch(synthetic.make_batch(8, LENGTHS, 512), mesh)
     return model, mesh, params, shardings, batch
 
