@@ -24,6 +24,7 @@ from __future__ import annotations
 import os
 
 from spot_jax.data.tasks import demo, few_shot, glue, nli, qa, sentiment, super_glue
+from spot_jax.data.tasks import world as world_tasks
 
 MOCK_ENV_VAR = "SPOT_JAX_TFDS_MOCK"
 _mock_context = None
@@ -51,6 +52,7 @@ def register_all() -> None:
     sentiment.register()
     qa.register()
     few_shot.register()
+    world_tasks.register()
     from spot_jax.data import mixtures
 
     # Absent while `mixtures` itself is being imported (it imports this package); its
