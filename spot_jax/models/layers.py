@@ -121,6 +121,26 @@ def relative_position_bucket(
     return ret + np.where(is_small, n, val_if_large)
 
 
+def bucket_table(max_length: int, bidirectional: bool, num_buckets: int, max_distance: int):
+    """T5 buckets of relative positions -(max_length-1)..(max_length-1), as an int32 [2M-1] table.
+
+    Computed with numpy at trace time by `relative_position_bucket`, the function the
+    unpacked path uses, so packed and unpacked rows get bit-identical buckets.
+    """
+    relative = np.arange(-(max_length - 1), max_length)
+    table = relative_position_bucket(relative, bidirectional, num_buckets, max_distance)
+    return jnp.asarray(table, jnp.int32)
+
+
+def position_buckets(
+    q_positions: Array, k_positions: Array, table: Array, max_length: int
+) -> Array:
+    """[B, Q] x [B, K] positions -> [B, Q, K] buckets of `k_position - q_position`."""
+    relative = k_positions[:, None, :] - q_positions[:, :, None]
+    index = jnp.clip(relative + (max_length - 1), 0, 2 * max_length - 2)
+    return jnp.take(table, index, axis=0)
+
+
 class RelativePositionBias(nn.Module):
     """Per-head scalar bias by relative-position bucket, shared by all layers of a stack."""
 
@@ -132,8 +152,20 @@ class RelativePositionBias(nn.Module):
     param_dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, q_len: int, k_len: int, q_offset: Array | int = 0) -> Array:
-        """Returns the bias [1, heads, q_len, k_len] for queries at q_offset + arange(q_len)."""
+    def __call__(
+        self,
+        q_len: int,
+        k_len: int,
+        q_offset: Array | int = 0,
+        *,
+        q_positions: Array | None = None,
+        k_positions: Array | None = None,
+    ) -> Array:
+        """Returns the bias [1, heads, q_len, k_len] for queries at q_offset + arange(q_len).
+
+        With `q_positions` [B, Q] and `k_positions` [B, K] (packed rows, positions restarting
+        per segment) it returns [B, heads, Q, K] for those positions instead.
+        """
         rel_embedding = _param(
             self,
             "rel_embedding",
@@ -142,6 +174,12 @@ class RelativePositionBias(nn.Module):
             (axes.HEADS, axes.RELPOS_BUCKETS),
             self.param_dtype,
         )
+        if q_positions is not None:
+            full = max(q_len, k_len)
+            table = bucket_table(full, self.bidirectional, self.num_buckets, self.max_distance)
+            buckets = position_buckets(q_positions, k_positions, table, full)
+            bias = jnp.take(jnp.asarray(rel_embedding, self.dtype), buckets, axis=1)
+            return jnp.transpose(bias, (1, 0, 2, 3))
         # Buckets are static for a static offset; in decoding the offset is traced, so bucket the
         # whole square once (numpy, at trace time) and slice the query rows.
         full = max(q_len, k_len)

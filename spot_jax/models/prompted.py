@@ -19,6 +19,13 @@ from spot_jax.train import losses
 Array = jax.Array
 Batch = Mapping[str, Array]
 PROMPT_PATH = "encoder/prompt/prompt/prompt"
+# seqio EncDecFeatureConverter(pack=True) features; all four are present in a packed batch.
+PACKING_FEATURES = (
+    "encoder_segment_ids",
+    "encoder_positions",
+    "decoder_segment_ids",
+    "decoder_positions",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,6 +50,9 @@ class PromptedT5:
       prompt_init: initialiser of the prompt (see `prompts`).
       z_loss: coefficient of the z-loss in training (1e-4 as T5X).
       decoding: how `predict` decodes.
+      max_segments: the most examples a packed row holds (`data.packing`); each gets its own
+        prompt copy. 0 (default) accepts unpacked batches only. Unpacked batches run the
+        same, unchanged computation whatever its value.
     """
 
     def __init__(
@@ -52,6 +62,7 @@ class PromptedT5:
         prompt_init: Any = None,
         z_loss: float = 1e-4,
         decoding: DecodingConfig = DecodingConfig(),
+        max_segments: int = 0,
     ):
         if prompt_length < 0:
             raise ValueError(f"PROMPT_LENGTH must be >= 0, got {prompt_length}")
@@ -60,7 +71,8 @@ class PromptedT5:
         self.prompt_init = prompt_init
         self.z_loss = z_loss
         self.decoding = decoding
-        self.module = t5.Transformer(config, prompt_length, prompt_init)
+        self.max_segments = max_segments
+        self.module = t5.Transformer(config, prompt_length, prompt_init, max_segments)
 
     # -- parameters ------------------------------------------------------------------------
 
@@ -86,7 +98,14 @@ class PromptedT5:
     # -- training and scoring ----------------------------------------------------------------
 
     def logits(self, params, batch: Batch, *, dropout_rng: Array | None = None) -> Array:
-        """Teacher-forced logits [B, L, V] (float32); dropout on iff `dropout_rng` is given."""
+        """Teacher-forced logits [B, L, V] (float32); dropout on iff `dropout_rng` is given.
+
+        A batch with seqio's packing features (`PACKING_FEATURES`) is run packed.
+        """
+        packing = {k: batch[k] for k in PACKING_FEATURES if k in batch}
+        if packing and len(packing) != len(PACKING_FEATURES):
+            missing = sorted(set(PACKING_FEATURES) - set(packing))
+            raise ValueError(f"a packed batch needs all of {PACKING_FEATURES}; missing {missing}")
         return self.module.apply(
             {"params": params},
             batch["encoder_input_tokens"],
@@ -94,6 +113,7 @@ class PromptedT5:
             batch["decoder_target_tokens"],
             deterministic=dropout_rng is None,
             rngs=None if dropout_rng is None else {"dropout": dropout_rng},
+            **packing,
         )
 
     def loss(self, params, batch: Batch, dropout_rng: Array | None = None):

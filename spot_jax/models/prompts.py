@@ -49,10 +49,16 @@ class PrefixPrompt(nn.Module):
     param_dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x_embed: Array) -> Array:
+    def __call__(self, x_embed: Array, copies: int = 1) -> Array:
+        """x_embed: [B, T, H] -> [B, copies * P + T, H].
+
+        `copies` > 1 gives each segment of a packed row its own prompt slot (`segments`).
+        """
         prompt = Prompt(self.length, self.initializer, self.param_dtype, name="prompt")(
             x_embed.shape[-1]
         )
+        if copies != 1:
+            prompt = jnp.tile(prompt, (copies, 1))
         batch = jnp.broadcast_to(
             jnp.asarray(prompt, x_embed.dtype)[None], (x_embed.shape[0],) + prompt.shape
         )

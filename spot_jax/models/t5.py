@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from spot_jax import axes
-from spot_jax.models import layers, prompts
+from spot_jax.models import layers, prompts, segments
 from spot_jax.models.config import T5Config
 
 Array = jax.Array
@@ -143,28 +143,53 @@ class Encoder(nn.Module):
     prompt_init: Any = None
 
     @nn.compact
-    def __call__(self, embedded: Array, tokens: Array, *, deterministic: bool) -> Array:
-        """embedded: [B, T, H]; tokens: [B, T] (0 = pad). Returns [B, P + T, H]."""
+    def __call__(
+        self,
+        embedded: Array,
+        tokens: Array,
+        *,
+        deterministic: bool,
+        segment_ids: Array | None = None,
+        positions: Array | None = None,
+    ) -> Array:
+        """embedded: [B, T, H]; tokens: [B, T] (0 = pad). Returns [B, P + T, H].
+
+        Packed rows pass `segment_ids` and `positions` [B, S*P + T] in the prompt-slot layout
+        of `segments.prompted_encoder_segments`; then S prompt copies lead the sequence and
+        the result is [B, S*P + T, H].
+        """
         c = self.config
         kw = dict(dtype=c.activation_dtype, param_dtype=c.param_dtype)
-        mask = tokens
+        mask = tokens if segment_ids is None else segment_ids
         if self.prompt_length:
             init = self.prompt_init or prompts.random_uniform()
             # Placeholder param init for inits that need the embedding table: the trainer
             # replaces the prompt with the real init once the frozen weights are restored.
             if getattr(init, "needs_embeddings", False):
                 init = nn.initializers.zeros
+            copies = 1
+            if segment_ids is not None:
+                copies = segments.num_prompt_slots(
+                    segment_ids.shape[1], tokens.shape[1], self.prompt_length
+                )
             embedded = prompts.PrefixPrompt(self.prompt_length, init, c.param_dtype, name="prompt")(
-                embedded
+                embedded, copies
             )
-            mask = prompts.with_prompt_mask(tokens, self.prompt_length)
+            if segment_ids is None:
+                mask = prompts.with_prompt_mask(tokens, self.prompt_length)
         # Dropout after the prompt is added, as prompt-tuning's PromptEncoder does.
         x = nn.Dropout(c.dropout_rate, broadcast_dims=(-2,))(embedded, deterministic=deterministic)
         x = layers.constrain(x.astype(c.activation_dtype), ACT)
         length = x.shape[1]
-        bias = attention_bias(mask, mask) + layers.RelativePositionBias(
+        relpos = layers.RelativePositionBias(
             c.relpos_buckets, c.relpos_max_distance, c.num_heads, True, name="relpos_bias", **kw
-        )(length, length)
+        )
+        if segment_ids is None:
+            bias = attention_bias(mask, mask) + relpos(length, length)
+        else:
+            bias = segments.segment_bias(segment_ids, segment_ids) + relpos(
+                length, length, q_positions=positions, k_positions=positions
+            )
         x = _stack(EncoderLayer, c, c.num_encoder_layers, 1, deterministic=deterministic)(x, bias)
         x = layers.RMSNorm(name="encoder_norm", **kw)(x)
         x = nn.Dropout(c.dropout_rate)(x, deterministic=deterministic)
@@ -189,11 +214,15 @@ class Decoder(nn.Module):
         decode: bool = False,
         decode_position: Array | int = 0,
         max_decode_length: int | None = None,
+        segment_ids: Array | None = None,
+        positions: Array | None = None,
     ) -> Array:
         """embedded: [B, L, H]; encoded: [B, S, H]; encoder_mask: [B, S]. Returns [B, L, V].
 
         In decode mode `embedded` is one token [B, 1, H] at `decode_position`, and the
-        relative position bias is computed for `max_decode_length` keys.
+        relative position bias is computed for `max_decode_length` keys. Packed rows pass
+        decoder `segment_ids` and `positions` [B, L]; then `encoder_mask` must be the encoder's
+        (prompted) segment ids, and all attention stays within a segment.
         """
         c = self.config
         kw = dict(dtype=c.activation_dtype, param_dtype=c.param_dtype)
@@ -203,7 +232,16 @@ class Decoder(nn.Module):
             c.relpos_buckets, c.relpos_max_distance, c.num_heads, False, name="relpos_bias", **kw
         )
         length = x.shape[1]
-        if decode:
+        if segment_ids is not None:
+            if decode:
+                raise ValueError("packed (segmented) inputs cannot be decoded; decode unpacked")
+            self_bias = (
+                segments.segment_bias(segment_ids, segment_ids)
+                + causal_bias(length)
+                + relpos(length, length, q_positions=positions, k_positions=positions)
+            )
+            cross_bias = segments.segment_bias(segment_ids, encoder_mask)
+        elif decode:
             # Causality comes from the cache (only written positions are visible).
             self_bias = relpos(1, max_decode_length, decode_position).astype(jnp.float32)
             cross_bias = attention_bias(jnp.ones(x.shape[:2], jnp.int32), encoder_mask)
@@ -235,6 +273,8 @@ class Transformer(nn.Module):
     config: T5Config
     prompt_length: int = 0
     prompt_init: Any = None
+    # Prompt slots per packed row (the most examples a packed row may hold); 0: unpacked only.
+    max_segments: int = 0
 
     def setup(self):
         c = self.config
@@ -250,10 +290,37 @@ class Transformer(nn.Module):
             return prompts.with_prompt_mask(encoder_input_tokens, self.prompt_length)
         return encoder_input_tokens
 
-    def encode(self, encoder_input_tokens: Array, *, deterministic: bool = True) -> Array:
-        """[B, T] -> [B, P + T, H]."""
+    def encoder_segments(self, segment_ids: Array, positions: Array) -> tuple[Array, Array]:
+        """Packed encoder [B, T] segment ids and positions -> [B, S*P + T] with prompt slots."""
+        if self.prompt_length and self.max_segments < 1:
+            raise ValueError(
+                "a packed batch (encoder_segment_ids) needs PromptedT5(max_segments=S), the most "
+                "examples the packer puts in one row, to size the per-example prompt slots"
+            )
+        return segments.prompted_encoder_segments(
+            segment_ids, positions, self.prompt_length, self.max_segments
+        )
+
+    def encode(
+        self,
+        encoder_input_tokens: Array,
+        *,
+        deterministic: bool = True,
+        encoder_segment_ids: Array | None = None,
+        encoder_positions: Array | None = None,
+    ) -> Array:
+        """[B, T] -> [B, P + T, H] ([B, S*P + T, H] for packed rows)."""
         embedded = self.token_embedder(encoder_input_tokens)
-        return self.encoder(embedded, encoder_input_tokens, deterministic=deterministic)
+        if encoder_segment_ids is None:
+            return self.encoder(embedded, encoder_input_tokens, deterministic=deterministic)
+        seg, pos = self.encoder_segments(encoder_segment_ids, encoder_positions)
+        return self.encoder(
+            embedded,
+            encoder_input_tokens,
+            deterministic=deterministic,
+            segment_ids=seg,
+            positions=pos,
+        )
 
     def decode(
         self,
@@ -266,17 +333,31 @@ class Transformer(nn.Module):
         decode: bool = False,
         decode_position: Array | int = 0,
         max_decode_length: int | None = None,
+        encoder_segment_ids: Array | None = None,
+        encoder_positions: Array | None = None,
+        decoder_segment_ids: Array | None = None,
+        decoder_positions: Array | None = None,
     ) -> Array:
-        """Decoder logits [B, L, V] given encoder outputs [B, P + T, H]."""
+        """Decoder logits [B, L, V] given encoder outputs [B, P + T, H].
+
+        Packed rows pass all four segment/position features (seqio's names).
+        """
+        embedded = self.token_embedder(decoder_input_tokens)
+        if decoder_segment_ids is None:
+            encoder_mask = self.encoder_mask(encoder_input_tokens)
+        else:
+            encoder_mask, _ = self.encoder_segments(encoder_segment_ids, encoder_positions)
         return self.decoder(
-            self.token_embedder(decoder_input_tokens),
+            embedded,
             encoded,
-            self.encoder_mask(encoder_input_tokens),
+            encoder_mask,
             decoder_target_tokens,
             deterministic=deterministic,
             decode=decode,
             decode_position=decode_position,
             max_decode_length=max_decode_length,
+            segment_ids=decoder_segment_ids,
+            positions=decoder_positions,
         )
 
     def __call__(
@@ -286,13 +367,21 @@ class Transformer(nn.Module):
         decoder_target_tokens: Array,
         *,
         deterministic: bool = True,
+        encoder_segment_ids: Array | None = None,
+        encoder_positions: Array | None = None,
+        decoder_segment_ids: Array | None = None,
+        decoder_positions: Array | None = None,
     ) -> Array:
-        """Teacher-forced logits [B, L, V] (float32)."""
-        encoded = self.encode(encoder_input_tokens, deterministic=deterministic)
+        """Teacher-forced logits [B, L, V] (float32); packed rows pass the segment features."""
+        packing = dict(encoder_segment_ids=encoder_segment_ids, encoder_positions=encoder_positions)
+        encoded = self.encode(encoder_input_tokens, deterministic=deterministic, **packing)
         return self.decode(
             encoded,
             encoder_input_tokens,
             decoder_input_tokens,
             decoder_target_tokens,
             deterministic=deterministic,
+            decoder_segment_ids=decoder_segment_ids,
+            decoder_positions=decoder_positions,
+            **packing,
         )
