@@ -36,6 +36,7 @@ PREREQUISITES = {
     "test": [],
     "demo": [],
     "spot": ["models/t5_1_1/tiny.gin", "runs/prompt_tune.gin"],
+    "ppt": ["models/t5_1_1/tiny.gin", "runs/prompt_tune.gin"],
 }
 # Complete jobs (need only MODEL_DIR): the job each binds.
 JOB_FILES = [

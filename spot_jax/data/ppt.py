@@ -1,0 +1,324 @@
+"""PPT's pre-training formats (Gu et al. 2022) built from plain documents (pure Python/numpy).
+
+A corpus is a stream of documents; `SentenceSplitter` cuts each into sentences, and the
+builders below turn a stream of sentence lists into text-to-text examples, each
+`{'inputs': str, 'targets': str, 'label': int}`, in PPT's templates with T5's sentinel as the
+mask `<X>` (T5 ids of the label words: yes 4273, maybe 2087, no 150, as in PPT's code):
+
+    nsp3     sentence pair, 3-way next-sentence prediction
+             's1 <extra_id_0> s2' -> '<extra_id_0> yes|maybe|no'
+             (adjacent sentences | same document, not adjacent | another document)
+    mc       multiple choice, next-sentence selection among 6 options (1 true next sentence,
+             1 other sentence of the same document, 4 from other documents)
+             'query ? A. o1. B. o2. ... F. o6. ? The correct one is <extra_id_0>'
+             -> '<extra_id_0> C'
+    unified  the same with 2..16 options drawn uniformly (Unified PPT's one format for all)
+    cls      single sentence, pseudo-labelled by a user's labeler
+             's <extra_id_0>' -> '<extra_id_0> terrible|bad|maybe|good|great'
+
+Determinism: documents are processed in blocks of `pool_size`; "other document" sentences come
+from the other documents of the block, and every choice for the document number g of the
+stream uses `np.random.default_rng([seed, g])`, so the k-th example of a stream is a fixed
+thing (resume skips batches and relies on it). NSP labels stay balanced: each document takes
+the least-used label it can support.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import string
+from collections.abc import Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+
+MASK = "<extra_id_0>"
+NSP_LABEL_WORDS = ("yes", "maybe", "no")  # adjacent, same document, other document
+SENTIMENT_LABEL_WORDS = ("terrible", "bad", "maybe", "good", "great")
+OPTION_LETTERS = string.ascii_uppercase[:16]
+MC_NUM_OPTIONS = 6
+UNIFIED_NUM_OPTIONS = (2, 16)
+FORMATS = ("nsp3", "mc", "unified", "cls")
+
+Example = dict[str, object]
+# A labeler maps a batch of sentences to class ids; -1 drops the sentence (e.g. low confidence).
+Labeler = Callable[[Sequence[str]], Sequence[int]]
+
+
+@dataclasses.dataclass(frozen=True)
+class SentenceSplitter:
+    """Deterministic rule-based sentence splitting.
+
+    A sentence ends at `end_pattern` (terminal punctuation, optional closing quotes, then
+    whitespace) or at a line break; sentences longer than `max_words` words are cut into chunks
+    of `max_words` (so run-on text still fits TASK_FEATURE_LENGTHS), and shorter ones than
+    `min_words` are dropped.
+
+    Attributes:
+        end_pattern: regex matching the gap between two sentences.
+        min_words: shortest sentence kept.
+        max_words: longest sentence; longer ones are chunked.
+    """
+
+    end_pattern: str = r"(?<=[.!?])\s+|(?<=[.!?][\"'\u201d\u2019)\]])\s+|\n+"
+    min_words: int = 1
+    max_words: int = 64
+
+    def __post_init__(self):
+        if not 1 <= self.min_words <= self.max_words:
+            raise ValueError(
+                f"SentenceSplitter needs 1 <= min_words <= max_words, got {self.min_words} "
+                f"and {self.max_words}"
+            )
+
+    def __call__(self, text: str) -> list[str]:
+        sentences = []
+        for piece in re.split(self.end_pattern, text):
+            words = piece.split()
+            for start in range(0, len(words), self.max_words):
+                chunk = words[start : start + self.max_words]
+                if len(chunk) >= self.min_words:
+                    sentences.append(" ".join(chunk))
+        return sentences
+
+
+def documents(texts: Iterable[str], splitter: SentenceSplitter) -> Iterator[list[str]]:
+    """Sentence lists of the texts; documents without a sentence are skipped."""
+    for text in texts:
+        sentences = splitter(text)
+        if sentences:
+            yield sentences
+
+
+def _blocks(docs: Iterable[Sequence[str]], pool_size: int) -> Iterator[list[Sequence[str]]]:
+    if pool_size < 2:
+        raise ValueError(f"pool_size must be >= 2 (other documents are needed), got {pool_size}")
+    block: list[Sequence[str]] = []
+    for doc in docs:
+        block.append(doc)
+        if len(block) == pool_size:
+            yield block
+            block = []
+    if block:
+        yield block
+
+
+def _other_sentence(block, i: int, rng: np.random.Generator) -> str | None:
+    others = [j for j in range(len(block)) if j != i]
+    if not others:
+        return None
+    doc = block[others[rng.integers(len(others))]]
+    return doc[rng.integers(len(doc))]
+
+
+def nsp_pair(doc: Sequence[str], label: int, rng: np.random.Generator) -> tuple[str, str]:
+    """The (s1, s2) pair of one document for label 0 (adjacent) or 1 (same doc, apart)."""
+    n = len(doc)
+    if label == 0:
+        i = int(rng.integers(n - 1))
+        pair = (doc[i], doc[i + 1])
+        # PPT's "adjacent" is either neighbour: the previous sentence half of the time.
+        return pair if rng.random() < 0.5 else pair[::-1]
+    pairs = [(i, j) for i in range(n) for j in range(n) if abs(i - j) >= 2]
+    i, j = pairs[rng.integers(len(pairs))]
+    return doc[i], doc[j]
+
+
+def nsp_examples(
+    docs: Iterable[Sequence[str]],
+    *,
+    seed: int = 0,
+    pool_size: int = 32,
+    label_words: Sequence[str] = NSP_LABEL_WORDS,
+) -> Iterator[Example]:
+    """PPT's 3-way next-sentence prediction, one example per document.
+
+    Args:
+        docs: documents as sentence lists, in a fixed order.
+        seed: seed of every choice.
+        pool_size: documents per block ("other document" sentences come from the block).
+        label_words: the words of labels 0 adjacent, 1 same document, 2 other document.
+
+    Returns:
+        Examples `{'inputs': 's1 <X> s2', 'targets': '<X> word', 'label': 0|1|2}`; a
+        document supports label 0 with >= 2 sentences and label 1 with >= 3.
+    """
+    if len(label_words) != 3:
+        raise ValueError(f"nsp3 needs 3 label words, got {list(label_words)}")
+    counts = [0, 0, 0]
+    g = 0
+    for block in _blocks(docs, pool_size):
+        for i, doc in enumerate(block):
+            rng = np.random.default_rng([seed, g])
+            g += 1
+            eligible = [
+                label
+                for label, ok in enumerate((len(doc) >= 2, len(doc) >= 3, len(block) >= 2))
+                if ok
+            ]
+            if not eligible:
+                continue
+            fewest = min(counts[label] for label in eligible)
+            tied = [label for label in eligible if counts[label] == fewest]
+            label = tied[rng.integers(len(tied))]
+            if label == 2:
+                s1, s2 = doc[rng.integers(len(doc))], _other_sentence(block, i, rng)
+            else:
+                s1, s2 = nsp_pair(doc, label, rng)
+            counts[label] += 1
+            yield {
+                "inputs": f"{s1} {MASK} {s2}",
+                "targets": f"{MASK} {label_words[label]}",
+                "label": label,
+            }
+
+
+def mc_template(query: str, options: Sequence[str]) -> str:
+    """PPT's multiple-choice input: 'query ? A. o1. B. o2. ? The correct one is <X>'."""
+    if not 2 <= len(options) <= len(OPTION_LETTERS):
+        raise ValueError(f"2 to {len(OPTION_LETTERS)} options, got {len(options)}")
+    listed = " ".join(
+        f"{letter}. {option.rstrip('.!?')}."
+        for letter, option in zip(OPTION_LETTERS[: len(options)], options, strict=True)
+    )
+    return f"{query.rstrip('.!?')} ? {listed} ? The correct one is {MASK}"
+
+
+def _truncate(text: str, max_words: int) -> str:
+    return " ".join(text.split()[:max_words])
+
+
+def mc_examples(
+    docs: Iterable[Sequence[str]],
+    *,
+    seed: int = 0,
+    num_options: int | tuple[int, int] = MC_NUM_OPTIONS,
+    pool_size: int = 32,
+    max_query_words: int = 60,
+    max_option_words: int = 20,
+) -> Iterator[Example]:
+    """Next-sentence selection: which option follows the query sentence.
+
+    Args:
+        docs: documents as sentence lists, in a fixed order.
+        seed: seed of every choice.
+        num_options: a fixed count (PPT's NSS: 6), or an inclusive (low, high) range drawn
+            uniformly per example (Unified PPT: (2, 16)). A range is capped by the distinct
+            distractors the block offers, which only binds on tiny corpora.
+        pool_size: documents per block (distractors from other documents come from it).
+        max_query_words: the query is truncated to this many words (PPT: 389 tokens).
+        max_option_words: each option is truncated to this many words (PPT: 86 tokens).
+
+    Returns:
+        Examples `{'inputs': template, 'targets': '<X> LETTER', 'label': option index,
+        'num_options': n}`. Distractors: one other sentence of the query's document (not
+        the query or its successor) when it has one, the rest from other documents; no option
+        repeats the answer's text.
+    """
+    low, high = (num_options, num_options) if isinstance(num_options, int) else num_options
+    if not 2 <= low <= high <= len(OPTION_LETTERS):
+        raise ValueError(f"num_options must lie in 2..{len(OPTION_LETTERS)}, got {num_options}")
+    g = 0
+    for block in _blocks(docs, pool_size):
+        for i, doc in enumerate(block):
+            rng = np.random.default_rng([seed, g])
+            g += 1
+            if len(doc) < 2:
+                continue
+            q = int(rng.integers(len(doc) - 1))
+            query = _truncate(doc[q], max_query_words)
+            answer = _truncate(doc[q + 1], max_option_words)
+            same = [
+                _truncate(s, max_option_words) for j, s in enumerate(doc) if j not in (q, q + 1)
+            ]
+            other = [
+                _truncate(s, max_option_words) for j, d in enumerate(block) if j != i for s in d
+            ]
+            same = list(dict.fromkeys(s for s in same if s != answer))
+            other = list(dict.fromkeys(s for s in other if s != answer and s not in same))
+            available = min(len(same), 1) + len(other)
+            n_high = min(high, available + 1)
+            if n_high < low:
+                continue
+            n = int(rng.integers(low, n_high + 1))
+            distractors = []
+            if same and n > 2:
+                distractors.append(same[rng.integers(len(same))])
+            picks = rng.choice(len(other), n - 1 - len(distractors), replace=False)
+            distractors += [other[k] for k in picks]
+            options = [answer, *distractors]
+            order = rng.permutation(n)
+            options = [options[k] for k in order]
+            label = int(np.flatnonzero(order == 0)[0])
+            yield {
+                "inputs": mc_template(query, options),
+                "targets": f"{MASK} {OPTION_LETTERS[label]}",
+                "label": label,
+                "num_options": n,
+            }
+
+
+def cls_examples(
+    docs: Iterable[Sequence[str]],
+    labeler: Labeler,
+    *,
+    label_words: Sequence[str] = SENTIMENT_LABEL_WORDS,
+    batch_size: int = 64,
+) -> Iterator[Example]:
+    """Single-sentence classification with pseudo labels: every sentence, labelled in batches.
+
+    Args:
+        docs: documents as sentence lists.
+        labeler: sentences -> class ids in [0, len(label_words)), or -1 to drop a sentence.
+        label_words: the word of each class (PPT: Yelp-5's terrible ... great).
+        batch_size: sentences per labeler call.
+
+    Returns:
+        Examples `{'inputs': 's <X>', 'targets': '<X> word', 'label': class id}`.
+
+    Raises:
+        ValueError: the labeler returned the wrong number of labels or an unknown class id.
+    """
+    batch: list[str] = []
+
+    def flush():
+        labels = [int(x) for x in labeler(list(batch))]
+        if len(labels) != len(batch):
+            raise ValueError(f"labeler returned {len(labels)} labels for {len(batch)} sentences")
+        for sentence, label in zip(batch, labels, strict=True):
+            if label == -1:
+                continue
+            if not 0 <= label < len(label_words):
+                raise ValueError(
+                    f"labeler returned class {label}; expected -1 or 0..{len(label_words) - 1} "
+                    f"for label words {list(label_words)}"
+                )
+            yield {
+                "inputs": f"{sentence} {MASK}",
+                "targets": f"{MASK} {label_words[label]}",
+                "label": label,
+            }
+
+    for doc in docs:
+        for sentence in doc:
+            batch.append(sentence)
+            if len(batch) == batch_size:
+                yield from flush()
+                batch = []
+    if batch:
+        yield from flush()
+
+
+def examples(
+    fmt: str, docs: Iterable[Sequence[str]], *, seed: int = 0, **kwargs
+) -> Iterator[Example]:
+    """The builder of a format by name ('nsp3', 'mc', 'unified'; 'cls' needs `labeler=`)."""
+    if fmt == "nsp3":
+        return nsp_examples(docs, seed=seed, **kwargs)
+    if fmt == "mc":
+        return mc_examples(docs, seed=seed, **kwargs)
+    if fmt == "unified":
+        return mc_examples(docs, seed=seed, num_options=UNIFIED_NUM_OPTIONS, **kwargs)
+    if fmt == "cls":
+        return cls_examples(docs, **kwargs)
+    raise ValueError(f"unknown PPT format {fmt!r}; choose one of {', '.join(FORMATS)}")
