@@ -8,10 +8,7 @@ Importing this package registers every task; `register_all()` does it again afte
     super_glue.py  spot_super_glue_<task>_v102
     nli.py         spot_snli_v110, spot_anli_r{1,2,3}_v010
     sentiment.py   spot_imdb_reviews_v100, spot_yelp_polarity_reviews_v020
-    sentiment.py   (+ spot_sentiment140_v100, spot_goemotions_v010)
-    qa.py          spot_squad_v11_v300, spot_mrqa_<subset>_v100 (12 MRQA sets)
-    summarization.py spot_<name>_v<ver>: aeslc, billsum, cnn_dailymail, gigaword, ... (ROUGE)
-    c4.py          spot_c4_span_corruption_v310, spot_c4_prefix_lm_v310 (no taskless twins)
+    qa.py          spot_squad_v11_v300
     few_shot.py    <task>_<k>shot_seed<s> (PPT's 32-train / 32-dev protocol)
     ppt.py         ppt_{nsp3,mc,unified}_c4, ppt_mixture_c4 (PPT pre-training formats)
     ../mixtures.py spot_glue_mixture, spot_super_glue_mixture, spot_all_mixture
@@ -27,18 +24,7 @@ from __future__ import annotations
 
 import os
 
-from spot_jax.data.tasks import (
-    c4,
-    demo,
-    few_shot,
-    glue,
-    nli,
-    ppt,
-    qa,
-    sentiment,
-    summarization,
-    super_glue,
-)
+from spot_jax.data.tasks import demo, few_shot, glue, nli, ppt, qa, sentiment, super_glue
 from spot_jax.data.tasks import world as world_tasks
 
 MOCK_ENV_VAR = "SPOT_JAX_TFDS_MOCK"
@@ -71,8 +57,6 @@ def register_all() -> None:
     nli.register()
     sentiment.register()
     qa.register()
-    summarization.register()
-    c4.register()
     few_shot.register()
     ppt.register()
     world_tasks.register()
