@@ -4,8 +4,9 @@
     spot-jax tasks show spot_glue_rte_v200 [--split validation] [-n 5] [--mock-data]
 
 `show` prints one JSON object a line with the `inputs` / `targets` strings the model reads
-(after text preprocessing, before tokenization). `--mock-data` serves the TFDS data from
-`tfds.testing.mock_data` (random examples, no download). Few-shot names such as
+(after text preprocessing, before tokenization; for C4's objectives, which work on token ids,
+the detokenized model features, sentinels as `<extra_id_k>`). `--mock-data` serves the TFDS
+data from `tfds.testing.mock_data` (random examples, no download). Few-shot names such as
 `spot_glue_rte_v200_16shot_seed7` are registered on demand.
 """
 
@@ -64,9 +65,34 @@ def show_examples(name: str, split: str = "validation", n: int = 5) -> Iterator[
     task = seqio.TaskRegistry.get(name)
     if split not in task.splits:
         raise ValueError(f"Task {name!r} has splits {list(task.splits)}, not {split!r}.")
+    if _objective_after_cache(task):
+        # C4's objectives run on token ids after the cache point: show what the model reads.
+        ds = task.get_dataset(TOKEN_TASK_LENGTHS, split=split, shuffle=False, seed=0)
+        for example in ds.take(n).as_numpy_iterator():
+            yield {
+                k: task.output_features[k].vocabulary.decode(v.tolist())
+                for k, v in example.items()
+                if k in task.output_features
+            }
+        return
     ds = task.preprocess_precache(task.source.get_dataset(split=split, shuffle=False), seed=0)
     for example in ds.take(n).as_numpy_iterator():
         yield {k: _jsonable(v) for k, v in example.items()}
+
+
+# Feature lengths `show` uses for tasks that build examples from token ids (T5's C4 setup).
+TOKEN_TASK_LENGTHS = {"inputs": 512, "targets": 114}
+
+
+def _objective_after_cache(task) -> bool:
+    """Whether the task tokenizes before its cache point (its objective works on ids)."""
+    import seqio
+
+    names = [getattr(p, "func", p) for p in task.preprocessors]
+    cache = next(
+        (i for i, p in enumerate(names) if isinstance(p, seqio.CacheDatasetPlaceholder)), None
+    )
+    return cache is not None and seqio.preprocessors.tokenize in names[:cache]
 
 
 def tasks_main(argv: list[str]) -> int:

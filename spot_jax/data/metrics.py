@@ -285,3 +285,42 @@ def glue_average(results: dict[str, dict[str, float]]) -> float:
 def super_glue_average(results: dict[str, dict[str, float]]) -> float:
     """SuperGLUE score over its 8 tasks."""
     return benchmark_average(results, SUPER_GLUE_SCORE_KEYS)
+
+
+def mean_label_f1(label_names: Sequence[str]):
+    """Multi-label (GoEmotions) macro F1: each label's F1 over the examples, averaged.
+
+    Targets and predictions are label sets (`postprocessors.label_set`); a label absent from
+    both targets and predictions everywhere scores 0, as sklearn's macro average does.
+    """
+
+    def fn(targets: Sequence[frozenset], predictions: Sequence[frozenset]) -> dict[str, float]:
+        _check_lengths(targets, predictions)
+        scores = [
+            _binary_f1(
+                np.array([name in t for t in targets]), np.array([name in p for p in predictions])
+            )
+            for name in label_names
+        ]
+        return {"mean_label_f1": 100.0 * float(np.mean(scores))}
+
+    return fn
+
+
+ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
+
+
+def rouge(targets: Sequence[str], predictions: Sequence[str]) -> dict[str, float]:
+    """ROUGE-1/2/L F-measure (x100, mean over examples, Porter-stemmed as in T5).
+
+    Uses Google's `rouge-score` package (the `data` extra), the implementation T5 reports.
+    """
+    _check_lengths(targets, predictions)
+    from rouge_score import rouge_scorer
+
+    scorer = rouge_scorer.RougeScorer(list(ROUGE_TYPES), use_stemmer=True)
+    totals = dict.fromkeys(ROUGE_TYPES, 0.0)
+    for target, prediction in zip(targets, predictions, strict=True):
+        for key, score in scorer.score(target, prediction).items():
+            totals[key] += score.fmeasure
+    return {key: 100.0 * total / len(targets) for key, total in totals.items()}

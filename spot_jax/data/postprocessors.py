@@ -68,3 +68,16 @@ def qa(answer: Any, example: Any = None, is_target: bool = False) -> Any:
     if is_target and example is not None:
         return [_text(a) for a in example["answers"]]
     return _text(answer)
+
+
+def label_set(text: Any, example: Any = None, is_target: bool = False) -> frozenset[str]:
+    """Multi-label targets ('joy, love') as a set of label names; '<unk>' is the empty set."""
+    del example, is_target
+    labels = {label.strip() for label in _text(text).split(",")}
+    return frozenset(labels - {"", "<unk>"})
+
+
+def text(value: Any, example: Any = None, is_target: bool = False) -> str:
+    """Generation tasks: the decoded text itself (bytes decoded), for ROUGE."""
+    del example, is_target
+    return _text(value)

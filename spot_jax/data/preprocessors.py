@@ -347,3 +347,46 @@ def _feature_length(sequence_length: Mapping[str, int] | None, key: str) -> int:
             "TASK_FEATURE_LENGTHS={'inputs': 512, 'targets': 114})."
         )
     return int(sequence_length[key])
+
+
+@seqio.map_over_dataset
+def mrqa(x: dict, benchmark_name: str) -> dict:
+    """MRQA: '<subset> question: q context: c' -> the first answer, punctuation padded.
+
+    SPoT's `mrqa` preprocessor: question, context and every answer get T5's SQuAD spacing;
+    all answers stay for the metric, with the question id `qid`.
+    """
+    answers = pad_punctuation(x["answers"])
+    question, context = pad_punctuation(x["question"]), pad_punctuation(x["context"])
+    inputs = tf.strings.join([benchmark_name, "question:", question, "context:", context], " ")
+    first = tf.concat([answers, tf.constant([UNK_LABEL])], axis=0)[0]
+    return {
+        "inputs": tf.strings.regex_replace(inputs, r"\s+", " "),
+        "targets": first,
+        "answers": answers,
+        "qid": x["qid"],
+    }
+
+
+@seqio.map_over_dataset
+def summarization(x: dict, benchmark_name: str, source_key: str, target_key: str) -> dict:
+    """SPoT's `preprocess_text_generation`: '<benchmark> summarize: <source>' -> target."""
+    inputs = tf.strings.join([benchmark_name, "summarize:", x[source_key]], separator=" ")
+    return {"inputs": inputs, "targets": x[target_key]}
+
+
+@seqio.map_over_dataset
+def multilabel_classification(
+    x: dict, benchmark_name: str, text_key: str, label_names: Sequence[str]
+) -> dict:
+    """'<benchmark> sentence: <text>' -> the true labels of boolean features, ', '-joined.
+
+    GoEmotions keeps one bool feature per emotion; the target lists those that are set, in
+    `label_names` order ('<unk>' when none is).
+    """
+    flags = tf.stack([tf.cast(x[name], tf.bool) for name in label_names])
+    chosen = tf.boolean_mask(tf.constant(list(label_names)), flags)
+    joined = tf.strings.reduce_join(chosen, separator=", ")
+    targets = tf.cond(tf.size(chosen) > 0, lambda: joined, lambda: tf.constant(UNK_LABEL))
+    inputs = tf.strings.join([benchmark_name, "sentence:", x[text_key]], separator=" ")
+    return {"inputs": inputs, "targets": targets}

@@ -196,7 +196,9 @@ def mock_data():
 
 def test_every_registered_task_yields_examples_under_mock_data(mock_data):
     spot_tasks.register_all()
-    names = [n for n in seqio.TaskRegistry.names() if n.startswith("spot_")]
+    # C4's objectives tokenize before their cache point (they need the SentencePiece file);
+    # catalog_sources_test shows them.
+    names = [n for n in seqio.TaskRegistry.names() if n.startswith("spot_") and "spot_c4_" not in n]
     assert len(names) >= 2 * (len(glue.TASKS) + len(super_glue.TASKS))
     for name in sorted(names):
         # Few-shot dev sets come from the train split, which mock data keeps tiny.

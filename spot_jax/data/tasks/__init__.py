@@ -8,9 +8,11 @@ Importing this package registers every task; `register_all()` does it again afte
     super_glue.py  spot_super_glue_<task>_v102
     nli.py         spot_snli_v110, spot_anli_r{1,2,3}_v010
     sentiment.py   spot_imdb_reviews_v100, spot_yelp_polarity_reviews_v020
-    qa.py          spot_squad_v11_v300
+    sentiment.py   (+ spot_sentiment140_v100, spot_goemotions_v010)
+    qa.py          spot_squad_v11_v300, spot_mrqa_<subset>_v100 (12 MRQA sets)
+    summarization.py spot_<name>_v<ver>: aeslc, billsum, cnn_dailymail, gigaword, ... (ROUGE)
+    c4.py          spot_c4_span_corruption_v310, spot_c4_prefix_lm_v310 (no taskless twins)
     few_shot.py    <task>_<k>shot_seed<s> (PPT's 32-train / 32-dev protocol)
-    ppt.py         ppt_{nsp3,mc,unified}_c4, ppt_mixture_c4 (PPT pre-training formats)
     ../mixtures.py spot_glue_mixture, spot_super_glue_mixture, spot_all_mixture
 
 Every TFDS task also has a `<name>_taskless` twin without the leading task word.
@@ -24,7 +26,17 @@ from __future__ import annotations
 
 import os
 
-from spot_jax.data.tasks import demo, few_shot, glue, nli, ppt, qa, sentiment, super_glue
+from spot_jax.data.tasks import (
+    c4,
+    demo,
+    few_shot,
+    glue,
+    nli,
+    qa,
+    sentiment,
+    summarization,
+    super_glue,
+)
 from spot_jax.data.tasks import world as world_tasks
 
 MOCK_ENV_VAR = "SPOT_JAX_TFDS_MOCK"
@@ -42,11 +54,6 @@ def enable_mock_data(num_examples: int) -> None:
     _mock_context.__enter__()
 
 
-def mock_data_enabled() -> bool:
-    """Whether TFDS data comes from `tfds.testing.mock_data` in this process."""
-    return _mock_context is not None
-
-
 def register_all() -> None:
     """Registers all of spot_jax's tasks and mixtures; safe to call repeatedly."""
     if os.environ.get(MOCK_ENV_VAR):
@@ -57,8 +64,9 @@ def register_all() -> None:
     nli.register()
     sentiment.register()
     qa.register()
+    summarization.register()
+    c4.register()
     few_shot.register()
-    ppt.register()
     world_tasks.register()
     from spot_jax.data import mixtures
 

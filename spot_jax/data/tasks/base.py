@@ -49,6 +49,24 @@ KNOWN_TRAIN_SIZES = {
     "spot_imdb_reviews_v100": 25_000,
     "spot_yelp_polarity_reviews_v020": 560_000,
     "spot_squad_v11_v300": 87_599,
+    # sentiment140 1.0.0, goemotions 0.1.0; mrqa 1.0.0 in-domain train sets (MRQA's counts).
+    "spot_sentiment140_v100": 1_600_000,
+    "spot_goemotions_v010": 43_410,
+    "spot_mrqa_squad_v100": 86_588,
+    "spot_mrqa_news_qa_v100": 74_160,
+    "spot_mrqa_trivia_qa_v100": 61_688,
+    "spot_mrqa_search_qa_v100": 117_384,
+    "spot_mrqa_hotpot_qa_v100": 72_928,
+    "spot_mrqa_natural_questions_v100": 104_071,
+    # Summarization (tfds versions as in tasks/summarization.py).
+    "spot_aeslc_v100": 14_436,
+    "spot_billsum_v300": 18_949,
+    "spot_cnn_dailymail_v340": 287_113,
+    "spot_gigaword_v120": 3_803_957,
+    "spot_multi_news_v210": 44_972,
+    "spot_newsroom_v100": 995_041,
+    "spot_samsum_v100": 14_732,
+    "spot_xsum_v110": 203_577,
 }
 
 
