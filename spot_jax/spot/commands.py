@@ -8,6 +8,8 @@
     spot-jax library transfer --library L --target T --k K --out-dir D -- TRAIN ARGS...
     spot-jax library zero-shot --library L [--target NAME=RUN_DIR_OR_GIN ...] [--metric M]
         [--relative] [--out m.csv] [--plot heat.png]
+    spot-jax library train-projector --library L --out PROJ (--target-library L2 | --target ...)
+    spot-jax library project --library L --projector PROJ --out L2 [--from-model] [--to-model]
 
 Errors raise; the CLI prints them as one line and exits 1.
 """
@@ -107,6 +109,22 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--out", default=None, help="CSV path (default: stdout)")
     s.add_argument("--plot", default=None, help="heatmap PNG path")
     s.add_argument("--json", default=None, help="all metrics of every pair as JSON")
+
+    s = cmd("project", "project every prompt to another model (spot_jax.spot.projected_library)")
+    s.add_argument("--projector", required=True, help="saved projector directory")
+    s.add_argument("--out", required=True, help="the new library, of the target model")
+    s.add_argument("--from-model", default=None, help="source: library, run dir or fingerprint")
+    s.add_argument("--to-model", default=None, help="target: run dir (or fingerprint)")
+    s = cmd("train-projector", "train a projector from this library's model to another")
+    s.add_argument("--out", required=True, help="projector directory to write")
+    s.add_argument("--target-library", default=None, help="distance: the other model's library")
+    s.add_argument("--target", action="append", default=[], help="task loss: ENTRY=RUN_OR_GIN")
+    s.add_argument("--gin-binding", action="append", default=[], help="for gin-file targets")
+    s.add_argument("--steps", type=int, default=1000)
+    s.add_argument("--learning-rate", type=float, default=5e-3)
+    s.add_argument("--hidden", type=int, default=768)
+    s.add_argument("--activation", default="tanh", choices=("tanh", "leaky_relu"))
+    s.add_argument("--seed", type=int, default=0)
     return p
 
 
@@ -303,6 +321,26 @@ def _zero_shot(lib, args):
         title = f"zero-shot {'relative ' if args.relative else ''}{args.metric}"
         zero_shot.plot(values, result.sources, result.targets, args.plot, title)
         print(f"wrote {args.plot}", file=sys.stderr)
+
+
+def _project(lib, args):
+    from spot_jax.spot import projected_library
+
+    names = projected_library.project_library(
+        lib, args.out, args.projector, args.from_model, args.to_model
+    )
+    print(f"projected {len(names)} entries into {args.out}: {', '.join(names)}")
+
+
+def _train_projector(lib, args):
+    from spot_jax.spot import projected_library, zero_shot
+
+    spec, losses = projected_library.train_projector(
+        lib, args.out, args.target_library, [zero_shot.parse_target_spec(t) for t in args.target],
+        args.steps, args.learning_rate, args.hidden, args.activation, args.seed, args.gin_binding,
+    )  # fmt: skip
+    print(f"projector {spec.source_shape} -> {spec.target_shape}: loss {losses[0]:.4g} -> "
+          f"{losses[-1]:.4g}; saved to {args.out}")  # fmt: skip
 
 
 def _emit(text: str, out: str | None) -> None:
