@@ -26,6 +26,7 @@ __all__ = [
     "SYNTHETIC",
     "DatasetConfig",
     "make_eval_iterator",
+    "make_task_scorer",
     "make_train_iterator",
     "real_rows",
 ]
@@ -119,6 +120,21 @@ def make_eval_iterator(
     from spot_jax.data import pipeline
 
     return pipeline.eval_batches(cfg, shard_index=shard_index, num_shards=num_shards)
+
+
+def make_task_scorer(cfg: DatasetConfig):
+    """The task's own metrics on decoded eval predictions, or None where there are none.
+
+    Returns a callable `scorer(predicted_ids) -> {'eval/<metric>': value}` taking the
+    predicted token ids of the eval split's real rows in iterator order (see
+    `spot_jax.data.scoring`), or None for the synthetic source, mixtures and tasks without
+    metric fns. TensorFlow is imported only for a real task.
+    """
+    if cfg.is_synthetic:
+        return None
+    from spot_jax.data import scoring
+
+    return scoring.make_task_scorer(cfg)
 
 
 def real_rows(batch: dict[str, np.ndarray]) -> np.ndarray:

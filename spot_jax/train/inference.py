@@ -75,15 +75,33 @@ def evaluate_job(
     eval_steps: int | None = None,
     seed: int = 0,
 ):
-    """Evaluates and writes MODEL_DIR/eval_metrics.json; returns the metrics."""
+    """Evaluates; writes MODEL_DIR/eval_metrics.json and appends to metrics.jsonl.
+
+    The metrics are the loss, token accuracy and exact match of every eval, plus the task's
+    own metric fns (accuracy, F1, MCC, SQuAD EM/F1, ROUGE, ...) on the decoded predictions.
+    The metrics.jsonl record also names the job, split and prompt it evaluated.
+    """
     model, mesh, rules, trainable, frozen = _load(
         model, eval_data, model_dir, prompt_file, initial_checkpoint_path, model_parallel, seed
     )
-    metrics = trainer.evaluate(model, trainable, frozen, eval_data, mesh, rules, eval_steps)
+    scorer = data.make_task_scorer(eval_data)
+    metrics = trainer.evaluate(
+        model, trainable, frozen, eval_data, mesh, rules, eval_steps, scorer=scorer
+    )
     out = epath.Path(model_dir)
     out.mkdir(parents=True, exist_ok=True)
     if jax.process_index() == 0:
         (out / "eval_metrics.json").write_text(json.dumps(metrics, indent=2))
+        prompt = prompt_file or (latest_numpy_prompt(model_dir) if model.prompt_length else None)
+        record = {
+            "job": "eval",
+            "task": eval_data.mixture_or_task_name,
+            "split": eval_data.split,
+            "prompt": str(prompt) if prompt else None,
+            **metrics,
+        }
+        with (out / "metrics.jsonl").open("a") as f:
+            f.write(json.dumps(record) + "\n")
     print(json.dumps(metrics), flush=True)
     return metrics
 

@@ -200,11 +200,21 @@ def train(
     )
     dropout_rng = jax.random.fold_in(jax.random.PRNGKey(seed), 1)
 
+    # The eval split's examples are read once for the task's metrics and kept across evals.
+    scorer = data.make_task_scorer(eval_data) if eval_data is not None else None
+
     def run_eval(step: int) -> dict[str, float]:
         if eval_data is None:
             return {}
         return evaluate(
-            model, state.trainable, frozen, eval_data, mesh, rules, max_batches=eval_steps
+            model,
+            state.trainable,
+            frozen,
+            eval_data,
+            mesh,
+            rules,
+            max_batches=eval_steps,
+            scorer=scorer,
         )
 
     def save(step: int, metrics: dict[str, float] | None = None):
@@ -277,14 +287,20 @@ def evaluate(
     rules,
     max_batches: int | None = None,
     predict: bool = True,
+    scorer=None,
 ) -> dict[str, float]:
-    """Validation loss and token accuracy; with `predict`, greedy-decoded exact match."""
+    """Validation loss and token accuracy; with `predict`, greedy-decoded exact match.
+
+    With `predict` and a `scorer` (`data.make_task_scorer`), also the task's own metrics
+    (e.g. 'eval/accuracy', 'eval/f1') on the decoded predictions.
+    """
     shard_index, num_shards = sharding.data_shard_info(mesh)
     eval_fn = jax.jit(functools.partial(steps.eval_step, model))
     target_len = eval_data.task_feature_lengths["targets"]
     predict_fn = jax.jit(functools.partial(steps.predict_step, model, max_decode_length=target_len))
     totals: dict[str, float] = {}
     exact, sequences = 0, 0
+    predicted: list[np.ndarray] = []
     with mesh, nn.logical_axis_rules(list(rules)):
         it = data.make_eval_iterator(eval_data, shard_index=shard_index, num_shards=num_shards)
         for i, local in enumerate(it):
@@ -300,6 +316,8 @@ def evaluate(
                 real = target[:, 0] != 0
                 exact += int(np.sum(np.all(pred == target, axis=-1) & real))
                 sequences += int(np.sum(real))
+                if scorer is not None:
+                    predicted.extend(pred[real])
     weights = max(totals.get("weight_sum", 0.0), 1.0)
     out = {
         "eval/loss": totals.get("loss", 0.0) / weights,
@@ -307,6 +325,8 @@ def evaluate(
     }
     if predict and sequences:
         out["eval/sequence_accuracy"] = exact / sequences
+    if predicted:
+        out.update(scorer(predicted))
     return out
 
 
