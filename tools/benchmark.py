@@ -1,41 +1,56 @@
-"""Train-step speed and memory of spot_jax prompt tuning, optionally beside HF PEFT.
+"""Speed and memory of spot_jax prompt tuning, optionally beside HF PEFT, in four modes.
 
     python tools/benchmark.py --size small --batch 8 --inputs 128 --targets 16 --prompt-length 20
     python tools/benchmark.py --size base --batch 32 --inputs 512 --targets 32 \
         --prompt-length 100 --compare-peft
+    python tools/benchmark.py --mode decode --size small --batch 8 --targets 16 --compare-peft
+    python tools/benchmark.py --mode packing --size small --batch 4 --inputs 512 --targets 8
 
-Synthetic batches (no TF). Reports step time, tokens/s (batch x (inputs + targets), the
-convention of the issue's PEFT figures), model FLOP/s utilisation against `--peak-tflops`, and
-peak device memory. FLOPs count 4 x non-embedding params x tokens per stack (encoder tokens
-include the prompt): forward 2 + activation gradients 2; frozen weights get no weight gradient.
+Synthetic batches (no TF). Modes:
+
+* train (default): step time, tokens/s (batch x (inputs + targets), the convention of the
+  issue's PEFT figures), model FLOP/s utilisation against `--peak-tflops`, memory. FLOPs count
+  4 x non-embedding params x tokens per stack (encoder tokens include the prompt): forward 2 +
+  activation gradients 2; frozen weights get no weight gradient.
+* decode: greedy decoding with the KV cache of exactly `--targets` tokens per row (EOS never
+  stops a row, on either side); examples/s and generated tokens/s.
+* score: rank-classification scoring (per-row target log-likelihood, T5X's score_batch) of a
+  batch; examples (rows) /s and tokens/s.
+* packing: the same `--examples` GLUE-like examples (lognormal input lengths, median 40,
+  capped at `--inputs`; 2-4 target tokens) trained padded (one per row) and packed (first-fit,
+  `--max-segments` per row, each with its own prompt copy); effective (non-padding input +
+  target) tokens/s of a full pass.
+
 `--compare-peft` times transformers + PEFT prompt tuning (encoder-only prompt,
-`num_transformer_submodules=1`) on the same shapes in the same process and prints the ratio.
+`num_transformer_submodules=1`) on the same shapes in the same process (HF `generate` for
+decode, a teacher-forced forward for score) and prints the ratio. `--repeats N` interleaves N
+rounds of the implementations and reports medians (use it on a shared machine).
 """
 
 import argparse
-import functools
 import json
+import os
 import platform
 import sys
 import time
 from pathlib import Path
 
+# The repository (for spot_jax) and this folder (for the bench_* modules beside this file).
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from spot_jax import runtime_flags  # noqa: E402
 
 # The same XLA flags the spot-jax CLI sets, so the benchmark measures what users run.
 runtime_flags.set_default_xla_flags()
 
+import bench_spot  # noqa: E402
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from spot_jax import axes  # noqa: E402
 from spot_jax.data import synthetic  # noqa: E402
 from spot_jax.models import config as config_lib  # noqa: E402
-from spot_jax.models import prompted  # noqa: E402
-from spot_jax.train import optim, sharding, steps, trainer  # noqa: E402
-from spot_jax.train import state as state_lib  # noqa: E402
+from spot_jax.train import optim  # noqa: E402
 
 
 def count_params(cfg: config_lib.T5Config) -> tuple[int, int]:
@@ -61,177 +76,80 @@ def peak_memory_gb() -> float | None:
     return stats.get("peak_bytes_in_use", 0) / 1e9
 
 
-def bench_spot(args) -> dict:
-    overrides = dict(
-        remat_policy=args.remat,
-        scan_layers=args.scan,
-        dtype=args.dtype,
-        attention_impl=args.attention,
-    )
-    if args.frozen_dtype:
-        overrides["frozen_dtype"] = args.frozen_dtype
-    cfg = config_lib.named_config(args.size, **overrides)
-    model = prompted.PromptedT5(cfg, prompt_length=args.prompt_length, z_loss=1e-4)
-    mesh = sharding.make_mesh(args.model_parallel)
-    rules = axes.standard_rules()
-    lengths = {"inputs": args.inputs, "targets": args.targets}
-    params, shardings = trainer.build_params(
-        model,
-        mesh,
-        rules,
-        batch_size=args.batch,
-        feature_lengths=lengths,
-        initial_checkpoint_path=None,
-        seed=0,
-    )
-    trainable, frozen = optim.split_trainable(params, args.trainable)
-    optimizer = optim.adafactor()
-    state = state_lib.create(trainable, optimizer)
-    state_sh = jax.tree.map(lambda x: x.sharding, state)
-    frozen_sh = {k: shardings[k] for k in frozen}
-    step_fn = jax.jit(
-        functools.partial(steps.train_step, model, optimizer),
-        in_shardings=(
-            state_sh,
-            frozen_sh,
-            sharding.batch_sharding(mesh),
-            sharding.replicated(mesh),
-        ),
-        out_shardings=(state_sh, sharding.replicated(mesh)),
-        donate_argnums=(0,),
-    )
-    local = synthetic.make_batch(args.batch, lengths, cfg.vocab_size, seed=0)
-    rng = jax.random.PRNGKey(0)
-    import flax.linen as nn
+def _interleaved(runners: dict, repeats: int) -> dict[str, list[float]]:
+    """Seconds of each runner's work, `repeats` rounds, runners alternating within a round."""
+    times = {name: [] for name in runners}
+    for _ in range(repeats):
+        for name, run in runners.items():
+            times[name].append(run())
+    return times
 
-    with mesh, nn.logical_axis_rules(list(rules)):
-        batch = sharding.global_batch(local, mesh)
-        compiled = step_fn.lower(state, frozen, batch, rng).compile()
-        step_memory = _step_memory_gb(compiled)
-        t0 = time.perf_counter()
-        state, metrics = step_fn(state, frozen, batch, rng)
-        jax.block_until_ready(metrics)
-        compile_s = time.perf_counter() - t0
-        for _ in range(args.warmup):
-            state, metrics = step_fn(state, frozen, batch, rng)
-        jax.block_until_ready(metrics)
-        t0 = time.perf_counter()
-        for _ in range(args.steps):
-            state, metrics = step_fn(state, frozen, batch, rng)
-        jax.block_until_ready(metrics)
-        step_s = (time.perf_counter() - t0) / args.steps
-    loss = float(metrics["loss"]) / max(float(metrics["weight_sum"]), 1)
+
+def _runners(args, cfg):
+    """(runners {impl: timed fn}, finishers {impl: () -> info}, mode info) for args.mode."""
+    lengths = {"inputs": args.inputs, "targets": args.targets}
+    if args.mode == "packing":
+        runners, info = bench_spot.packing_runners(args)
+        return {f"spot_jax_{k}": v for k, v in runners.items()}, {}, info
+    local = synthetic.make_batch(args.batch, lengths, cfg.vocab_size, seed=0)
+    spot = {"train": bench_spot.train_runner, "decode": bench_spot.decode_runner}
+    spot["score"] = bench_spot.score_runner
+    runners, finishers = {}, {}
+    if args.compare_peft:
+        import bench_peft
+
+        peft = {"train": bench_peft.train_runner, "decode": bench_peft.decode_runner}
+        peft["score"] = bench_peft.score_runner
+        runners["hf_peft"] = peft[args.mode](args, local)
+    runners["spot_jax"], finishers["spot_jax"] = spot[args.mode](args, local)
+    return runners, finishers, {}
+
+
+def _rates(args, cfg, impl: str, seconds: float, info: dict) -> dict:
+    """Throughput figures of one run of `seconds`."""
+    if args.mode == "train":
+        step_s = seconds / args.steps
+        flops = model_flops(cfg, args.batch, args.inputs, args.targets, args.prompt_length)
+        out = {
+            "step_s": step_s,
+            "tokens_per_s": args.batch * (args.inputs + args.targets) / step_s,
+            "model_tflops_per_s": flops / step_s / 1e12,
+        }
+        if args.peak_tflops:
+            out["mfu"] = out["model_tflops_per_s"] / args.peak_tflops
+        return out
+    if args.mode == "packing":
+        return {
+            "pass_s": seconds,
+            "examples_per_s": info["examples"] / seconds,
+            "effective_tokens_per_s": info["real_tokens"] / seconds,
+        }
+    generated = args.targets if args.mode == "decode" else args.inputs + args.targets
     return {
-        "impl": "spot_jax",
-        "step_s": step_s,
-        "compile_s": compile_s,
-        "loss_per_token": loss,
-        "peak_memory_gb": peak_memory_gb(),
-        "step_memory_gb": step_memory,
+        "call_s": seconds,
+        "examples_per_s": args.batch / seconds,
+        "tokens_per_s": args.batch * generated / seconds,
     }
 
 
-def _step_memory_gb(compiled) -> float | None:
-    """Device memory the compiled step needs: arguments + outputs + temporaries - donated."""
-    try:
-        m = compiled.memory_analysis()
-        total = (
-            m.argument_size_in_bytes
-            + m.output_size_in_bytes
-            + m.temp_size_in_bytes
-            - m.alias_size_in_bytes
-        )
-        return total / 1e9
-    except Exception:
-        return None
-
-
-def bench_peft(args) -> dict:
-    import torch
-    import transformers
-    from peft import PromptTuningConfig, TaskType, get_peft_model
-
-    cfg = config_lib.named_config(args.size)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    dtype = {"bfloat16": torch.bfloat16, "float32": torch.float32}[args.dtype]
-    hf_cfg = transformers.T5Config(
-        vocab_size=cfg.vocab_size,
-        d_model=cfg.emb_dim,
-        d_kv=cfg.head_dim,
-        d_ff=cfg.mlp_dim,
-        num_layers=cfg.num_encoder_layers,
-        num_decoder_layers=cfg.num_decoder_layers,
-        num_heads=cfg.num_heads,
-        relative_attention_num_buckets=cfg.relpos_buckets,
-        relative_attention_max_distance=cfg.relpos_max_distance,
-        feed_forward_proj="gated-gelu",
-        tie_word_embeddings=False,
-        dropout_rate=0.0,
-        decoder_start_token_id=0,
-        pad_token_id=0,
-    )
-    torch.manual_seed(0)
-    model = transformers.T5ForConditionalGeneration(hf_cfg).to(device=device, dtype=dtype)
-    peft_cfg = PromptTuningConfig(
-        task_type=TaskType.SEQ_2_SEQ_LM,
-        num_virtual_tokens=args.prompt_length,
-        num_transformer_submodules=1,
-    )
-    model = get_peft_model(model, peft_cfg)
-    model.train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = transformers.optimization.Adafactor(
-        params,
-        lr=0.3,
-        scale_parameter=False,
-        relative_step=False,
-        warmup_init=False,
-        weight_decay=1e-5,
-        clip_threshold=1.0,
-        decay_rate=-0.8,
-    )
-    lengths = {"inputs": args.inputs, "targets": args.targets}
-    local = synthetic.make_batch(args.batch, lengths, cfg.vocab_size, seed=0)
-    ids = torch.tensor(local["encoder_input_tokens"], device=device, dtype=torch.long)
-    labels = torch.tensor(local["decoder_target_tokens"], device=device, dtype=torch.long)
-    labels[labels == 0] = -100
-    attn = (ids != 0).long()
-
-    def step():
-        out = model(input_ids=ids, attention_mask=attn, labels=labels)
-        out.loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        return out.loss
-
-    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    if device == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    for _ in range(args.warmup + 1):
-        step()
-    sync()
-    t0 = time.perf_counter()
-    for _ in range(args.steps):
-        loss = step()
-    sync()
-    step_s = (time.perf_counter() - t0) / args.steps
-    peak = torch.cuda.max_memory_allocated() / 1e9 if device == "cuda" else None
-    return {
-        "impl": "hf_peft",
-        "step_s": step_s,
-        "loss_per_token": float(loss),
-        "peak_memory_gb": peak,
-    }
-
-
-def _free_torch_memory() -> None:
-    import gc
-
-    import torch
-
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
+def _line(args, r: dict) -> str:
+    head = f"{r['impl']:16s} {args.mode:7s} {args.size} b{args.batch} {args.inputs}+"
+    head += f"{args.prompt_length}/{args.targets}:"
+    if args.mode == "train":
+        text = f"{r['step_s'] * 1e3:8.1f} ms/step {r['tokens_per_s']:10.0f} tok/s "
+        text += f"{r['model_tflops_per_s']:7.3f} TFLOP/s"
+        text += f"  MFU {r['mfu']:.1%}" if "mfu" in r else ""
+        mem = r.get("peak_memory_gb")
+        text += f"  peak {mem:.1f} GB" if mem else ""
+        text += f"  step {r['step_memory_gb']:.1f} GB" if r.get("step_memory_gb") else ""
+    elif args.mode == "packing":
+        text = f"{r['pass_s']:8.2f} s/pass {r['examples_per_s']:8.2f} ex/s "
+        text += f"{r['effective_tokens_per_s']:9.0f} effective tok/s"
+    else:
+        what = "generated" if args.mode == "decode" else "scored"
+        text = f"{r['call_s'] * 1e3:8.1f} ms/batch {r['examples_per_s']:8.2f} ex/s "
+        text += f"{r['tokens_per_s']:9.0f} {what} tok/s"
+    return f"{head} {text}  (median of {len(r['repeat_s'])})"
 
 
 def main(argv=None) -> int:
@@ -257,21 +175,24 @@ def main(argv=None) -> int:
         help="device peak bf16 TFLOP/s for MFU (e.g. 851 measured on an H200)",
     )
     p.add_argument("--compare-peft", action="store_true")
+    p.add_argument(
+        "--mode",
+        default="train",
+        choices=["train", "decode", "score", "packing"],
+        help="train step; greedy decode of --targets tokens; rank-classification scoring; "
+        "or padded vs packed train steps over GLUE-like examples",
+    )
+    p.add_argument("--repeats", type=int, default=1, help="interleaved rounds; medians shown")
+    p.add_argument("--examples", type=int, default=64, help="packing mode: examples per pass")
+    p.add_argument("--max-segments", type=int, default=8, help="packing mode: examples per row")
     p.add_argument("--json", default=None, help="append results as a JSON line to this file")
     args = p.parse_args(argv)
 
     cfg = config_lib.named_config(args.size)
-    tokens = args.batch * (args.inputs + args.targets)
-    flops = model_flops(cfg, args.batch, args.inputs, args.targets, args.prompt_length)
-    results = []
-    if args.compare_peft:
-        # PEFT first, then free its memory: both frameworks cache device memory.
-        peft_result = bench_peft(args)
-        _free_torch_memory()
-    results.append(bench_spot(args))
-    if args.compare_peft:
-        results.append(peft_result)
+    runners, finishers, mode_info = _runners(args, cfg)
+    times = _interleaved(runners, args.repeats)
     header = {
+        "mode": args.mode,
         "size": args.size,
         "batch": args.batch,
         "inputs": args.inputs,
@@ -284,26 +205,31 @@ def main(argv=None) -> int:
         "device": str(jax.devices()[0].device_kind),
         "jax": jax.__version__,
         "python": platform.python_version(),
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "date": time.strftime("%Y-%m-%d"),
+        **mode_info,
     }
-    for r in results:
-        r.update(header)
-        r["tokens_per_s"] = tokens / r["step_s"]
-        r["model_tflops_per_s"] = flops / r["step_s"] / 1e12
-        if args.peak_tflops:
-            r["mfu"] = r["model_tflops_per_s"] / args.peak_tflops
-        mem = r.get("peak_memory_gb")
+    if args.mode == "packing":
+        header["max_segments"] = args.max_segments
+    results = []
+    for impl, seconds in times.items():
+        r = {"impl": impl, **header, "repeat_s": seconds}
+        r.update(finishers[impl]() if impl in finishers else {})
+        r.update(_rates(args, cfg, impl, float(np.median(seconds)), mode_info))
+        if impl == "spot_jax" and args.mode == "train":
+            r["peak_memory_gb"] = peak_memory_gb()
+        results.append(r)
+        print(_line(args, r), flush=True)
+    by_impl = {r["impl"]: r for r in results}
+    if args.mode == "packing":
+        speedup = np.median(times["spot_jax_padded"]) / np.median(times["spot_jax_packed"])
         print(
-            f"{r['impl']:9s} {args.size} b{args.batch} {args.inputs}+{args.prompt_length}/"
-            f"{args.targets}: {r['step_s'] * 1e3:8.1f} ms/step  {r['tokens_per_s']:10.0f} tok/s  "
-            f"{r['model_tflops_per_s']:7.2f} TFLOP/s"
-            + (f"  MFU {r['mfu']:.1%}" if "mfu" in r else "")
-            + (f"  peak {mem:.1f} GB" if mem else "")
-            + (f"  step {r['step_memory_gb']:.1f} GB" if r.get("step_memory_gb") else ""),
-            flush=True,
+            f"packing: {mode_info['examples']} examples in {mode_info['packed_rows']} packed rows "
+            f"vs {mode_info['padded_rows']} padded; speedup packed / padded: {speedup:.2f}x"
         )
-    if args.compare_peft:
-        print(f"speedup spot_jax / peft: {results[1]['step_s'] / results[0]['step_s']:.2f}x")
+    if "hf_peft" in by_impl:
+        speedup = np.median(times["hf_peft"]) / np.median(times["spot_jax"])
+        print(f"speedup spot_jax / peft ({args.mode}): {speedup:.2f}x")
     if args.json:
         with open(args.json, "a") as f:
             for r in results:
