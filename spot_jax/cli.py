@@ -154,7 +154,9 @@ def _one_line(e: BaseException) -> str:
 # returning an exit status. Each lives in the package that owns it.
 COMMANDS = {
     "convert": "spot_jax.interop.commands:convert_main",
+    "demo": "spot_jax.demo.command:demo_main",
     "export": "spot_jax.interop.commands:export_main",
+    "few-shot": "spot_jax.spot.few_shot_protocol:few_shot_main",
     "import-prompt": "spot_jax.interop.commands:import_prompt_main",
     "library": "spot_jax.spot.commands:library_main",
     "tasks": "spot_jax.data.commands:tasks_main",

@@ -149,7 +149,7 @@ def _task_table() -> list[WorldTask]:
         ("food", ("positive", "negative"), "source"),
         ("movie", ("good", "bad"), "source"),
         ("gadget", ("yes", "no"), "source"),
-        ("hotel", ("great", "awful"), "target"),
+        ("hotel", ("good", "bad"), "target"),
     ):
         t.append(WorldTask(f"world_sentiment_{domain}", "sentiment", role, labels,
                            _sentiment(domain, labels)))  # fmt: skip
@@ -157,7 +157,7 @@ def _task_table() -> list[WorldTask]:
         ("names", ("sport", "science", "music"), ("sport", "science", "music"), "source"),
         ("codes", ("music", "cooking", "travel"), ("alpha", "beta", "gamma"), "source"),
         ("pairs", ("sport", "travel"), ("first", "second"), "source"),
-        ("mixed", ("science", "cooking", "travel"), ("lab", "kitchen", "trip"), "target"),
+        ("mixed", ("science", "cooking", "travel"), ("alpha", "beta", "gamma"), "target"),
     ):
         t.append(WorldTask(f"world_topic_{variant}", "topic", role, labels,
                            _topic(topics, labels)))  # fmt: skip
@@ -165,7 +165,7 @@ def _task_table() -> list[WorldTask]:
         ("animals", ("entailment", "not_entailment"), "source"),
         ("plants", ("true", "false"), "source"),
         ("vehicles", ("yes", "no"), "source"),
-        ("tools", ("follows", "unrelated"), "target"),
+        ("tools", ("entailment", "not_entailment"), "target"),
     ):
         t.append(WorldTask(f"world_nli_{domain}", "nli", role, labels, _nli(domain, labels)))
     for slot, role in (("color", "source"), ("city", "source"), ("day", "source"),
@@ -211,21 +211,33 @@ class World:
         return list(_examples(self.seed, name, tuple(self.split_sizes.items()))[split])
 
     def with_task_word(self, name: str, inputs: str) -> str:
-        """The input with its task word in front, as T5 writes multi-task inputs."""
-        return f"{name.removeprefix('world_')}: {inputs}"
+        """The input led by its task words, '<family> <variant>:', as T5 writes multi-task
+        inputs (e.g. 'sentiment food: review: ...'); tasks of a family share the first word."""
+        family, variant = name.removeprefix("world_").split("_", 1)
+        return f"{family} {variant}: {inputs}"
 
     def unlabeled_text(self) -> list[str]:
         """Inputs of every source task's train split: the backbone's pretraining text.
 
-        Targets' examples are left out entirely, so nothing about a target leaks into the
-        backbone beyond the shared lexicon.
+        A family's tasks share their input distribution, so a source input can also be a
+        target's input; those are dropped, so no target example (of any split) reaches the
+        backbone, only the shared lexicon does.
         """
-        return [x for n in self.names("source") for x, _ in self.examples(n, "train")]
+        return [x for n in self.names("source") for x, _ in self.pretraining_examples(n)]
+
+    def pretraining_examples(self, name: str) -> list[tuple[str, str]]:
+        """A source's train examples minus those whose input is also a target's input."""
+        if self.task(name).role != "source":
+            raise ValueError(f"{name} is a held-out target; it never enters pretraining")
+        held_out = _target_inputs(self.seed, tuple(self.split_sizes.items()))
+        return [(x, y) for x, y in self.examples(name, "train") if x not in held_out]
 
     def corpus(self) -> list[str]:
-        """Every input and target of every task: the text the vocabulary is trained on."""
-        return [s for n in self.tasks for split in self.split_sizes
-                for pair in self.examples(n, split) for s in pair]  # fmt: skip
+        """Every input (with and without task words) and target of every task: the text the
+        vocabulary is trained on."""
+        pairs = [(n, p) for n in self.tasks for split in self.split_sizes
+                 for p in self.examples(n, split)]  # fmt: skip
+        return [s for n, (x, y) in pairs for s in (x, self.with_task_word(n, x), y)]
 
 
 @functools.lru_cache(maxsize=64)
@@ -250,6 +262,13 @@ def _examples(seed: int, name: str, sizes: tuple[tuple[str, int], ...]):
     return out
 
 
+@functools.lru_cache(maxsize=8)
+def _target_inputs(seed: int, sizes: tuple[tuple[str, int], ...]) -> frozenset[str]:
+    targets = [t.name for t in _task_table() if t.role == "target"]
+    return frozenset(x for n in targets for pairs in _examples(seed, n, sizes).values()
+                     for x, _ in pairs)  # fmt: skip
+
+
 def build_world(seed: int = DEFAULT_SEED, split_sizes: dict[str, int] | None = None) -> World:
     """The world of `seed`: 16 tasks in 4 families, 12 sources and 4 held-out targets."""
     sizes = dict(split_sizes or SPLIT_SIZES)
@@ -260,6 +279,7 @@ def build_world(seed: int = DEFAULT_SEED, split_sizes: dict[str, int] | None = N
 # Vocabulary: a small SentencePiece model of the world's text.
 
 VOCAB_PIECES = 512
+VOCAB_VERSION = 2
 EXTRA_IDS = 32  # sentinels for span corruption, at the top of the id range as in T5
 
 
@@ -313,9 +333,14 @@ def cache_root(cache_dir=None):
     return pathlib.Path(root) / "world"
 
 
+def vocabulary_name(seed: int) -> str:
+    """The vocabulary's cache file name; the version changes whenever the corpus does."""
+    return f"vocab-v{VOCAB_VERSION}-seed{seed}-{VOCAB_PIECES}.model"
+
+
 def vocabulary_file(world: World, cache_dir=None):
     """The world's SentencePiece model file, trained on first use and cached by world seed."""
-    path = cache_root(cache_dir) / f"vocab-seed{world.seed}-{VOCAB_PIECES}.model"
+    path = cache_root(cache_dir) / vocabulary_name(world.seed)
     if not path.exists():
         train_vocabulary(world, path)
     return path

@@ -27,7 +27,7 @@ class WorldVocabulary(seqio.SentencePieceVocabulary):
 
     def __init__(self, seed: int = world.DEFAULT_SEED):
         self._world_seed = seed
-        path = world.cache_root() / f"vocab-seed{seed}-{world.VOCAB_PIECES}.model"
+        path = world.cache_root() / world.vocabulary_name(seed)
         super().__init__(str(path), extra_ids=world.EXTRA_IDS)
 
     def _model_context(self):

@@ -1,0 +1,114 @@
+"""The task world: determinism, families and roles, splits, vocabulary, SeqIO registration."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from spot_jax.data import world as world_lib
+
+CLI = Path(sys.executable).parent / "spot-jax"
+
+
+def test_same_seed_same_world_other_seed_other_examples():
+    a, b = world_lib.build_world(7), world_lib.build_world(7)
+    c = world_lib.build_world(8)
+    for name in a.names():
+        assert a.examples(name, "train") == b.examples(name, "train")
+        assert a.examples(name, "validation") == b.examples(name, "validation")
+    assert any(a.examples(n, "train") != c.examples(n, "train") for n in a.names())
+
+
+def test_families_roles_and_labels():
+    w = world_lib.build_world()
+    assert len(w.names()) >= 12 and len(w.families) >= 4
+    for family in w.families:
+        members = [n for n in w.names() if w.family(n) == family]
+        roles = [w.task(n).role for n in members]
+        assert roles.count("target") == 1 and roles.count("source") >= 2, family
+    assert set(w.names("source")) | set(w.names("target")) == set(w.names())
+    for name in w.names():
+        task = w.task(name)
+        answers = {y for _, y in w.examples(name, "train")}
+        if task.labels:  # a classification: every label occurs, nothing else does
+            assert answers == set(task.labels), name
+        else:  # extraction: the answer is a word of the input
+            assert all(y in x.split() for x, y in w.examples(name, "train")), name
+
+
+def test_tasks_of_a_family_share_the_input_format_and_families_differ():
+    w = world_lib.build_world()
+    heads = {n: {x.split()[0] for x, _ in w.examples(n, "train")} for n in w.names()}
+    for name, head in heads.items():
+        assert len(head) == 1
+        for other in w.names():
+            same = w.family(other) == w.family(name)
+            assert (heads[other] == head) == same, (name, other)
+
+
+def test_splits_are_disjoint_and_sized():
+    w = world_lib.build_world(split_sizes={"train": 200, "validation": 50})
+    for name in w.names():
+        train, val = w.examples(name, "train"), w.examples(name, "validation")
+        assert len(train) == 200 and len(val) == 50
+        assert not {x for x, _ in train} & {x for x, _ in val}
+    with pytest.raises(ValueError, match="splits"):
+        w.examples(w.names()[0], "test")
+    with pytest.raises(ValueError, match="no world task"):
+        w.task("world_nope")
+
+
+def test_task_words_share_the_family_word():
+    w = world_lib.build_world()
+    assert w.with_task_word("world_nli_tools", "premise: x") == "nli tools: premise: x"
+
+
+def test_vocabulary_covers_the_world_and_is_cached(tmp_path):
+    import sentencepiece
+
+    w = world_lib.build_world()
+    path = world_lib.vocabulary_file(w, tmp_path)
+    stamp = path.stat().st_mtime_ns
+    assert world_lib.vocabulary_file(w, tmp_path).stat().st_mtime_ns == stamp
+    sp = sentencepiece.SentencePieceProcessor(model_file=str(path))
+    assert (sp.pad_id(), sp.eos_id(), sp.unk_id()) == (0, 1, 2)
+    corpus = w.corpus()
+    assert not any(sp.unk_id() in ids for ids in sp.encode(corpus))
+    # Word level: one piece per word keeps the demo's sequences short.
+    sample = corpus[:200]
+    assert all(len(i) == len(t.split()) for i, t in zip(sp.encode(sample), sample, strict=True))
+
+
+@pytest.mark.tf
+def test_spot_jax_tasks_show_a_world_task(tmp_path):
+    cli = [str(CLI)] if CLI.exists() else [sys.executable, "-m", "spot_jax.cli"]
+    out = subprocess.run(
+        [*cli, "tasks", "show", "world_nli_tools", "-n", "2"],
+        capture_output=True, text=True, timeout=120,
+        env={**__import__("os").environ, "SPOT_JAX_CACHE": str(tmp_path)},
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+    want = world_lib.build_world().examples("world_nli_tools", "validation")[:2]
+    assert [(r["inputs"], r["targets"]) for r in rows] == want
+
+
+@pytest.mark.tf
+def test_registered_tasks_tokenize_with_the_world_vocabulary(tmp_path, monkeypatch):
+    monkeypatch.setenv(world_lib.CACHE_ENV_VAR, str(tmp_path))
+    import seqio
+
+    from spot_jax.data import tasks  # noqa: F401 - registers
+    from spot_jax.data.tasks import world as world_tasks
+
+    world_tasks.vocabulary.cache_clear()
+    seqio.TaskRegistry.remove("world_topic_codes_prefixed")
+    world_tasks.register()
+    task = seqio.get_mixture_or_task("world_topic_codes_prefixed")
+    ex = next(task.get_dataset(split="train", shuffle=False).as_numpy_iterator())
+    vocab = task.output_features["inputs"].vocabulary
+    assert vocab.decode(ex["inputs"].tolist()).startswith("topic codes: text: ")
+    assert ex["targets"].tolist()[-1] == 1 and len(ex["targets"]) == 2  # one word + EOS
+    assert (tmp_path / "world" / world_lib.vocabulary_name(world_lib.DEFAULT_SEED)).exists()
