@@ -18,12 +18,13 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-DEMO_DIR ?= demo_out/synthetic_prompt
+DEMO_DIR ?= demo_out
+DEMO_ARGS ?=
 
+# SPoT end to end on the task world (backbone cached under ~/.cache/spot_jax or
+# $SPOT_JAX_CACHE); DEMO_ARGS=--quick for the three-minute version.
 demo: $(STAMP)
-	$(BIN)/spot-jax train --gin_file=demo/synthetic_prompt.gin --gin.MODEL_DIR=$(DEMO_DIR)
-	@echo "Outputs in $(DEMO_DIR): config.gin, metrics.jsonl, checkpoints/ (Orbax),"
-	@echo "numpy_checkpoints/checkpoint_<step>/encoder.prompt.prompt.prompt (the prompts)"
+	$(BIN)/spot-jax demo --out $(DEMO_DIR) $(DEMO_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff format --check spot_jax tools tests
