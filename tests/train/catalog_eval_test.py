@@ -1,0 +1,109 @@
+"""`spot-jax train` (2 steps) and `spot-jax eval` on catalog tasks with mock TFDS data: each
+family trains, and eval writes the task's own metrics to metrics.jsonl."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("seqio")
+SPM = Path("/work/shared/fixtures/t5_sentencepiece.model")
+REPO = Path(__file__).resolve().parents[2]
+pytestmark = [
+    pytest.mark.tf,
+    pytest.mark.skipif(not SPM.exists(), reason="T5 SentencePiece model not available"),
+]
+
+# One task per family and metric kind -> the task metrics its evals must report. (Plain
+# accuracy tasks train in glue_tasks_test; scoring_test checks the metric values; every
+# task's examples are shown in glue_tasks_test and catalog_sources_test.)
+TASK_METRICS = {
+    "spot_glue_cola_v200": {"matthews_corrcoef"},
+    "spot_super_glue_multirc_v102": {"f1", "exact_match"},
+    "spot_goemotions_v010": {"accuracy", "mean_label_f1"},
+    "spot_mrqa_news_qa_v100": {"em", "f1"},
+    "spot_samsum_v100": {"rouge1", "rouge2", "rougeL"},
+    "spot_c4_span_corruption_v310": set(),
+}
+BASE_METRICS = {"eval/loss", "eval/token_accuracy", "eval/sequence_accuracy"}
+
+# Every job runs through the CLI's entry point in one process, so the tiny model compiles once.
+_JOBS_SCRIPT = """
+import sys
+import time
+
+import gin
+from spot_jax import cli
+
+root, tasks = sys.argv[1], sys.argv[2:]
+for task in tasks:
+    common = [
+        f"--gin.MODEL_DIR={root}/{task}",
+        f"--gin.MIXTURE_OR_TASK_NAME={task}",
+        "--gin.TASK_FEATURE_LENGTHS={'inputs': 64, 'targets': 16}",
+        "--gin.BATCH_SIZE=4",
+    ]
+    model = "--gin_file=models/t5_1_1/t5x_test_tiny.gin"
+    train = ["train", "--gin_file=test/tiny_prompt.gin", model, "--gin.TRAIN_STEPS=2"]
+    evaluate = ["eval", "--gin_file=test/tiny_eval.gin", model]
+    for argv in (train, evaluate):
+        start = time.time()
+        code = cli.main(argv + common)
+        gin.clear_config()
+        print(f"{argv[0]} {task}: {time.time() - start:.1f}s", file=sys.stderr)
+        if code:
+            sys.exit(f"{argv[0]} failed on {task}")
+"""
+
+
+def _env():
+    flags = re.sub(r"--xla_force_host_platform_device_count=\d+", "", os.environ["XLA_FLAGS"])
+    return {
+        **os.environ,
+        "XLA_FLAGS": flags.strip(),
+        "JAX_PLATFORMS": "cpu",
+        "SPOT_JAX_TFDS_MOCK": "4",
+        "SPOT_JAX_VOCAB": str(SPM),
+    }
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("catalog")
+    result = subprocess.run(
+        [sys.executable, "-c", _JOBS_SCRIPT, str(root), *TASK_METRICS],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        cwd=REPO,
+        timeout=540,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    return root
+
+
+def _records(model_dir):
+    return [json.loads(line) for line in (model_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("task", list(TASK_METRICS))
+def test_train_and_eval_report_the_tasks_metrics(runs, task):
+    model_dir = runs / task
+    assert (model_dir / "numpy_checkpoints" / "checkpoint_2").is_dir()
+    train_record, eval_record = _records(model_dir)
+    expected = BASE_METRICS | {f"eval/{k}" for k in TASK_METRICS[task]}
+    # The periodic eval at the last train step, and the eval job on the saved prompt.
+    assert train_record["step"] == 2 and set(train_record) >= expected
+    assert {k for k in train_record if k.startswith("eval/")} == expected
+    assert eval_record["job"] == "eval" and eval_record["task"] == task
+    assert eval_record["prompt"].endswith("checkpoint_2/encoder.prompt.prompt.prompt")
+    assert {k for k in eval_record if k.startswith("eval/")} == expected
+    for key in expected - BASE_METRICS:
+        assert -100.0 <= eval_record[key] <= 100.0 and np.isfinite(eval_record[key]), key
+    saved = json.loads((model_dir / "eval_metrics.json").read_text())
+    assert saved == {k: v for k, v in eval_record.items() if k.startswith("eval/")}
