@@ -57,6 +57,13 @@ def test_sentiment140_polarity_and_goemotions_label_lists():
     ]
 
 
+def test_doc_nli_strings():
+    examples = {"premise": ["A long document."], "hypothesis": ["A claim."], "label": [1]}
+    assert _run("spot_doc_nli_v100", examples) == [
+        ("doc_nli hypothesis: A claim. premise: A long document.", "entailment")
+    ]
+
+
 def test_goemotions_metrics_compare_label_sets():
     parse = postprocessors.label_set
     targets = [parse("joy, love"), parse("anger"), parse("<unk>")]
@@ -121,6 +128,7 @@ def test_show_prints_every_new_task_on_mock_data(monkeypatch):
         for name in (
             "spot_sentiment140_v100",
             "spot_goemotions_v010",
+            "spot_doc_nli_v100",
             "spot_mrqa_hotpot_qa_v100",
             "spot_mrqa_race_v100_taskless",
             "spot_samsum_v100",

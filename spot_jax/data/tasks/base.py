@@ -50,6 +50,7 @@ KNOWN_TRAIN_SIZES = {
     "spot_yelp_polarity_reviews_v020": 560_000,
     "spot_squad_v11_v300": 87_599,
     # sentiment140 1.0.0, goemotions 0.1.0; mrqa 1.0.0 in-domain train sets (MRQA's counts).
+    "spot_doc_nli_v100": 942_314,
     "spot_sentiment140_v100": 1_600_000,
     "spot_goemotions_v010": 43_410,
     "spot_mrqa_squad_v100": 86_588,
