@@ -1,0 +1,82 @@
+"""PPT's few-shot protocol on the tiny model: 5 seeded runs of a few-shot variant (mock TFDS
+data), each evaluated at its best dev step, mean ± std, zero-shot of the starting prompt."""
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.tf
+pytest.importorskip("seqio")
+
+from spot_jax.spot import few_shot_protocol, library  # noqa: E402
+
+SPM = Path(os.environ.get("SPOT_JAX_TEST_SPM", "/work/shared/fixtures/t5_sentencepiece.model"))
+TASK = "spot_glue_rte_v200"
+
+
+@pytest.mark.skipif(not SPM.exists(), reason="T5 SentencePiece model not available")
+def test_five_seeds_give_mean_and_std(tmp_path, monkeypatch):
+    import seqio
+
+    from spot_jax.data import tasks
+    from spot_jax.data.tasks import base
+
+    # Tasks read the vocabulary path when registered: re-register T (and its variants).
+    monkeypatch.setenv("SPOT_JAX_VOCAB", str(SPM))
+    tasks.enable_mock_data(16)
+    for name in [TASK] + [f"{TASK}_4shot_seed{s}" for s in range(5)]:
+        if name in seqio.TaskRegistry.names():
+            seqio.TaskRegistry.remove(name)
+    base.register_spec(base.SPECS[TASK])
+    start = np.random.default_rng(0).uniform(0, 0.5, (5, 8)).astype(np.float32)
+    np.save(tmp_path / "start.npy", start)
+    gin_args = [
+        "--gin_file=test/tiny_prompt.gin", "--gin_file=models/t5_1_1/t5x_test_tiny.gin",
+        "--gin_file=ppt/few_shot_from_pretrained.gin",
+        f"--gin.PROMPT_FILE={tmp_path / 'start.npy'}",
+        "--gin.TASK_FEATURE_LENGTHS={'inputs': 32, 'targets': 4}", "--gin.TRAIN_STEPS=2",
+        "--gin.EVAL_PERIOD=1", "--gin.CHECKPOINT_PERIOD=1",
+    ]  # fmt: skip
+    out = tmp_path / "protocol"
+    report = few_shot_protocol.run_protocol(
+        TASK, gin_args, out, k=4, runner=few_shot_protocol.in_process_runner, log=None
+    )
+    runs = report["runs"]
+    assert [r["seed"] for r in runs] == [0, 1, 2, 3, 4]
+    assert len({r["task"] for r in runs}) == 5 and runs[0]["task"] == f"{TASK}_4shot_seed0"
+    values = np.array([r["test"]["eval/sequence_accuracy"] for r in runs])
+    assert np.all((values >= 0) & (values <= 1))
+    assert report["mean"] == pytest.approx(values.mean())
+    assert report["std"] == pytest.approx(values.std())
+    for run in runs:
+        dev = {
+            s: m["eval/sequence_accuracy"]
+            for s, m in library.read_metrics(run["model_dir"]).items()
+            if "eval/sequence_accuracy" in m
+        }
+        if dev:  # the best dev step (the later one on ties) is the one evaluated
+            assert run["step"] == max(dev, key=lambda s: (dev[s], s))
+    # Zero-shot is the starting prompt itself: every run's step 0 is PROMPT_FILE.
+    step0 = np.load(library.prompt_file(runs[3]["model_dir"], 0))
+    np.testing.assert_array_equal(step0, start)
+    assert set(report["zero_shot"]) >= {"eval/loss", "eval/sequence_accuracy"}
+    assert json.loads((out / "results.json").read_text()) == json.loads(json.dumps(report))
+    table = (out / "results.md").read_text()
+    assert table.count("| seed ") == 5 and "mean ± std" in table and "zero-shot" in table
+    assert f"{report['mean']:.4f} ± {report['std']:.4f}" in table
+
+
+def test_bad_input_is_one_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="gin files"):
+        few_shot_protocol.few_shot_main(["--task", TASK, "--out", str(tmp_path)])
+    with pytest.raises(ValueError, match="sets .*SEED"):
+        few_shot_protocol.run_protocol(
+            TASK, ["--gin_file=x.gin", "--gin.SEED=3"], tmp_path, runner=None, log=None
+        )
+    with pytest.raises(ValueError, match="--seeds"):
+        few_shot_protocol.few_shot_main(
+            ["--task", TASK, "--out", str(tmp_path), "--seeds", "a,b", "--", "--gin_file=x.gin"]
+        )
