@@ -157,7 +157,6 @@ COMMANDS = {
     "demo": "spot_jax.demo.command:demo_main",
     "export": "spot_jax.interop.commands:export_main",
     "few-shot": "spot_jax.spot.few_shot_protocol:few_shot_main",
-    "few-shot": "spot_jax.spot.few_shot_protocol:few_shot_main",
     "import-prompt": "spot_jax.interop.commands:import_prompt_main",
     "library": "spot_jax.spot.commands:library_main",
     "tasks": "spot_jax.data.commands:tasks_main",
