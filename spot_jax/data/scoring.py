@@ -28,8 +28,9 @@ from spot_jax.data.config import DatasetConfig
 log = logging.getLogger(__name__)
 
 METRIC_PREFIX = "eval/"
-# Model-input ids the scorer drops from kept examples (postprocessors never read them).
-_DROPPED_FEATURES = ("inputs",)
+# Features the scorer does not keep: the inputs (ids and text) are the bulk of an example
+# (a whole article for summarization), and no postprocessor of ours reads them.
+_DROPPED_FEATURES = ("inputs", "inputs_pretokenized")
 
 
 class TaskScorer:
