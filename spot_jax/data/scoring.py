@@ -74,6 +74,52 @@ class TaskScorer:
         # seqio's Task.postprocess_fn returns the text unchanged when the task has none.
         return self.task.postprocess_fn(text, example=example, is_target=is_target)
 
+    @property
+    def labels(self) -> tuple[str, ...] | None:
+        """The task's class labels (rank classification's candidates), or None."""
+        return _label_names(self.task.name)
+
+    def candidate_ids(self, targets_length: int):
+        """`[C, L]` int32 ids of the labels, EOS-terminated and 0-padded to L; None if none.
+
+        Raises:
+            ValueError: when a label does not fit in `targets_length` tokens with its EOS.
+        """
+        if not self.labels:
+            return None
+        feature = self.task.output_features["targets"]
+        out = np.zeros((len(self.labels), targets_length), np.int32)
+        for row, label in enumerate(self.labels):
+            ids = list(feature.vocabulary.encode(label)) + [feature.vocabulary.eos_id]
+            if len(ids) > targets_length:
+                raise ValueError(
+                    f"Label {label!r} of {self.task.name} needs {len(ids)} target tokens; "
+                    f"raise TASK_FEATURE_LENGTHS['targets'] to {len(ids)} for rank classification."
+                )
+            out[row, : len(ids)] = ids
+        return out
+
+    def rank_metrics(self, choices: Sequence[int]) -> dict[str, float]:
+        """The task's metrics when example i answers `labels[choices[i]]`.
+
+        Returns:
+            `{'eval/rank_<metric>': value}`.
+        """
+        labels = self.labels
+        targets, predictions = [], []
+        for i, choice in enumerate(choices):
+            example = self._example(i)
+            targets.append(self._postprocess(_text(example["targets_pretokenized"]), example, True))
+            predictions.append(self._postprocess(labels[int(choice)], example, False))
+        return self._metrics(targets, predictions, METRIC_PREFIX + "rank_")
+
+    def _metrics(self, targets: list, predictions: list, prefix: str) -> dict[str, float]:
+        out = {}
+        for metric_fn in self.task.predict_metric_fns:
+            for key, value in metric_fn(targets, predictions).items():
+                out[prefix + key] = float(getattr(value, "value", value))
+        return out
+
     def __call__(self, predicted_ids: Sequence[Sequence[int]]) -> dict[str, float]:
         """The task's metrics over the first len(predicted_ids) examples of the split.
 
@@ -97,11 +143,16 @@ class TaskScorer:
             targets.append(self._postprocess(target_text, example, True))
             text = vocabulary.decode(_until_eos(ids, vocabulary.eos_id))
             predictions.append(self._postprocess(text, example, False))
-        out = {}
-        for metric_fn in self.task.predict_metric_fns:
-            for key, value in metric_fn(targets, predictions).items():
-                out[METRIC_PREFIX + key] = float(getattr(value, "value", value))
-        return out
+        return self._metrics(targets, predictions, METRIC_PREFIX)
+
+
+def _label_names(task_name: str) -> tuple[str, ...] | None:
+    """Class labels of a catalog task, its taskless twin or a few-shot subset of it."""
+    from spot_jax.data.tasks import base, few_shot
+
+    name = few_shot.source_task(task_name).removesuffix(base.TASKLESS_SUFFIX)
+    spec = base.SPECS.get(name)
+    return tuple(spec.label_names) if spec and spec.label_names else None
 
 
 def _text(value) -> str:

@@ -74,19 +74,30 @@ def evaluate_job(
     model_parallel: int = 1,
     eval_steps: int | None = None,
     seed: int = 0,
+    rank_classification: bool = False,
 ):
     """Evaluates; writes MODEL_DIR/eval_metrics.json and appends to metrics.jsonl.
 
     The metrics are the loss, token accuracy and exact match of every eval, plus the task's
-    own metric fns (accuracy, F1, MCC, SQuAD EM/F1, ROUGE, ...) on the decoded predictions.
-    The metrics.jsonl record also names the job, split and prompt it evaluated.
+    own metric fns (accuracy, F1, MCC, SQuAD EM/F1, ROUGE, ...) on the decoded predictions,
+    and with `rank_classification` (classification tasks) the same metrics over the
+    likeliest label ('eval/rank_accuracy', ...). The metrics.jsonl record also names the job,
+    split and prompt it evaluated.
     """
     model, mesh, rules, trainable, frozen = _load(
         model, eval_data, model_dir, prompt_file, initial_checkpoint_path, model_parallel, seed
     )
     scorer = data.make_task_scorer(eval_data)
     metrics = trainer.evaluate(
-        model, trainable, frozen, eval_data, mesh, rules, eval_steps, scorer=scorer
+        model,
+        trainable,
+        frozen,
+        eval_data,
+        mesh,
+        rules,
+        eval_steps,
+        scorer=scorer,
+        rank_classification=rank_classification,
     )
     out = epath.Path(model_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -20,7 +20,7 @@ from etils import epath
 from spot_jax import axes, data
 from spot_jax.data.config import DatasetConfig
 from spot_jax.models.prompted import PROMPT_PATH, PromptedT5
-from spot_jax.train import checkpoints, sharding, steps
+from spot_jax.train import checkpoints, ranking, sharding, steps
 from spot_jax.train import optim as optim_lib
 from spot_jax.train import state as state_lib
 
@@ -114,6 +114,7 @@ def train(
     best_mode: str = "max",
     eval_period: int = 1000,
     eval_steps: int | None = None,
+    rank_classification: bool = False,
     log_period: int = 100,
     seed: int = 0,
     progress: bool = True,
@@ -137,6 +138,7 @@ def train(
       best_mode: 'max' or 'min' for best_metric.
       eval_period: evaluate every this many steps (and at the end).
       eval_steps: max eval batches; None = the whole split.
+      rank_classification: also score classification tasks by their likeliest label.
       log_period: log a line every this many steps.
       seed: SEED for init, prompt init and dropout.
       progress: show a progress bar.
@@ -215,6 +217,7 @@ def train(
             rules,
             max_batches=eval_steps,
             scorer=scorer,
+            rank_classification=rank_classification,
         )
 
     def save(step: int, metrics: dict[str, float] | None = None):
@@ -288,11 +291,14 @@ def evaluate(
     max_batches: int | None = None,
     predict: bool = True,
     scorer=None,
+    rank_classification: bool = False,
 ) -> dict[str, float]:
     """Validation loss and token accuracy; with `predict`, greedy-decoded exact match.
 
     With `predict` and a `scorer` (`data.make_task_scorer`), also the task's own metrics
-    (e.g. 'eval/accuracy', 'eval/f1') on the decoded predictions.
+    (e.g. 'eval/accuracy', 'eval/f1') on the decoded predictions; with `rank_classification`
+    and a classification task's scorer, the same metrics when each example answers its
+    likeliest label ('eval/rank_accuracy', ...; see `ranking`).
     """
     shard_index, num_shards = sharding.data_shard_info(mesh)
     eval_fn = jax.jit(functools.partial(steps.eval_step, model))
@@ -301,6 +307,10 @@ def evaluate(
     totals: dict[str, float] = {}
     exact, sequences = 0, 0
     predicted: list[np.ndarray] = []
+    candidates = scorer.candidate_ids(target_len) if scorer and rank_classification else None
+    if candidates is not None:
+        score_fn = jax.jit(functools.partial(steps.score_step, model))
+    chosen: list[int] = []
     with mesh, nn.logical_axis_rules(list(rules)):
         it = data.make_eval_iterator(eval_data, shard_index=shard_index, num_shards=num_shards)
         for i, local in enumerate(it):
@@ -318,6 +328,11 @@ def evaluate(
                 sequences += int(np.sum(real))
                 if scorer is not None:
                     predicted.extend(pred[real])
+            if candidates is not None:
+                pairs = sharding.global_batch(ranking.candidate_batch(local, candidates), mesh)
+                scores = sharding.to_host(score_fn(trainable, frozen, pairs), mesh)
+                target = sharding.to_host(batch["decoder_target_tokens"], mesh)
+                chosen.extend(ranking.choices(scores, len(candidates))[target[:, 0] != 0])
     weights = max(totals.get("weight_sum", 0.0), 1.0)
     out = {
         "eval/loss": totals.get("loss", 0.0) / weights,
@@ -327,6 +342,8 @@ def evaluate(
         out["eval/sequence_accuracy"] = exact / sequences
     if predicted:
         out.update(scorer(predicted))
+    if chosen:
+        out.update(scorer.rank_metrics(chosen))
     return out
 
 

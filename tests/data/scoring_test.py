@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 seqio = pytest.importorskip("seqio")
@@ -77,3 +78,22 @@ def test_no_scorer_without_metrics_and_too_many_predictions_refused(registered):
     with pytest.raises(ValueError, match="more predictions than the 4 examples"):
         scorer(_ids(scorer, ["entailment"] * 5))
     assert isinstance(scorer, scoring.TaskScorer)
+
+
+def test_rank_classification_candidates_and_metrics(registered):
+    scorer = _scorer(glue.task_name("rte"))
+    assert scorer.labels == ("entailment", "not_entailment")
+    vocabulary = scorer.task.output_features["targets"].vocabulary
+    ids = scorer.candidate_ids(16)
+    assert ids.shape == (2, 16) and ids.dtype == np.int32
+    for row, label in zip(ids, scorer.labels, strict=True):
+        n = int(np.count_nonzero(row))
+        assert row[n - 1] == 1 and vocabulary.decode(row[: n - 1].tolist()) == label
+    targets = _targets(scorer, 4)
+    right = [scorer.labels.index(t) for t in targets]
+    assert scorer.rank_metrics(right) == {"eval/rank_accuracy": 100.0}
+    assert scorer.rank_metrics([1 - c for c in right]) == {"eval/rank_accuracy": 0.0}
+    with pytest.raises(ValueError, match="raise TASK_FEATURE_LENGTHS"):
+        scorer.candidate_ids(2)
+    # Generation tasks have no label set to rank.
+    assert _scorer("spot_squad_v11_v300").candidate_ids(16) is None

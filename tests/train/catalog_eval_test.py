@@ -23,7 +23,8 @@ pytestmark = [
 # accuracy tasks train in glue_tasks_test; scoring_test checks the metric values; every
 # task's examples are shown in glue_tasks_test and catalog_sources_test.)
 TASK_METRICS = {
-    "spot_glue_cola_v200": {"matthews_corrcoef"},
+    # Rank classification on too: the likeliest label's metrics as eval/rank_*.
+    "spot_glue_cola_v200": {"matthews_corrcoef", "rank_matthews_corrcoef"},
     "spot_super_glue_multirc_v102": {"f1", "exact_match"},
     "spot_goemotions_v010": {"accuracy", "mean_label_f1"},
     "spot_mrqa_news_qa_v100": {"em", "f1"},
@@ -51,6 +52,9 @@ for task in tasks:
     model = "--gin_file=models/t5_1_1/t5x_test_tiny.gin"
     train = ["train", "--gin_file=test/tiny_prompt.gin", model, "--gin.TRAIN_STEPS=2"]
     evaluate = ["eval", "--gin_file=test/tiny_eval.gin", model]
+    if task == "spot_glue_cola_v200":
+        train.append("--gin.trainer.train.rank_classification=True")
+        evaluate.append("--gin.inference.evaluate_job.rank_classification=True")
     for argv in (train, evaluate):
         start = time.time()
         code = cli.main(argv + common)

@@ -92,6 +92,13 @@ def register_few_shot(task: str, k: int = DEFAULT_K, seed: int = 0) -> str:
     return name
 
 
+def source_task(name: str) -> str:
+    """The task a few-shot name subsamples (`spot_glue_rte_v200` for `..._32shot_seed0`), or
+    `name` itself when it is no few-shot name."""
+    match = _NAME.match(name)
+    return match["task"] if match else name
+
+
 def resolve(name: str) -> str | None:
     """Registers `name` if it is a few-shot name of a known task; returns it, else None."""
     match = _NAME.match(name)
