@@ -38,7 +38,7 @@ def test_five_seeds_give_mean_and_std(tmp_path, monkeypatch):
         "--gin_file=ppt/few_shot_from_pretrained.gin",
         f"--gin.PROMPT_FILE={tmp_path / 'start.npy'}",
         "--gin.TASK_FEATURE_LENGTHS={'inputs': 32, 'targets': 4}", "--gin.TRAIN_STEPS=2",
-        "--gin.EVAL_PERIOD=1", "--gin.CHECKPOINT_PERIOD=1",
+        "--gin.EVAL_PERIOD=2", "--gin.CHECKPOINT_PERIOD=1",
     ]  # fmt: skip
     out = tmp_path / "protocol"
     report = few_shot_protocol.run_protocol(

@@ -27,9 +27,10 @@ def _env():
 
 @pytest.fixture(scope="module")
 def libs(tmp_path_factory):
-    """Libraries of model A (tiny, emb 8: two runs) and model B (emb 12: one run)."""
+    """Libraries of model A (tiny, emb 8: one run's last and initial prompts) and of model B
+    (emb 12: one run)."""
     root = tmp_path_factory.mktemp("projection")
-    runs = {"a1": [], "a2": ["--gin.LEARNING_RATE=0.3"], "b1": [WIDER]}
+    runs = {"a1": [], "b1": [WIDER]}
     procs = {}
     for name, extra in runs.items():
         cmd = [
@@ -45,7 +46,7 @@ def libs(tmp_path_factory):
         assert proc.returncode == 0, f"{name}\n{out[-1000:]}\n{err[-2000:]}"
     lib_a, lib_b = library.Library(root / "lib_a"), library.Library(root / "lib_b")
     lib_a.add(root / "a1")
-    lib_a.add(root / "a2")
+    lib_a.add(root / "a1", name="a2", checkpoint=0)
     lib_b.add(root / "b1")
     return root, lib_a, lib_b
 
