@@ -130,6 +130,7 @@ def nsp_examples(
     seed: int = 0,
     pool_size: int = 32,
     label_words: Sequence[str] = NSP_LABEL_WORDS,
+    mask: str = MASK,
 ) -> Iterator[Example]:
     """PPT's 3-way next-sentence prediction, one example per document.
 
@@ -138,6 +139,8 @@ def nsp_examples(
         seed: seed of every choice.
         pool_size: documents per block ("other document" sentences come from the block).
         label_words: the words of labels 0 adjacent, 1 same document, 2 other document.
+        mask: the mask token `<X>` (T5's first sentinel; a vocabulary without sentinels,
+            such as a demo's, passes its own).
 
     Returns:
         Examples `{'inputs': 's1 <X> s2', 'targets': '<X> word', 'label': 0|1|2}`; a
@@ -167,13 +170,13 @@ def nsp_examples(
                 s1, s2 = nsp_pair(doc, label, rng)
             counts[label] += 1
             yield {
-                "inputs": f"{s1} {MASK} {s2}",
-                "targets": f"{MASK} {label_words[label]}",
+                "inputs": f"{s1} {mask} {s2}",
+                "targets": f"{mask} {label_words[label]}",
                 "label": label,
             }
 
 
-def mc_template(query: str, options: Sequence[str]) -> str:
+def mc_template(query: str, options: Sequence[str], mask: str = MASK) -> str:
     """PPT's multiple-choice input: 'query ? A. o1. B. o2. ? The correct one is <X>'."""
     if not 2 <= len(options) <= len(OPTION_LETTERS):
         raise ValueError(f"2 to {len(OPTION_LETTERS)} options, got {len(options)}")
@@ -181,7 +184,7 @@ def mc_template(query: str, options: Sequence[str]) -> str:
         f"{letter}. {option.rstrip('.!?')}."
         for letter, option in zip(OPTION_LETTERS[: len(options)], options, strict=True)
     )
-    return f"{query.rstrip('.!?')} ? {listed} ? The correct one is {MASK}"
+    return f"{query.rstrip('.!?')} ? {listed} ? The correct one is {mask}"
 
 
 def _truncate(text: str, max_words: int) -> str:
@@ -196,6 +199,7 @@ def mc_examples(
     pool_size: int = 32,
     max_query_words: int = 60,
     max_option_words: int = 20,
+    mask: str = MASK,
 ) -> Iterator[Example]:
     """Next-sentence selection: which option follows the query sentence.
 
@@ -208,6 +212,7 @@ def mc_examples(
         pool_size: documents per block (distractors from other documents come from it).
         max_query_words: the query is truncated to this many words (PPT: 389 tokens).
         max_option_words: each option is truncated to this many words (PPT: 86 tokens).
+        mask: the mask token `<X>`.
 
     Returns:
         Examples `{'inputs': template, 'targets': '<X> LETTER', 'label': option index,
@@ -251,8 +256,8 @@ def mc_examples(
             options = [options[k] for k in order]
             label = int(np.flatnonzero(order == 0)[0])
             yield {
-                "inputs": mc_template(query, options),
-                "targets": f"{MASK} {OPTION_LETTERS[label]}",
+                "inputs": mc_template(query, options, mask),
+                "targets": f"{mask} {OPTION_LETTERS[label]}",
                 "label": label,
                 "num_options": n,
             }
@@ -264,6 +269,7 @@ def cls_examples(
     *,
     label_words: Sequence[str] = SENTIMENT_LABEL_WORDS,
     batch_size: int = 64,
+    mask: str = MASK,
 ) -> Iterator[Example]:
     """Single-sentence classification with pseudo labels: every sentence, labelled in batches.
 
@@ -272,6 +278,7 @@ def cls_examples(
         labeler: sentences -> class ids in [0, len(label_words)), or -1 to drop a sentence.
         label_words: the word of each class (PPT: Yelp-5's terrible ... great).
         batch_size: sentences per labeler call.
+        mask: the mask token `<X>`.
 
     Returns:
         Examples `{'inputs': 's <X>', 'targets': '<X> word', 'label': class id}`.
@@ -294,8 +301,8 @@ def cls_examples(
                     f"for label words {list(label_words)}"
                 )
             yield {
-                "inputs": f"{sentence} {MASK}",
-                "targets": f"{MASK} {label_words[label]}",
+                "inputs": f"{sentence} {mask}",
+                "targets": f"{mask} {label_words[label]}",
                 "label": label,
             }
 

@@ -120,6 +120,11 @@ def test_cls_uses_the_labeler_and_drops_minus_one():
     for x in examples:
         assert x["inputs"].endswith(f" {ppt.MASK}")
         assert x["targets"] == f"{ppt.MASK} {ppt.SENTIMENT_LABEL_WORDS[x['label']]}"
+    # A vocabulary without T5's sentinels passes its own mask token.
+    for fmt, extra in (("nsp3", {}), ("unified", {}), ("cls", {"labeler": labeler})):
+        x = next(ppt.examples(fmt, _corpus(3, 3), mask="[M]", **extra))
+        assert "[M]" in x["inputs"] and x["targets"].startswith("[M] ")
+        assert ppt.MASK not in x["inputs"] + x["targets"]
     with pytest.raises(ValueError, match="labeler returned class 7"):
         list(ppt.cls_examples(_corpus(1, 2), lambda s: [7] * len(s)))
     with pytest.raises(ValueError, match="labels for"):
