@@ -162,7 +162,8 @@ def register_pseudo_label_task(
         label_words: the word of each class id.
         batch_size: sentences per labeler call.
 
-    Also usable from gin: `MIXTURE_OR_TASK_NAME = @ppt_tasks.register_pseudo_label_task()`.
+    A training job reaches the task through a module of the user's that calls this at import,
+    named by MIXTURE_OR_TASK_MODULE, with MIXTURE_OR_TASK_NAME = 'ppt_cls_<name>'.
     """
     task = f"ppt_cls_{name}"
     if isinstance(labeler, str):
