@@ -69,6 +69,7 @@ def _prompt(model_dir, step):
     return np.load(Path(model_dir) / "numpy_checkpoints" / f"checkpoint_{step}" / PROMPT)
 
 
+@pytest.mark.slow
 def test_rerun_after_sigkill_continues_the_uninterrupted_run(tmp_path):
     reference, killed = tmp_path / "reference", tmp_path / "killed"
     # Both start at once (two cores): the reference runs 40 steps, the other is killed -9
