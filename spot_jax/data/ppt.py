@@ -50,19 +50,25 @@ class SentenceSplitter:
     """Deterministic rule-based sentence splitting.
 
     A sentence ends at `end_pattern` (terminal punctuation, optional closing quotes, then
-    whitespace) or at a line break; sentences longer than `max_words` words are cut into chunks
-    of `max_words` (so run-on text still fits TASK_FEATURE_LENGTHS), and shorter ones than
+    whitespace) or at a line break, except after an abbreviation or a single-letter initial
+    ('Dr. Smith', 'J. Doe'); sentences longer than `max_words` words are cut into chunks of
+    `max_words` (so run-on text still fits TASK_FEATURE_LENGTHS), and shorter ones than
     `min_words` are dropped.
 
     Attributes:
         end_pattern: regex matching the gap between two sentences.
         min_words: shortest sentence kept.
         max_words: longest sentence; longer ones are chunked.
+        abbreviations: words after which a period does not end a sentence.
     """
 
-    end_pattern: str = r"(?<=[.!?])\s+|(?<=[.!?][\"'\u201d\u2019)\]])\s+|\n+"
+    end_pattern: str = r"(?<=[.!?])[ \t]+|(?<=[.!?][\"'\u201d\u2019)\]])[ \t]+|\s*\n\s*"
     min_words: int = 1
     max_words: int = 64
+    abbreviations: tuple[str, ...] = (
+        "Mr.", "Mrs.", "Ms.", "Dr.", "Prof.", "St.", "Jr.", "Sr.", "vs.", "etc.", "e.g.",
+        "i.e.", "No.", "Inc.", "Ltd.", "Co.", "U.S.", "a.m.", "p.m.",
+    )  # fmt: skip
 
     def __post_init__(self):
         if not 1 <= self.min_words <= self.max_words:
@@ -71,9 +77,24 @@ class SentenceSplitter:
                 f"and {self.max_words}"
             )
 
+    def _continues(self, piece: str) -> bool:
+        last = piece.rsplit(None, 1)[-1] if piece.strip() else ""
+        return last in self.abbreviations or re.fullmatch(r"[A-Z]\.", last) is not None
+
     def __call__(self, text: str) -> list[str]:
+        # Cut at every gap, except after an abbreviation (a line break always ends a sentence).
+        pieces, current, start = [], "", 0
+        for gap in re.finditer(self.end_pattern, text):
+            current += text[start : gap.start()]
+            start = gap.end()
+            if "\n" in gap.group(0) or not self._continues(current):
+                pieces.append(current)
+                current = ""
+            else:
+                current += " "
+        pieces.append(current + text[start:])
         sentences = []
-        for piece in re.split(self.end_pattern, text):
+        for piece in pieces:
             words = piece.split()
             for start in range(0, len(words), self.max_words):
                 chunk = words[start : start + self.max_words]

@@ -36,7 +36,12 @@ def test_sentence_splitter_is_deterministic_and_chunks_long_sentences():
         "five six",
         "next line",
     ]
-    assert ppt.SentenceSplitter(min_words=2)("A. Two words. x") == ["Two words."]
+    assert ppt.SentenceSplitter(min_words=2)("Yes. Two words. x") == ["Two words."]
+    assert ppt.SentenceSplitter()("Dr. Smith met J. Doe at 5 p.m. today. Then Mr.\nNext.") == [
+        "Dr. Smith met J. Doe at 5 p.m. today.",
+        "Then Mr.",
+        "Next.",
+    ]
     with pytest.raises(ValueError, match="min_words <= max_words"):
         ppt.SentenceSplitter(min_words=5, max_words=2)
 
