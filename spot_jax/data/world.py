@@ -1,17 +1,23 @@
 """The task world: a seeded, download-free family of text-to-text tasks for the demo.
 
-Four families, four tasks each; tasks of one family share their input format and latent
-structure (one lexicon, one rule) and differ in domain words and label words, so a prompt must
-learn *which* task it serves, and prompts of one family should look alike:
+Every task reads the same kind of input, a one-line scene,
 
-    sentiment   'review: the soup was tasty and fresh'              -> a label word (per task)
-    topic       'text: the coach saw a goal near the stadium'       -> a topic word (per task)
-    nli         'premise: a dog sleeps hypothesis: an animal sleeps' -> a label word (per task)
-    extract     'context: anna bought a red cup in paris on monday'  -> one slot (per task)
+    'anna liked the tasty guitar in paris on monday'
 
-In each family the last task is a held-out *target* (never in pretraining or the library); the
-others are *sources*. Inputs carry no task word (the prompt stands in for it); `with_task_word`
-gives the prefixed form that the backbone's multi-task pretraining reads.
+and four families of tasks compute different things from it; tasks of one family share their
+operation (the latent structure) and differ in label words or in the slot they read:
+
+    sentiment   the adjective's polarity     positive/negative, good/bad, yes/no (is positive)
+    topic       the noun's topic (lexicon)    topic names, code words, yes/no (is sport)
+    extract     copy one slot                 the person, the city, the day
+    lookup      a slot through a lexicon      city -> continent, day -> weekday/weekend, ...
+
+Since the input is the same for all, the prompt alone says which operation to perform, so
+prompts of one family should resemble each other. In each family the last task is a held-out
+*target* (never in pretraining or the library), related to its family's sources:
+'is the adjective negative?', 'is the topic music?', 'the object', 'is the city in europe?'.
+Inputs carry no task word (the prompt stands in for it); `with_task_word` gives the prefixed
+form ('sentiment polarity: ...') that the backbone's multi-task pretraining reads.
 
 Pure Python/numpy (no TF): SeqIO registration is in `spot_jax/data/tasks/world.py`.
 """
@@ -21,49 +27,44 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
-from collections.abc import Callable
 
 import numpy as np
 
 DEFAULT_SEED = 20220522
 SPLIT_SIZES = {"train": 1024, "validation": 128}
-_ADJ = {
-    "pos": "tasty fresh lovely superb pleasant charming brilliant delightful".split(),
-    "neg": "bland stale dreadful awful dull broken noisy horrible".split(),
-}
-_DOMAINS = {
-    "food": "soup pasta salad bread cake curry pizza steak".split(),
-    "movie": "film plot script ending actor scene score cast".split(),
-    "hotel": "room bed lobby pool staff view breakfast shower".split(),
-    "gadget": "phone laptop screen battery camera charger speaker tablet".split(),
+_POLARITY = {
+    "positive": "tasty fresh lovely superb pleasant charming brilliant delightful".split(),
+    "negative": "bland stale dreadful awful dull broken noisy horrible".split(),
 }
 _TOPICS = {
-    "sport": "coach goal stadium team match player referee ball".split(),
-    "science": "atom laboratory theory experiment molecule cell physics telescope".split(),
-    "music": "guitar melody concert singer drum album chorus piano".split(),
-    "cooking": "oven recipe kitchen spoon flour sauce chef pan".split(),
-    "travel": "airport ticket train luggage passport island map tourist".split(),
+    "sport": "ball racket helmet trophy jersey whistle medal bicycle".split(),
+    "science": "atom microscope telescope molecule magnet battery crystal formula".split(),
+    "music": "guitar piano drum violin album melody trumpet flute".split(),
+    "cooking": "oven recipe spoon flour sauce kettle pan soup".split(),
 }
-_ADVERBS = "really quite very rather".split()
-_VERBS = "saw liked found noticed mentioned described".split()
-_PLACES = "near beside behind inside".split()
-# NLI lexicons: hypernym -> hyponyms.
-_HYPERNYMS = {
-    "animals": {"animal": "dog cat horse cow", "bird": "sparrow eagle crow owl"},
-    "plants": {"flower": "rose tulip lily daisy", "tree": "oak pine maple birch"},
-    "vehicles": {"vehicle": "car bus truck van", "boat": "canoe yacht ferry raft"},
-    "tools": {"tool": "hammer saw drill wrench", "utensil": "fork knife ladle whisk"},
+_PEOPLE = {"female": "anna carla elena greta".split(), "male": "boris dmitri farid hugo".split()}
+_CITIES = {
+    "europe": "paris oslo rome madrid".split(),
+    "asia": "tokyo delhi seoul hanoi".split(),
+    "america": "lima quito boston denver".split(),
+    "africa": "cairo lagos nairobi dakar".split(),
 }
-_ACTIONS = "sleeps moves waits appears rests stands".split()
-_MODIFIERS = "small big old young grey brown tiny large".split()
-_WHERE = "outside indoors nearby today there again".split()
-_SLOTS = {
-    "person": "anna boris carla dmitri elena farid greta hugo".split(),
-    "color": "red blue green yellow purple orange white black".split(),
-    "city": "paris tokyo lima cairo oslo delhi rome quito".split(),
-    "day": "monday tuesday wednesday thursday friday saturday sunday weekend".split(),
+_DAYS = {"weekday": "monday tuesday wednesday thursday friday".split(),
+         "weekend": "saturday sunday".split()}  # fmt: skip
+_VERBS = "saw liked found noticed bought described".split()
+
+
+def _invert(groups: dict[str, list[str]]) -> dict[str, str]:
+    return {word: label for label, words in groups.items() for word in words}
+
+
+_LEXICON = {
+    "adjective": _invert(_POLARITY),
+    "noun": _invert(_TOPICS),
+    "person": _invert(_PEOPLE),
+    "city": _invert(_CITIES),
+    "day": _invert(_DAYS),
 }
-_OBJECTS = "cup lamp chair book clock vase rug kettle".split()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,104 +75,80 @@ class WorldTask:
         name: the task name, `world_<family>_<variant>` (also its SeqIO name).
         family: the family label (what similarity should recover).
         role: 'source' (library, pretraining) or 'target' (held out).
-        labels: the answer words of a classification task, or () for extraction.
-        make: rng -> (inputs, targets): one example.
+        slot: the scene slot the task reads.
+        answer: maps the slot's category (`_LEXICON`) or, for extraction, its word to the
+            answer word; None copies the word.
     """
 
     name: str
     family: str
     role: str
-    labels: tuple[str, ...]
-    make: Callable[[np.random.Generator], tuple[str, str]]
+    slot: str
+    answer: dict[str, str] | None = None
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        """The answer words of a classification task; () for extraction."""
+        return tuple(sorted(set(self.answer.values()))) if self.answer else ()
+
+    def make(self, rng: np.random.Generator) -> tuple[str, str]:
+        """One (scene, answer) example; a classification's answers are drawn uniformly first,
+        so every label is equally common (no majority-class shortcut)."""
+        scene = {slot: _pick(rng, sorted(words)) for slot, words in _LEXICON.items()}
+        if self.answer is not None:
+            label = _pick(rng, self.labels)
+            lexicon = _LEXICON[self.slot]
+            scene[self.slot] = _pick(
+                rng, sorted(w for w in lexicon if self.answer[lexicon[w]] == label)
+            )
+        verb = _pick(rng, _VERBS)
+        text = (f"{scene['person']} {verb} the {scene['adjective']} {scene['noun']} "
+                f"in {scene['city']} on {scene['day']}")  # fmt: skip
+        word = scene[self.slot]
+        return text, word if self.answer is None else self.answer[_LEXICON[self.slot][word]]
 
 
 def _pick(rng: np.random.Generator, words) -> str:
     return words[int(rng.integers(len(words)))]
 
 
-def _sentiment(domain: str, labels: tuple[str, str]):
-    def make(rng):
-        polarity = int(rng.integers(2))
-        adjs = _ADJ["pos" if polarity == 0 else "neg"]
-        a, b = rng.choice(len(adjs), size=2, replace=False)
-        noun = _pick(rng, _DOMAINS[domain])
-        adv = _pick(rng, _ADVERBS)
-        return f"review: the {noun} was {adv} {adjs[a]} and {adjs[b]}", labels[polarity]
-
-    return make
-
-
-def _topic(topics: tuple[str, ...], labels: tuple[str, ...]):
-    def make(rng):
-        k = int(rng.integers(len(topics)))
-        words = rng.choice(_TOPICS[topics[k]], size=3, replace=False)
-        verb, place = _pick(rng, _VERBS), _pick(rng, _PLACES)
-        return f"text: the {words[0]} {verb} a {words[1]} {place} the {words[2]}", labels[k]
-
-    return make
-
-
-def _nli(domain: str, labels: tuple[str, str]):
-    lexicon = {h: s.split() for h, s in _HYPERNYMS[domain].items()}
-    hypernyms = list(lexicon)
-
-    def make(rng):
-        h = _pick(rng, hypernyms)
-        noun, act = _pick(rng, lexicon[h]), _pick(rng, _ACTIONS)
-        mod, where = _pick(rng, _MODIFIERS), _pick(rng, _WHERE)
-        entailed = int(rng.integers(2)) == 0
-        if entailed:
-            hyp_noun, hyp_act = h, act
-        elif rng.integers(2):  # the other hypernym: a category mistake
-            hyp_noun, hyp_act = _pick(rng, [x for x in hypernyms if x != h]), act
-        else:  # the right category, another action
-            hyp_noun, hyp_act = h, _pick(rng, [a for a in _ACTIONS if a != act])
-        text = f"premise: a {mod} {noun} {act} {where} hypothesis: a {hyp_noun} {hyp_act} {where}"
-        return text, labels[0 if entailed else 1]
-
-    return make
-
-
-def _extract(slot: str):
-    def make(rng):
-        v = {s: _pick(rng, words) for s, words in _SLOTS.items()}
-        obj = _pick(rng, _OBJECTS)
-        text = f"context: {v['person']} bought a {v['color']} {obj} in {v['city']} on {v['day']}"
-        return text, v[slot]
-
-    return make
+def _yes_if(group: str, groups) -> dict[str, str]:
+    return {g: "yes" if g == group else "no" for g in groups}
 
 
 def _task_table() -> list[WorldTask]:
-    """The world's tasks; in each family the last one is the held-out target."""
-    t: list[WorldTask] = []
-    for domain, labels, role in (
-        ("food", ("positive", "negative"), "source"),
-        ("movie", ("good", "bad"), "source"),
-        ("gadget", ("yes", "no"), "source"),
-        ("hotel", ("good", "bad"), "target"),
-    ):
-        t.append(WorldTask(f"world_sentiment_{domain}", "sentiment", role, labels,
-                           _sentiment(domain, labels)))  # fmt: skip
-    for variant, topics, labels, role in (
-        ("names", ("sport", "science", "music"), ("sport", "science", "music"), "source"),
-        ("codes", ("music", "cooking", "travel"), ("alpha", "beta", "gamma"), "source"),
-        ("pairs", ("sport", "travel"), ("first", "second"), "source"),
-        ("mixed", ("science", "cooking", "travel"), ("alpha", "beta", "gamma"), "target"),
-    ):
-        t.append(WorldTask(f"world_topic_{variant}", "topic", role, labels,
-                           _topic(topics, labels)))  # fmt: skip
-    for domain, labels, role in (
-        ("animals", ("entailment", "not_entailment"), "source"),
-        ("plants", ("true", "false"), "source"),
-        ("vehicles", ("yes", "no"), "source"),
-        ("tools", ("entailment", "not_entailment"), "target"),
-    ):
-        t.append(WorldTask(f"world_nli_{domain}", "nli", role, labels, _nli(domain, labels)))
-    for slot, role in (("color", "source"), ("city", "source"), ("day", "source"),
-                       ("person", "target")):  # fmt: skip
-        t.append(WorldTask(f"world_extract_{slot}", "extract", role, (), _extract(slot)))
-    return t
+    """The world's 16 tasks; in each family the last one is the held-out target."""
+    same = lambda groups: {g: g for g in groups}  # noqa: E731
+    codes = dict(zip(_TOPICS, ("alpha", "beta", "gamma", "delta"), strict=True))
+    spec = [
+        ("sentiment", "polarity", "adjective", same(_POLARITY)),
+        ("sentiment", "goodbad", "adjective", {"positive": "good", "negative": "bad"}),
+        ("sentiment", "ispositive", "adjective", _yes_if("positive", _POLARITY)),
+        ("sentiment", "isnegative", "adjective", _yes_if("negative", _POLARITY)),
+        ("topic", "names", "noun", same(_TOPICS)),
+        ("topic", "codes", "noun", codes),
+        ("topic", "issport", "noun", _yes_if("sport", _TOPICS)),
+        ("topic", "ismusic", "noun", _yes_if("music", _TOPICS)),
+        ("extract", "person", "person", None),
+        ("extract", "city", "city", None),
+        ("extract", "day", "day", None),
+        ("extract", "object", "noun", None),
+        ("lookup", "continent", "city", same(_CITIES)),
+        ("lookup", "weekend", "day", same(_DAYS)),
+        ("lookup", "gender", "person", same(_PEOPLE)),
+        ("lookup", "europe", "city", _yes_if("europe", _CITIES)),
+    ]
+    families = [s[0] for s in spec]
+    return [
+        WorldTask(
+            f"world_{family}_{variant}",
+            family,
+            "target" if i + 1 == len(spec) or families[i + 1] != family else "source",
+            slot,
+            answer,
+        )  # fmt: skip
+        for i, (family, variant, slot, answer) in enumerate(spec)
+    ]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -279,7 +256,7 @@ def build_world(seed: int = DEFAULT_SEED, split_sizes: dict[str, int] | None = N
 # Vocabulary: a small SentencePiece model of the world's text.
 
 VOCAB_PIECES = 512
-VOCAB_VERSION = 2
+VOCAB_VERSION = 3
 EXTRA_IDS = 32  # sentinels for span corruption, at the top of the id range as in T5
 
 

@@ -33,7 +33,7 @@ from spot_jax.train import state as state_lib
 CHECKPOINT_DIR = "checkpoint"
 DONE_FILE = "pretraining.json"
 # Bump when the pretraining recipe (data, objective, optimizer) changes: it is in the cache key.
-PRETRAINING_VERSION = 2
+PRETRAINING_VERSION = 3
 
 
 @dataclasses.dataclass(frozen=True)

@@ -38,13 +38,13 @@ class DemoConfig:
 
     backbone: BackboneConfig = BackboneConfig()
     prompt_length: int = 8
-    input_length: int = 16
+    input_length: int = 12
     target_length: int = 4
-    batch_size: int = 32
+    batch_size: int = 16
     source_steps: int = 300
     mixture_steps: int = 600
-    target_steps: int = 200
-    embedding_steps: int = 50
+    target_steps: int = 150
+    embedding_steps: int = 100
     eval_every: int = 25
     few_shot: int = 32
     seeds: tuple[int, ...] = (0, 1, 2)
@@ -60,7 +60,7 @@ class DemoConfig:
             source_steps=100,
             mixture_steps=200,
             target_steps=50,
-            embedding_steps=25,
+            embedding_steps=50,
             seeds=(0, 1),
         )
 
