@@ -6,6 +6,8 @@ sampled with rate min(n_i, K), n_i its train-split size and K = 2**19 = 524,288.
     spot_glue_mixture          the 8 GLUE tasks SPoT reports (no WNLI)
     spot_super_glue_mixture    the 8 SuperGLUE tasks
     spot_all_mixture           both (RTE appears in each benchmark; both copies are kept)
+    spot_<family>_mixture      SPoT's other source families, as far as TFDS has them (paper
+                               App. B): nli, paraphrase, sentiment, mrqa, summarization
 
 `register_mixture(name, task_names, cap)` builds one from any tasks at run time (SPoT's
 top-k multi-task transfer mixes the retrieved source tasks this way). A mixture can also be
@@ -20,16 +22,38 @@ from collections.abc import Sequence
 import seqio
 
 from spot_jax.data import config
-from spot_jax.data.tasks import base, glue, super_glue
+from spot_jax.data.tasks import base, glue, nli, qa, sentiment, summarization, super_glue
 
 DEFAULT_CAP = 2**19
 
 GLUE_TASKS = tuple(glue.task_name(t) for t in glue.TASKS if t != "wnli")
 SUPER_GLUE_TASKS = tuple(super_glue.task_name(t) for t in super_glue.TASKS)
+# SPoT's families less their datasets TFDS lacks (CxC, CR, WikiLingua); ANLI's three rounds.
+FAMILY_TASKS = {
+    "nli": (
+        *(nli.anli_task_name(r) for r in nli.ANLI_ROUNDS),
+        super_glue.task_name("cb"),
+        nli.doc_nli_task_name(),
+        glue.task_name("mnli"),
+        glue.task_name("qnli"),
+        glue.task_name("rte"),
+        nli.snli_task_name(),
+    ),
+    "paraphrase": tuple(glue.task_name(t) for t in ("mrpc", "qqp", "stsb")),
+    "sentiment": (
+        sentiment.goemotions_spec().name,
+        sentiment.sentiment140_spec().name,
+        glue.task_name("sst2"),
+        sentiment.task_name("yelp_polarity_reviews"),
+    ),
+    "mrqa": tuple(qa.mrqa_task_name(s) for s in qa.MRQA_IN_DOMAIN),
+    "summarization": tuple(summarization.task_name(t) for t in summarization.TASKS),
+}
 MIXTURES = {
     "spot_glue_mixture": GLUE_TASKS,
     "spot_super_glue_mixture": SUPER_GLUE_TASKS,
     "spot_all_mixture": GLUE_TASKS + SUPER_GLUE_TASKS,
+    **{f"spot_{family}_mixture": names for family, names in FAMILY_TASKS.items()},
 }
 
 

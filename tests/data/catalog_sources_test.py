@@ -145,3 +145,21 @@ def test_show_prints_every_new_task_on_mock_data(monkeypatch):
     span = shown[c4.SPAN_CORRUPTION_NAME][0]
     assert "<extra_id_0>" in span["inputs"] and span["targets"].startswith("<extra_id_0>")
     assert "<extra_id" not in "".join(x["inputs"] for x in shown[c4.PREFIX_LM_NAME])
+
+
+def test_family_mixtures_cap_the_big_sets():
+    from spot_jax.data import mixtures
+
+    spot_tasks.register_all()
+    assert mixtures.rates("spot_sentiment_mixture") == {
+        "spot_goemotions_v010": 43_410.0,
+        "spot_sentiment140_v100": 524_288.0,  # 1.6M tweets, capped at 2**19
+        "spot_glue_sst2_v200": 67_349.0,
+        "spot_yelp_polarity_reviews_v020": 524_288.0,
+    }
+    assert set(mixtures.rates("spot_mrqa_mixture")) == {
+        qa.mrqa_task_name(s) for s in qa.MRQA_IN_DOMAIN
+    }
+    nli_tasks = set(mixtures.rates("spot_nli_mixture"))
+    assert {"spot_doc_nli_v100", "spot_snli_v110", "spot_super_glue_cb_v102"} <= nli_tasks
+    assert len(mixtures.rates("spot_summarization_mixture")) == len(summarization.TASKS)
