@@ -34,6 +34,11 @@ class T5Config:
       scan_layers: stack layers and run them with `nn.scan` (faster compiles at depth).
       attention_impl: 'xla' (einsum + softmax, any device) or 'cudnn' (fused attention via
         `jax.nn.dot_product_attention` on NVIDIA GPUs; used when no attention dropout applies).
+      cross_projection: how the decoder attends to the encoder output: 'projected' (T5X's
+        order: project every encoder position to keys and values, per layer), 'absorbed' (fold
+        the key/value kernels into the few decoder queries instead; same math, different
+        rounding) or 'auto' (whichever needs fewer multiply-adds for the shapes at hand; see
+        `layers.absorbed_is_cheaper`). Params and checkpoints are the same for all three.
     """
 
     vocab_size: int = 32128
@@ -53,10 +58,16 @@ class T5Config:
     remat_policy: str = "none"
     scan_layers: bool = False
     attention_impl: str = "xla"
+    cross_projection: str = "auto"
 
     def __post_init__(self):
         if self.attention_impl not in ("xla", "cudnn"):
             raise ValueError(f"attention_impl must be xla or cudnn, got {self.attention_impl!r}")
+        if self.cross_projection not in ("auto", "projected", "absorbed"):
+            raise ValueError(
+                "cross_projection must be auto, projected or absorbed, got "
+                f"{self.cross_projection!r}"
+            )
         if self.remat_policy not in ("none", "full", "dots"):
             raise ValueError(f"remat_policy must be none, full or dots, got {self.remat_policy!r}")
 

@@ -91,7 +91,7 @@ class DecoderLayer(nn.Module):
         )
         x = layers.constrain(x + drop(h, deterministic=self.deterministic), ACT)
         h = layers.RMSNorm(name="pre_cross_attention_layer_norm", **kw)(x)
-        h = attn(name="encoder_decoder_attention")(
+        h = attn(name="encoder_decoder_attention", cross_projection=c.cross_projection)(
             h, encoded, cross_bias, deterministic=self.deterministic
         )
         x = layers.constrain(x + drop(h, deterministic=self.deterministic), ACT)
