@@ -80,6 +80,7 @@ def run_protocol(
     full_data_steps: int | None = None,
     eval_steps: int | None = None,
     test_split: str = "validation",
+    model_parallel: int = 1,
     runner: Runner = subprocess_runner,
     variant: Callable[[str, int, int], str] = few_shot_variant,
     log: Callable[[str], None] | None = print,
@@ -99,6 +100,7 @@ def run_protocol(
       full_data_steps: also train on T itself for this many steps.
       eval_steps: test batches (None: the whole split).
       test_split: T's split the prompts are tested on (the variants' `test`).
+      model_parallel: the test evaluator's model axis (as MODEL_PARALLEL).
       runner: how a train job runs (`subprocess_runner`, `in_process_runner`).
       variant: (task, k, seed) -> the few-shot task name (the demo can plug in its own).
       log: progress lines (None: silent).
@@ -140,7 +142,7 @@ def run_protocol(
     target.eval_data = dataclasses.replace(
         target.eval_data, mixture_or_task_name=task, split=test_split
     )
-    evaluate = zero_shot_lib.Evaluator(target)
+    evaluate = zero_shot_lib.Evaluator(target, model_parallel)
 
     def test(run_dir, step) -> dict[str, float]:
         return evaluate(np.load(library_lib.prompt_file(run_dir, step)))
@@ -150,6 +152,7 @@ def run_protocol(
         "k": k,
         "metric": metric,
         "select_metric": select_metric,
+        "test_split": test_split,
     }
     for run in runs:
         run["test"] = test(run["model_dir"], run["step"])
@@ -210,6 +213,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--no-zero-shot", action="store_true", help="skip the starting prompt's eval")
     p.add_argument("--full-data-steps", type=int, default=None, help="also train on the task")
     p.add_argument("--eval-steps", type=int, default=None, help="test batches (default all)")
+    p.add_argument("--model-parallel", type=int, default=1, help="test evaluator's model axis")
     p.add_argument("--in-process", action="store_true", help="train in this process")
     return p
 
@@ -231,14 +235,15 @@ def few_shot_main(argv: list[str]) -> int:
         args.task,
         gin_args,
         args.out,
-        seeds,
-        args.k,
-        args.metric,
-        args.select_metric,
-        not args.no_zero_shot,
-        args.full_data_steps,
-        args.eval_steps,
-        in_process_runner if args.in_process else subprocess_runner,
+        seeds=seeds,
+        k=args.k,
+        metric=args.metric,
+        select_metric=args.select_metric,
+        zero_shot=not args.no_zero_shot,
+        full_data_steps=args.full_data_steps,
+        eval_steps=args.eval_steps,
+        model_parallel=args.model_parallel,
+        runner=in_process_runner if args.in_process else subprocess_runner,
     )
     print(to_markdown(report), end="")
     return 0

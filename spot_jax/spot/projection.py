@@ -201,6 +201,7 @@ def train_task(
     learning_rate: float = 5e-3,
     seed: int = 0,
     log_period: int = 0,
+    model_parallel: int = 1,
 ):
     """TT: trains the projector with the task loss of the frozen target model.
 
@@ -216,6 +217,7 @@ def train_task(
       learning_rate: AdamW's rate (Su et al.: 0.005).
       seed: projector init and data shuffle seed.
       log_period: print the mean loss every this many steps (0: never).
+      model_parallel: the mesh's model axis for the frozen model (as MODEL_PARALLEL).
 
     Returns:
       (params, per-step token-mean losses).
@@ -236,7 +238,7 @@ def train_task(
                 f"projects to {spec.target['fingerprint']}; use targets of one frozen model"
             )
     model = PromptedT5(first.t5_config, first.prompt_length)
-    mesh, rules = sharding.make_mesh(1), axes.standard_rules()
+    mesh, rules = sharding.make_mesh(model_parallel), axes.standard_rules()
     params, _ = trainer.build_params(
         model,
         mesh,

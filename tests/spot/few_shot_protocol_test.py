@@ -18,7 +18,7 @@ TASK = "spot_glue_rte_v200"
 
 
 @pytest.mark.skipif(not SPM.exists(), reason="T5 SentencePiece model not available")
-def test_five_seeds_give_mean_and_std(tmp_path, monkeypatch):
+def test_five_seeds_give_mean_and_std(tmp_path, monkeypatch, capsys):
     import seqio
 
     from spot_jax.data import tasks
@@ -41,9 +41,10 @@ def test_five_seeds_give_mean_and_std(tmp_path, monkeypatch):
         "--gin.EVAL_PERIOD=2", "--gin.CHECKPOINT_PERIOD=1",
     ]  # fmt: skip
     out = tmp_path / "protocol"
-    report = few_shot_protocol.run_protocol(
-        TASK, gin_args, out, k=4, runner=few_shot_protocol.in_process_runner, log=None
-    )
+    argv = ["--task", TASK, "--out", str(out), "--k", "4", "--in-process", "--", *gin_args]
+    assert few_shot_protocol.few_shot_main(argv) == 0
+    report = json.loads((out / "results.json").read_text())
+    assert capsys.readouterr().out.endswith((out / "results.md").read_text())
     runs = report["runs"]
     assert [r["seed"] for r in runs] == [0, 1, 2, 3, 4]
     assert len({r["task"] for r in runs}) == 5 and runs[0]["task"] == f"{TASK}_4shot_seed0"
@@ -63,7 +64,7 @@ def test_five_seeds_give_mean_and_std(tmp_path, monkeypatch):
     step0 = np.load(library.prompt_file(runs[3]["model_dir"], 0))
     np.testing.assert_array_equal(step0, start)
     assert set(report["zero_shot"]) >= {"eval/loss", "eval/sequence_accuracy"}
-    assert json.loads((out / "results.json").read_text()) == json.loads(json.dumps(report))
+    assert report["test_split"] == "validation" and report["select_metric"].startswith("eval/")
     table = (out / "results.md").read_text()
     assert table.count("| seed ") == 5 and "mean ± std" in table and "zero-shot" in table
     assert f"{report['mean']:.4f} ± {report['std']:.4f}" in table
