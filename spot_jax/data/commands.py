@@ -67,13 +67,7 @@ def show_examples(name: str, split: str = "validation", n: int = 5) -> Iterator[
         raise ValueError(f"Task {name!r} has splits {list(task.splits)}, not {split!r}.")
     if _objective_after_cache(task):
         # C4's objectives run on token ids after the cache point: show what the model reads.
-        ds = task.get_dataset(TOKEN_TASK_LENGTHS, split=split, shuffle=False, seed=0)
-        for example in ds.take(n).as_numpy_iterator():
-            yield {
-                k: task.output_features[k].vocabulary.decode(v.tolist())
-                for k, v in example.items()
-                if k in task.output_features
-            }
+        yield from _token_task_examples(task, split, n)
         return
     ds = task.preprocess_precache(task.source.get_dataset(split=split, shuffle=False), seed=0)
     for example in ds.take(n).as_numpy_iterator():
@@ -82,6 +76,28 @@ def show_examples(name: str, split: str = "validation", n: int = 5) -> Iterator[
 
 # Feature lengths `show` uses for tasks that build examples from token ids (T5's C4 setup).
 TOKEN_TASK_LENGTHS = {"inputs": 512, "targets": 114}
+
+
+def _token_task_examples(task, split: str, n: int) -> Iterator[dict]:
+    """The first `n` model examples of a task that works on token ids, detokenized."""
+    import tensorflow as tf
+
+    try:
+        ds = task.get_dataset(TOKEN_TASK_LENGTHS, split=split, shuffle=False, seed=0)
+        examples = list(ds.take(n).as_numpy_iterator())
+    except tf.errors.OpError as error:
+        vocabulary = task.output_features["targets"].vocabulary
+        path = getattr(vocabulary, "sentencepiece_model_file", "?")
+        raise ValueError(
+            f"Could not read {task.name}:{split} ({type(error).__name__}). It tokenizes with "
+            f"{path}: if that is unreachable, set SPOT_JAX_VOCAB to a local copy."
+        ) from error
+    for example in examples:
+        yield {
+            k: task.output_features[k].vocabulary.decode(v.tolist())
+            for k, v in example.items()
+            if k in task.output_features
+        }
 
 
 def _objective_after_cache(task) -> bool:

@@ -163,3 +163,23 @@ def test_family_mixtures_cap_the_big_sets():
     nli_tasks = set(mixtures.rates("spot_nli_mixture"))
     assert {"spot_doc_nli_v100", "spot_snli_v110", "spot_super_glue_cb_v102"} <= nli_tasks
     assert len(mixtures.rates("spot_summarization_mixture")) == len(summarization.TASKS)
+
+
+def _reregister_c4():
+    for name in (c4.SPAN_CORRUPTION_NAME, c4.PREFIX_LM_NAME):
+        if name in seqio.TaskRegistry.names():
+            seqio.TaskRegistry.remove(name)
+    c4.register()
+
+
+def test_show_says_how_to_fix_an_unreadable_vocabulary(monkeypatch, tmp_path):
+    spot_tasks.enable_mock_data(3)
+    spot_tasks.register_all()
+    monkeypatch.setenv("SPOT_JAX_VOCAB", str(tmp_path / "missing.model"))
+    _reregister_c4()
+    try:
+        with pytest.raises(ValueError, match="missing.model: .* set SPOT_JAX_VOCAB"):
+            list(show_examples(c4.PREFIX_LM_NAME, "validation", n=1))
+    finally:
+        monkeypatch.undo()
+        _reregister_c4()
