@@ -200,10 +200,11 @@ def test_every_registered_task_yields_examples_under_mock_data(mock_data):
     # catalog_sources_test shows them.
     names = [n for n in seqio.TaskRegistry.names() if n.startswith("spot_") and "spot_c4_" not in n]
     assert len(names) >= 2 * (len(glue.TASKS) + len(super_glue.TASKS))
+    shown = {}
     for name in sorted(names):
         # Few-shot dev sets come from the train split, which mock data keeps tiny.
         split = "test" if "shot_seed" in name else "validation"
-        examples = list(show_examples(name, split, n=2))
+        examples = shown[name] = list(show_examples(name, split, n=2))
         assert examples, name
         assert all(isinstance(x["inputs"], str) and x["targets"] for x in examples), name
         if name.startswith(("spot_glue", "spot_super_glue")) and "taskless" not in name:
@@ -211,6 +212,14 @@ def test_every_registered_task_yields_examples_under_mock_data(mock_data):
             if "mnli" in name:
                 first_word = "mnli"
             assert examples[0]["inputs"].startswith(("record query:", first_word + " ")), name
+    # Every taskless twin reads its task's example less the leading task word.
+    twins = [n for n in shown if n.endswith("_taskless")]
+    assert len(twins) >= len(base.SPECS) - 1
+    for twin in twins:
+        task = shown[twin.removesuffix("_taskless")]
+        for full, short in zip(task, shown[twin], strict=True):
+            assert full["inputs"].split(" ", 1)[1] == short["inputs"], twin
+            assert full["targets"] == short["targets"], twin
 
 
 def test_tasks_show_prints_json_lines(mock_data, capsys):
