@@ -97,11 +97,10 @@ def plot_heatmap(sim, names, families, path, title) -> None:
         for tick, i in zip(ticks, order, strict=True):
             tick.set_color(colours[families[names[i]]])
     handles = [plt.Line2D([], [], color=colours[f], marker="s", ls="", label=f) for f in fams]
-    ax.legend(handles=handles, title="family", bbox_to_anchor=(1.25, 1), loc="upper left")
+    ax.legend(handles=handles, title="family", bbox_to_anchor=(1.2, 1), loc="upper left")
     fig.colorbar(im, ax=ax, fraction=0.046)
     ax.set_title(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")  # keeps long tick labels and the legend
     plt.close(fig)
 
 
