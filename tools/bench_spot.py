@@ -24,7 +24,7 @@ from spot_jax.train import state as state_lib
 class Setup:
     """Model, mesh and sharded params for the benchmark's shapes."""
 
-    def __init__(self, args, max_segments: int = 0, decoding=None):
+    def __init__(self, args, max_segments: int = 0, decoding=None, config_overrides=None):
         overrides = dict(
             remat_policy=args.remat,
             scan_layers=args.scan,
@@ -33,6 +33,7 @@ class Setup:
         )
         if args.frozen_dtype:
             overrides["frozen_dtype"] = args.frozen_dtype
+        overrides.update(config_overrides or {})
         self.cfg = config_lib.named_config(args.size, **overrides)
         self.model = prompted.PromptedT5(
             self.cfg,
@@ -133,9 +134,11 @@ def _compiled_train_step(setup: Setup, batch):
     return run, box, info
 
 
-def train_runner(args, local: Mapping[str, np.ndarray]) -> tuple[Callable[[], float], dict]:
+def train_runner(
+    args, local: Mapping[str, np.ndarray], config_overrides=None
+) -> tuple[Callable[[], float], dict]:
     """`args.steps` train steps per call on one synthetic batch."""
-    setup = Setup(args)
+    setup = Setup(args, config_overrides=config_overrides)
     batch = setup.global_batch(local)
     run, box, info = _compiled_train_step(setup, batch)
     with setup.context():
@@ -151,10 +154,13 @@ def train_runner(args, local: Mapping[str, np.ndarray]) -> tuple[Callable[[], fl
     return _timed(setup, lambda: [run() for _ in range(args.steps)][-1]), finish
 
 
-def decode_runner(args, local: Mapping[str, np.ndarray]) -> tuple[Callable[[], float], dict]:
+def decode_runner(
+    args, local: Mapping[str, np.ndarray], config_overrides=None
+) -> tuple[Callable[[], float], dict]:
     """Greedy decoding of exactly `args.targets` tokens per row (KV cache), once per call."""
     # No id is ever argmax -1, so no row stops early: the same work as HF's min_new_tokens.
-    setup = Setup(args, decoding=prompted.DecodingConfig(method="greedy", eos_id=-1))
+    decoding = prompted.DecodingConfig(method="greedy", eos_id=-1)
+    setup = Setup(args, decoding=decoding, config_overrides=config_overrides)
     batch = setup.global_batch(local)
     fn = jax.jit(
         lambda t, f, b: steps.predict_step(
@@ -172,9 +178,11 @@ def decode_runner(args, local: Mapping[str, np.ndarray]) -> tuple[Callable[[], f
     return _timed(setup, lambda: fn(setup.trainable, setup.frozen, batch)), lambda: info
 
 
-def score_runner(args, local: Mapping[str, np.ndarray]) -> tuple[Callable[[], float], dict]:
+def score_runner(
+    args, local: Mapping[str, np.ndarray], config_overrides=None
+) -> tuple[Callable[[], float], dict]:
     """Per-row log-likelihood of the targets (rank classification), once per call."""
-    setup = Setup(args)
+    setup = Setup(args, config_overrides=config_overrides)
     batch = setup.global_batch(local)
     fn = jax.jit(lambda t, f, b: steps.score_step(setup.model, t, f, b))
     with setup.context():

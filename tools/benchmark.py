@@ -102,6 +102,10 @@ def _runners(args, cfg):
         peft["score"] = bench_peft.score_runner
         runners["hf_peft"] = peft[args.mode](args, local)
     runners["spot_jax"], finishers["spot_jax"] = spot[args.mode](args, local)
+    for override in args.baseline:
+        key, _, value = override.partition("=")
+        name = f"spot_jax[{override}]"
+        runners[name], finishers[name] = spot[args.mode](args, local, {key: value})
     return runners, finishers, {}
 
 
@@ -185,6 +189,14 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=1, help="interleaved rounds; medians shown")
     p.add_argument("--examples", type=int, default=64, help="packing mode: examples per pass")
     p.add_argument("--max-segments", type=int, default=8, help="packing mode: examples per row")
+    p.add_argument(
+        "--baseline",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="also time spot_jax with this T5Config override (string fields, e.g. "
+        "cross_projection=projected), interleaved with the default; repeatable",
+    )
     p.add_argument("--json", default=None, help="append results as a JSON line to this file")
     args = p.parse_args(argv)
 
@@ -227,9 +239,10 @@ def main(argv=None) -> int:
             f"packing: {mode_info['examples']} examples in {mode_info['packed_rows']} packed rows "
             f"vs {mode_info['padded_rows']} padded; speedup packed / padded: {speedup:.2f}x"
         )
-    if "hf_peft" in by_impl:
-        speedup = np.median(times["hf_peft"]) / np.median(times["spot_jax"])
-        print(f"speedup spot_jax / peft ({args.mode}): {speedup:.2f}x")
+    for other in by_impl:
+        if other != "spot_jax" and "spot_jax" in by_impl:
+            speedup = np.median(times[other]) / np.median(times["spot_jax"])
+            print(f"speedup spot_jax / {other} ({args.mode}): {speedup:.2f}x")
     if args.json:
         with open(args.json, "a") as f:
             for r in results:

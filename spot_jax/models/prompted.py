@@ -131,6 +131,11 @@ class PromptedT5:
             "correct_tokens": correct,
             "sequences": jnp.sum(jnp.any(weights > 0, axis=-1)),
         }
+        if "decoder_segment_ids" in batch and self.prompt_length:
+            # Examples beyond the model's prompt slots train without a prompt: count their
+            # tokens, so a packer making more segments than max_segments shows up in the logs.
+            beyond = batch["decoder_segment_ids"] > self.max_segments
+            metrics["unprompted_tokens"] = jnp.sum(jnp.where(beyond, weights, 0))
         return loss, metrics
 
     def score(self, params, batch: Batch) -> Array:

@@ -162,3 +162,13 @@ def test_packed_batch_needs_max_segments(setup):
     partial = {k: v for k, v in packed.items() if k != "decoder_positions"}
     with pytest.raises(ValueError, match="decoder_positions"):
         _model().logits(params, partial)
+
+
+def test_segments_beyond_the_prompt_slots_are_counted(setup):
+    model, params, _, _, packed, placement = setup
+    _, metrics = jax.jit(model.loss)(params, packed)
+    assert int(metrics["unprompted_tokens"]) == 0
+    fewer = _model(max_segments=1)
+    _, metrics = jax.jit(fewer.loss)(params, packed)
+    seg = np.asarray(packed["decoder_segment_ids"])
+    assert int(metrics["unprompted_tokens"]) == int((seg > 1).sum()) > 0
