@@ -13,6 +13,7 @@ Importing this package registers every task; `register_all()` does it again afte
     summarization.py spot_<name>_v<ver>: aeslc, billsum, cnn_dailymail, gigaword, ... (ROUGE)
     c4.py          spot_c4_span_corruption_v310, spot_c4_prefix_lm_v310 (no taskless twins)
     few_shot.py    <task>_<k>shot_seed<s> (PPT's 32-train / 32-dev protocol)
+    ppt.py         ppt_{nsp3,mc,unified}_c4, ppt_mixture_c4 (PPT pre-training formats)
     ../mixtures.py spot_glue_mixture, spot_super_glue_mixture, spot_all_mixture
 
 Every TFDS task also has a `<name>_taskless` twin without the leading task word.
@@ -32,6 +33,7 @@ from spot_jax.data.tasks import (
     few_shot,
     glue,
     nli,
+    ppt,
     qa,
     sentiment,
     summarization,
@@ -54,6 +56,11 @@ def enable_mock_data(num_examples: int) -> None:
     _mock_context.__enter__()
 
 
+def mock_data_enabled() -> bool:
+    """Whether TFDS data comes from `tfds.testing.mock_data` in this process."""
+    return _mock_context is not None
+
+
 def register_all() -> None:
     """Registers all of spot_jax's tasks and mixtures; safe to call repeatedly."""
     if os.environ.get(MOCK_ENV_VAR):
@@ -67,6 +74,7 @@ def register_all() -> None:
     summarization.register()
     c4.register()
     few_shot.register()
+    ppt.register()
     world_tasks.register()
     from spot_jax.data import mixtures
 
