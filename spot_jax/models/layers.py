@@ -332,16 +332,21 @@ class MultiHeadAttention(nn.Module):
         wv = jnp.asarray(kernel(name="value")(), self.dtype).reshape(per_head)
         memory = jnp.asarray(memory, self.dtype)
         logits_dtype = jnp.float32 if self.float32_logits else self.dtype
+        # Query-major layouts ([B, Q, heads, ...]) make each einsum one plain batched matmul
+        # over B with rows (Q, heads); head-major ones cost transposes, and with one query (a
+        # decoding step) fall off the fast matmul path on CPU.
         q_memory = jnp.einsum("bqhd,ehd->bqhe", q, wk)  # [B, Q, heads, H]
-        logits = jnp.einsum("bqhe,bke->bhqk", q_memory, memory, preferred_element_type=logits_dtype)
+        logits = jnp.einsum("bqhe,bke->bqhk", q_memory, memory, preferred_element_type=logits_dtype)
         if bias is not None:
-            logits = logits + jnp.asarray(bias, logits_dtype)
-        weights = jax.nn.softmax(logits).astype(self.dtype)
+            logits = logits + jnp.swapaxes(jnp.asarray(bias, logits_dtype), 1, 2)
+        weights = jax.nn.softmax(logits).astype(self.dtype)  # [B, Q, heads, K]
         if not deterministic and self.dropout_rate > 0:
-            shape = weights.shape[:2] + (1,) + weights.shape[3:]
+            # The projected path's mask ([B, heads, 1, K]), so both forms drop the same keys.
+            shape = (weights.shape[0], weights.shape[2], 1, weights.shape[3])
             keep = jax.random.bernoulli(self.make_rng("dropout"), 1 - self.dropout_rate, shape)
+            keep = jnp.swapaxes(keep, 1, 2)
             weights = weights * keep.astype(self.dtype) / (1 - self.dropout_rate)
-        context = jnp.einsum("bhqk,bke->bqhe", weights, memory)  # [B, Q, heads, H]
+        context = jnp.einsum("bqhk,bke->bqhe", weights, memory)  # [B, Q, heads, H]
         return jnp.einsum("bqhe,ehd->bqhd", context, wv)
 
     def _out(self, out: Array, features: int) -> Array:
