@@ -83,7 +83,10 @@ def task_arrays(backbone: Backbone, world, cfg: DemoConfig) -> dict[str, runs.Ta
 
 def write_run(run_dir: epath.Path, task: str, backbone: Backbone, cfg: DemoConfig, curves, r: int):
     """Writes run r of `curves` as a MODEL_DIR (model.json, config.gin, numpy prompts at every
-    evaluation, metrics.jsonl), the layout `spot-jax library add` reads."""
+    evaluation, metrics.jsonl), the layout `spot-jax library add` reads. A run of an earlier
+    demo in the same place is replaced (it is this demo's own output)."""
+    if run_dir.exists():
+        run_dir.rmtree()
     checkpoints.check_model_dir(run_dir, backbone.config, cfg.prompt_length)
     macros = {
         "MIXTURE_OR_TASK_NAME": task,
