@@ -8,6 +8,9 @@ prompts trained with T5X:
     stsb:    'stsb sentence1: s1 sentence2: s2' -> round(label * 5) / 5 as '%.1f'
     wsc:     'wsc text: ... * noun * ... # pronoun # ...' -> 'False' / 'True'
     record:  'record query: q entities: e1, e2 passage: p' -> one example per answer
+    squad / mrqa:   '<benchmark> question: q context: c' -> first answer (SPoT's `mrqa`)
+    summarization:  '<benchmark> summarize: source' -> summary (`preprocess_text_generation`)
+    text_classification / multilabel_classification: SPoT's '<benchmark> key: text' forms
 
 Besides those, `remove_task_prefix` (prompt tuning's "taskless" variant) and `few_shot`
 (seeded k-shot subsets) work on any of the tasks, and `span_corruption` / `prefix_lm` are T5's
