@@ -25,6 +25,7 @@ from spot_jax.data.config import SYNTHETIC, DatasetConfig
 __all__ = [
     "SYNTHETIC",
     "DatasetConfig",
+    "make_detokenizer",
     "make_eval_iterator",
     "make_task_scorer",
     "make_train_iterator",
@@ -135,6 +136,15 @@ def make_task_scorer(cfg: DatasetConfig):
     from spot_jax.data import scoring
 
     return scoring.make_task_scorer(cfg)
+
+
+def make_detokenizer(cfg: DatasetConfig):
+    """`ids -> text` in the vocabulary of `cfg`'s task (None for the synthetic source)."""
+    if cfg.is_synthetic:
+        return None
+    from spot_jax.data import scoring
+
+    return scoring.make_detokenizer(cfg)
 
 
 def real_rows(batch: dict[str, np.ndarray]) -> np.ndarray:

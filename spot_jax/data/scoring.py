@@ -177,3 +177,13 @@ def make_task_scorer(cfg: DatasetConfig) -> TaskScorer | None:
     if not provider.predict_metric_fns:
         return None
     return TaskScorer(provider, cfg)
+
+
+def make_detokenizer(cfg: DatasetConfig):
+    """`ids -> text` with the vocabulary of `cfg`'s task or mixture (stops at EOS)."""
+    vocabulary = pipeline.get_provider(cfg).output_features["targets"].vocabulary
+
+    def detokenize(ids: Sequence[int]) -> str:
+        return vocabulary.decode(_until_eos(ids, vocabulary.eos_id))
+
+    return detokenize

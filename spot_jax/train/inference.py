@@ -128,7 +128,11 @@ def infer_job(
     eval_steps: int | None = None,
     seed: int = 0,
 ):
-    """Decodes the split and writes MODEL_DIR/inference.jsonl (input, target, prediction ids)."""
+    """Decodes the split and writes MODEL_DIR/inference.jsonl (input, target, prediction ids).
+
+    For a SeqIO task each row also has the three as text (`inputs_text`, `targets_text`,
+    `prediction_text`), detokenized with the task's vocabulary.
+    """
     model, mesh, rules, trainable, frozen = _load(
         model, eval_data, model_dir, prompt_file, initial_checkpoint_path, model_parallel, seed
     )
@@ -138,6 +142,7 @@ def infer_job(
     out = epath.Path(model_dir)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
+    detokenize = data.make_detokenizer(eval_data)
     with mesh:
         it = data.make_eval_iterator(eval_data, shard_index=shard_index, num_shards=num_shards)
         for i, local in enumerate(it):
@@ -157,6 +162,9 @@ def infer_job(
                         "score": float(scores[j]),
                     }
                 )
+                if detokenize is not None:
+                    for key in ("inputs", "targets", "prediction"):
+                        rows[-1][f"{key}_text"] = detokenize(rows[-1][key])
     if jax.process_index() == 0:
         with (out / "inference.jsonl").open("w") as f:
             for r in rows:

@@ -52,10 +52,12 @@ for task in tasks:
     model = "--gin_file=models/t5_1_1/t5x_test_tiny.gin"
     train = ["train", "--gin_file=test/tiny_prompt.gin", model, "--gin.TRAIN_STEPS=2"]
     evaluate = ["eval", "--gin_file=test/tiny_eval.gin", model]
+    jobs = [train, evaluate]
     if task == "spot_glue_cola_v200":
         train.append("--gin.trainer.train.rank_classification=True")
         evaluate.append("--gin.inference.evaluate_job.rank_classification=True")
-    for argv in (train, evaluate):
+        jobs.append(["infer", "--gin_file=test/tiny_eval.gin", model])
+    for argv in jobs:
         start = time.time()
         code = cli.main(argv + common)
         gin.clear_config()
@@ -111,3 +113,12 @@ def test_train_and_eval_report_the_tasks_metrics(runs, task):
         assert -100.0 <= eval_record[key] <= 100.0 and np.isfinite(eval_record[key]), key
     saved = json.loads((model_dir / "eval_metrics.json").read_text())
     assert saved == {k: v for k, v in eval_record.items() if k.startswith("eval/")}
+
+
+def test_infer_writes_the_decoded_text(runs):
+    rows = [json.loads(line) for line in (runs / "spot_glue_cola_v200" / "inference.jsonl").open()]
+    assert len(rows) == 4  # the mock validation split
+    for row in rows:
+        assert row["inputs_text"].startswith("cola sentence: ")
+        assert row["targets_text"] in ("unacceptable", "acceptable")
+        assert isinstance(row["prediction_text"], str)
