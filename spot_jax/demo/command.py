@@ -15,7 +15,6 @@ import dataclasses
 import json
 import time
 
-import numpy as np
 from etils import epath
 from tqdm import tqdm
 
@@ -87,7 +86,8 @@ def run_demo(cfg, out: epath.PathLike, cache_dir=None, progress: bool = True) ->
         t = time.perf_counter()
         for target in world.names("target"):
             bar.set_postfix_str(f"per-source transfer to {target}")
-            pt = float(np.mean(results["regimes"]["few-shot"][target]["final"]["PromptTuning"]))
+            # Paired with PromptTuning on the same seed, hence the same few-shot examples.
+            pt = results["regimes"]["few-shot"][target]["final"]["PromptTuning"][0]
             results["per_source"] += protocol.per_source(
                 target, embeddings[(target, "few-shot")], pt, bar
             )
@@ -97,6 +97,7 @@ def run_demo(cfg, out: epath.PathLike, cache_dir=None, progress: bool = True) ->
     results.update(
         config=dataclasses.asdict(cfg),
         families={n: world.family(n) for n in world.names()},
+        split_sizes=world.split_sizes,
         sources=world.names("source"),
         targets=world.names("target"),
         source_accuracy=source_acc,

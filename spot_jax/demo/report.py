@@ -149,7 +149,9 @@ corruption) and source tasks for {cfg["backbone"]["steps"]} steps ({
         }: `{bb["path"]}`). Prompt length
 {cfg["prompt_length"]}; {len(results["sources"])} source tasks + 1 mixture in the library
 (`{results["library"]}`); {len(results["targets"])} held-out targets. Target runs:
-{cfg["target_steps"]} steps, batch {cfg["batch_size"]}, full data (1024 examples) and few-shot
+{cfg["target_steps"]} steps, batch {cfg["batch_size"]}, full data ({
+            results["split_sizes"]["train"]
+        } examples) and few-shot
 ({cfg["few_shot"]} examples drawn per seed); seeds {seeds}. Accuracy: validation exact match (%)
 at the last step (no checkpoint selection). Times (s, this machine): {results["timings"]}.
 """,
@@ -205,8 +207,9 @@ in {100 * np.mean(top1):.0f}% of target/regime pairs; top-{cfg["top_k"]} of the 
         "Does similarity predict transfer?",
         f"""
 Each source prompt as the init of each target (few-shot, seed {cfg["seeds"][0]},
-{cfg["target_steps"]} steps); gain = its final accuracy minus PromptTuning's mean. Spearman rho
-between source-target similarity and gain over all {corr["n"]} pairs: {corr["spearman_rho"]:+.2f}
+{cfg["target_steps"]} steps); gain = its final accuracy minus PromptTuning's with the same seed
+and examples. Spearman rho between source-target similarity and gain over all {corr["n"]}
+pairs: {corr["spearman_rho"]:+.2f}
 (p = {corr["spearman_p"]:.2g}); per target: {"; ".join(per)}. Mean gain from same-family sources
 {np.mean(same):+.1f} points vs other families {np.mean(cross):+.1f}.
 """,

@@ -71,3 +71,13 @@ def test_quick_report_names_seeds_methods_gains_and_correlation(quick_demo):
     assert "nearest neighbour in the same family" in text and "Spearman rho" in text
     assert len(results["per_source"]) == len(results["targets"]) * len(results["sources"])
     assert "![similarity](similarity.png)" in text and "![curves](curves.png)" in text
+
+
+@pytest.mark.parametrize(
+    "seeds, message", [("0,x", "comma-separated integers"), ("3", "at least two seeds")]
+)
+def test_bad_seeds_are_one_clear_error(seeds, message):
+    from spot_jax.demo import command
+
+    with pytest.raises(SystemExit, match=message):
+        command.demo_main(["--seeds", seeds, "--out", "/nonexistent/never/written"])
