@@ -14,6 +14,7 @@ import argparse
 import dataclasses
 import json
 import time
+from collections.abc import Callable
 
 from etils import epath
 from tqdm import tqdm
@@ -44,8 +45,18 @@ def total_run_steps(cfg, world) -> int:
     )
 
 
-def run_demo(cfg, out: epath.PathLike, cache_dir=None, progress: bool = True) -> dict:
-    """Runs the whole protocol; returns the results the report is made of."""
+# Later experiments on the same world and backbone (e.g. PPT-style pre-trained prompts,
+# cross-model projection) append themselves here: `fn(protocol, results) -> [(heading,
+# markdown)]`, run after the SPoT protocol with its `experiment.Protocol` (backbone, task
+# arrays, compiled tuners, library) and results; their sections follow SPoT's in the report.
+EXPERIMENTS: list[Callable] = []
+
+
+def run_demo(
+    cfg, out: epath.PathLike, cache_dir=None, progress: bool = True, experiments=None
+) -> dict:
+    """Runs the whole protocol, then `experiments` (default `EXPERIMENTS`); returns the
+    results the report is made of (JSON-serialisable)."""
     from spot_jax.data import world as world_lib
     from spot_jax.demo import backbone as backbone_lib
     from spot_jax.demo import experiment
@@ -92,6 +103,11 @@ def run_demo(cfg, out: epath.PathLike, cache_dir=None, progress: bool = True) ->
                 target, embeddings[(target, "few-shot")], pt, bar
             )
         timings["per_source"] = time.perf_counter() - t
+    results["extra_sections"] = []
+    for extra in EXPERIMENTS if experiments is None else experiments:
+        t = time.perf_counter()
+        results["extra_sections"] += [list(s) for s in extra(protocol, results)]
+        timings[getattr(extra, "__name__", "experiment")] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t0
     lib = protocol.library
     results.update(
@@ -132,8 +148,11 @@ def demo_main(argv: list[str]) -> int:
         cfg = dataclasses.replace(cfg, seeds=seeds)
     results = run_demo(cfg, args.out, args.cache_dir, progress=not args.no_progress)
     out = epath.Path(args.out)
-    text = report.build(results, out, quick=args.quick).write(out)
+    built = report.build(results, out, quick=args.quick)
+    built.write(out)
     (out / "results.json").write_text(json.dumps(results))
-    print(text.split("\n## ")[1].split("\n## ")[0] if "\n## " in text else text)
+    for heading, body in built.sections:  # the headline tables on the terminal too
+        if heading.startswith("Results"):
+            print(f"\n{heading}\n\n{body}")
     print(f"Report: {out / report.REPORT_FILE} (timings: {results['timings']})")
     return 0

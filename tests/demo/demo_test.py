@@ -73,6 +73,17 @@ def test_quick_report_names_seeds_methods_gains_and_correlation(quick_demo):
     assert "![similarity](similarity.png)" in text and "![curves](curves.png)" in text
 
 
+@pytest.mark.slow
+def test_later_experiments_append_their_sections(quick_demo, tmp_path):
+    out, _ = quick_demo
+    results = json.loads((out / "results.json").read_text())
+    assert results["extra_sections"] == []
+    results["extra_sections"] = [["PPT: pre-trained prompts", "a later table"]]
+    text = report_lib.build(results, tmp_path).markdown()
+    assert text.endswith("## PPT: pre-trained prompts\n\na later table\n")
+    assert text.index("## Convergence") < text.index("## PPT")
+
+
 @pytest.mark.parametrize(
     "seeds, message", [("0,x", "comma-separated integers"), ("3", "at least two seeds")]
 )
