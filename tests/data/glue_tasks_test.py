@@ -278,3 +278,19 @@ def test_spot_jax_train_runs_glue_and_super_glue_tasks_on_mock_data(tmp_path):
         assert proc.returncode == 0, err.decode()[-2000:]
         assert (model_dir / "numpy_checkpoints").is_dir(), task
         assert (model_dir / "metrics.jsonl").read_text().strip(), task
+
+
+def test_few_shot_test_split_reads_through_the_training_pipeline(mock_data, monkeypatch):
+    if not SPM.exists():
+        pytest.skip("needs the T5 SentencePiece fixture")
+    from spot_jax.data import pipeline
+    from spot_jax.data.config import DatasetConfig
+
+    monkeypatch.setenv("SPOT_JAX_VOCAB", str(SPM))
+    # A seed no other test registers: the vocabulary is fixed when the task is registered.
+    name = few_shot.few_shot_name(glue.task_name("rte"), 32, 7)
+    cfg = DatasetConfig(name, {"inputs": 64, "targets": 8}, split="test", batch_size=2)
+    # seqio asks the source for every split's size; `test` (the original validation split)
+    # has none before TFDS prepares it, which must not be an error.
+    batch = next(iter(pipeline.eval_batches(cfg)))
+    assert batch["encoder_input_tokens"].shape == (2, 64)

@@ -61,6 +61,14 @@ def _dataset_fn(split: str, shuffle_files: bool, seed: int | None = None, *, spe
     )
 
 
+class _SubsetSource(seqio.FunctionDataSource):
+    """k-shot train / dev blocks of known size; `test` is the original validation split,
+    whose size TFDS knows only once prepared (seqio asks every split for a size)."""
+
+    def num_input_examples(self, split: str) -> int | None:
+        return self._num_input_examples.get(split)
+
+
 def register_few_shot(task: str, k: int = DEFAULT_K, seed: int = 0) -> str:
     """Registers the k-shot variant of a registered SPoT task; returns its name.
 
@@ -79,7 +87,7 @@ def register_few_shot(task: str, k: int = DEFAULT_K, seed: int = 0) -> str:
     spec = base.SPECS[task]
     seqio.TaskRegistry.add(
         name,
-        source=seqio.FunctionDataSource(
+        source=_SubsetSource(
             functools.partial(_dataset_fn, spec=spec, k=k, subset_seed=seed),
             splits=("train", "validation", "test"),
             num_input_examples={"train": k, "validation": k},
