@@ -202,9 +202,10 @@ def pretrain(cfg: BackboneConfig, world, sp, progress: bool = True) -> tuple[T5C
     t0 = time.perf_counter()
     with tqdm(total=cfg.steps, desc="pretrain backbone", unit="step", disable=not progress) as bar:
         tuner_batches = jax.tree.map(lambda x: x[None], batches)
-        held_out = jax.tree.map(lambda x: x[-1], batches)  # reported, not selected on
+        # A progress signal only (it is also trained on at the last step), never selected on.
+        probe = jax.tree.map(lambda x: x[-1], batches)
         curves = tuner.run(
-            jax.tree.map(lambda x: x[None], params), tuner_batches, held_out, chunk,
+            jax.tree.map(lambda x: x[None], params), tuner_batches, probe, chunk,
             progress=bar,
         )  # fmt: skip
     record = {
