@@ -2,8 +2,10 @@
 
 Each process holds 2 of the 4 devices and reads its own data shard; checkpoints are written by
 both and restored by both on resume; the prompt equals the single-process 4-device run's.
+Inference across the two processes writes the same rows as the single-process run.
 """
 
+import json
 import os
 import socket
 import subprocess
@@ -46,11 +48,22 @@ def _train_cmd(model_dir, steps):
     ]
 
 
-def _two_processes(model_dir, steps):
+def _infer_cmd(model_dir):
+    return [
+        sys.executable,
+        "-m",
+        "spot_jax.infer",
+        "--gin_file=test/tiny_eval.gin",
+        f"--gin.MODEL_DIR={model_dir}",
+        "--gin.EVAL_STEPS=2",
+    ]
+
+
+def _two_processes(cmd):
     port = _free_port()
     procs = [
         subprocess.Popen(
-            _train_cmd(model_dir, steps)
+            cmd
             + [
                 f"--coordinator_address=127.0.0.1:{port}",
                 "--process_count=2",
@@ -84,8 +97,10 @@ def test_two_process_training_matches_single_process(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-3000:]
 
-    _two_processes(multi, 10)
-    outs = _two_processes(multi, 20)  # resumes at 10 from the checkpoint both processes wrote
+    _two_processes(_train_cmd(multi, 10))
+    outs = _two_processes(
+        _train_cmd(multi, 20)
+    )  # resumes at 10 from the checkpoint both processes wrote
     assert all("Resuming" in out for out in outs)
 
     a = np.load(single / PROMPT.format(20))
@@ -94,3 +109,16 @@ def test_two_process_training_matches_single_process(tmp_path):
     np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6)
     first = np.load(multi / PROMPT.format(0))
     assert np.abs(b - first).max() > 1e-3  # the prompt really trained
+
+    # Inference: each process decodes its shard; process 0 writes every host's rows.
+    result = subprocess.run(_infer_cmd(single), env=_env(4), capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    _two_processes(_infer_cmd(multi))
+    rows = {}
+    for name in ("single", "multi"):
+        lines = (tmp_path / name / "inference.jsonl").read_text().splitlines()
+        rows[name] = sorted(
+            (tuple(r["inputs"]), tuple(r["targets"]), tuple(r["prediction"]))
+            for r in map(json.loads, lines)
+        )
+    assert len(rows["single"]) > 0 and rows["multi"] == rows["single"]

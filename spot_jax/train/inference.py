@@ -150,14 +150,17 @@ def infer_job(
                 break
             batch = sharding.global_batch(local, mesh)
             tokens, scores = predict(trainable, frozen, batch, jax.random.PRNGKey(seed))
-            tokens = np.asarray(jax.device_get(tokens))[:, -1]
-            scores = np.asarray(jax.device_get(scores))[:, -1]
-            real = data.real_rows(local)
-            for j in np.flatnonzero(real):
+            # Whole global rows on every process (each host read only its shard), so the
+            # file process 0 writes holds every host's examples.
+            tokens = sharding.to_host(tokens, mesh)[:, -1]
+            scores = sharding.to_host(scores, mesh)[:, -1]
+            inputs = sharding.to_host(batch["encoder_input_tokens"], mesh)
+            targets = sharding.to_host(batch["decoder_target_tokens"], mesh)
+            for j in np.flatnonzero(data.real_rows({"decoder_target_tokens": targets})):
                 rows.append(
                     {
-                        "inputs": _strip(local["encoder_input_tokens"][j]),
-                        "targets": _strip(local["decoder_target_tokens"][j]),
+                        "inputs": _strip(inputs[j]),
+                        "targets": _strip(targets[j]),
                         "prediction": _strip(tokens[j]),
                         "score": float(scores[j]),
                     }
