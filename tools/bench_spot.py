@@ -214,20 +214,28 @@ def glue_like_examples(n: int, feature_lengths, vocab_size: int, seed: int = 0):
 def packing_runners(args) -> tuple[dict[str, Callable[[], float]], dict]:
     """Padded vs packed train steps over the same `args.examples` GLUE-like examples.
 
-    Padded: one example per row of `args.inputs` tokens. Packed: first-fit into rows of the
-    same length with at most `args.max_segments` examples (and prompt copies) per row. Both run
-    `args.batch` rows per step; each call processes every batch of its layout once.
+    Padded: one example per row of `args.inputs` + `args.targets` tokens. Packed: first-fit into
+    rows of `args.packed_inputs` (default `args.inputs`) + `max_segments * args.targets` tokens
+    (room for every segment's target; the decoder is cheap), at most `args.max_segments`
+    examples (and prompt copies: the encoder row is max_segments * P + packed_inputs long) per
+    row. Both run `args.batch` rows per step; each call processes every batch of its layout once.
     """
     cfg = config_lib.named_config(args.size)
     lengths = {"inputs": args.inputs, "targets": args.targets}
+    packed_lengths = {
+        "inputs": args.packed_inputs or args.inputs,
+        "targets": args.targets * args.max_segments,
+    }
     examples = glue_like_examples(args.examples, lengths, cfg.vocab_size)
     padded = packing.padded(examples, lengths)
-    packed, placement = packing.pack(examples, lengths, args.max_segments)
+    packed, placement = packing.pack(examples, packed_lengths, args.max_segments)
     info = {
         "examples": len(examples),
         "real_tokens": int(sum(len(x) + len(y) for x, y in examples)),
         "padded_rows": len(examples),
         "packed_rows": int(placement[:, 0].max()) + 1,
+        "packed_inputs": packed_lengths["inputs"],
+        "packed_targets": packed_lengths["targets"],
         "input_length_median": float(np.median([len(x) for x, _ in examples])),
         "input_length_mean": float(np.mean([len(x) for x, _ in examples])),
     }

@@ -17,9 +17,9 @@ Synthetic batches (no TF). Modes:
 * score: rank-classification scoring (per-row target log-likelihood, T5X's score_batch) of a
   batch; examples (rows) /s and tokens/s.
 * packing: the same `--examples` GLUE-like examples (lognormal input lengths, median 40,
-  capped at `--inputs`; 2-4 target tokens) trained padded (one per row) and packed (first-fit,
-  `--max-segments` per row, each with its own prompt copy); effective (non-padding input +
-  target) tokens/s of a full pass.
+  capped at `--inputs`; 2-4 target tokens) trained padded (one per row of `--inputs`) and
+  packed (first-fit into rows of `--packed-inputs`, `--max-segments` per row, each with its
+  own prompt copy); effective (non-padding input + target) tokens/s of a full pass.
 
 `--compare-peft` times transformers + PEFT prompt tuning (encoder-only prompt,
 `num_transformer_submodules=1`) on the same shapes in the same process (HF `generate` for
@@ -189,6 +189,12 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=1, help="interleaved rounds; medians shown")
     p.add_argument("--examples", type=int, default=64, help="packing mode: examples per pass")
     p.add_argument("--max-segments", type=int, default=8, help="packing mode: examples per row")
+    p.add_argument(
+        "--packed-inputs",
+        type=int,
+        default=None,
+        help="packing mode: input tokens of a packed row (default --inputs)",
+    )
     p.add_argument(
         "--baseline",
         action="append",

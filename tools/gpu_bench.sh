@@ -5,7 +5,8 @@
 #                cross_projection=projected (T5X's order) interleaved as the A/B baseline;
 #   decode       greedy, 32 tokens, batch 32, vs HF PEFT generate;
 #   score        rank classification, batch 32, targets 4, vs HF PEFT;
-#   packing      512 GLUE-like examples (median 40 tokens) padded vs packed (8 per row).
+#   packing      512 GLUE-like examples (median 40 tokens) padded to 512 vs packed 8 per
+#                512-token row (encoder rows 8 x 100 prompt + 512).
 # FULL=1 adds the large/xl/xxl train lines of the 2026-11-26 table (another ~9 minutes).
 # Fused cuDNN attention is tried first and XLA attention used if it fails.
 # Results go to ${OUT:-/tmp}/bench.jsonl and the log to ${OUT:-/tmp}/bench.log.
@@ -31,7 +32,7 @@ run 130 --mode train --targets 32 --steps 5 --repeats 3 --attention cudnn --comp
 run 90 --mode decode --targets 32 --repeats 3 --attention $ATT --compare-peft \
   --baseline cross_projection=projected
 run 70 --mode score --targets 4 --repeats 3 --attention $ATT --compare-peft
-run 120 --mode packing --targets 8 --examples 512 --max-segments 8 --repeats 3 \
+run 120 --mode packing --targets 4 --examples 512 --max-segments 8 --repeats 3 \
   --attention $ATT
 if [ "${FULL:-0}" = 1 ]; then
   BUDGET=$((BUDGET + 560))
