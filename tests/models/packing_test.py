@@ -172,3 +172,12 @@ def test_segments_beyond_the_prompt_slots_are_counted(setup):
     _, metrics = jax.jit(fewer.loss)(params, packed)
     seg = np.asarray(packed["decoder_segment_ids"])
     assert int(metrics["unprompted_tokens"]) == int((seg > 1).sum()) > 0
+
+
+def test_packed_rows_run_the_same_with_scanned_layers(setup):
+    model, params, _, _, packed, _ = setup
+    cfg = config.named_config("tiny", dtype="float32", scan_layers=True)
+    scanned = prompted.PromptedT5(cfg, prompt_length=PROMPT_LENGTH, max_segments=MAX_SEGMENTS)
+    want = jax.jit(model.logits)(params, packed)
+    got = jax.jit(scanned.logits)(prompted.stack_layers(params), packed)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
