@@ -34,6 +34,8 @@ run 90 --mode decode --targets 32 --repeats 3 --attention $ATT --compare-peft \
 run 70 --mode score --targets 4 --repeats 3 --attention $ATT --compare-peft
 run 120 --mode packing --targets 4 --examples 512 --max-segments 8 --repeats 3 \
   --attention $ATT
+run 90 --mode packing --targets 4 --examples 512 --max-segments 4 --packed-inputs 256 \
+  --repeats 3 --attention $ATT  # the layout that won on the CPU (encoder 4 x 100 + 256)
 if [ "${FULL:-0}" = 1 ]; then
   BUDGET=$((BUDGET + 560))
   big="--targets 32 --steps 5 --attention $ATT"
