@@ -52,6 +52,10 @@ _CITIES = {
 _DAYS = {"weekday": "monday tuesday wednesday thursday friday".split(),
          "weekend": "saturday sunday".split()}  # fmt: skip
 _VERBS = "saw liked found noticed bought described".split()
+_WEEK = [*_DAYS["weekday"], *_DAYS["weekend"]]  # calendar order: a document's days follow it
+# PPT's sentence-pair label words (adjacent / same document / other document); 'maybe' is in
+# no task, so the vocabulary adds it (see `train_vocabulary`).
+PPT_LABEL_WORDS = ("yes", "maybe", "no")
 
 
 def _invert(groups: dict[str, list[str]]) -> dict[str, str]:
@@ -209,6 +213,41 @@ class World:
         held_out = _target_inputs(self.seed, tuple(self.split_sizes.items()))
         return [(x, y) for x, y in self.examples(name, "train") if x not in held_out]
 
+    def documents(self, count: int, seed: int = 0, sizes: tuple[int, int] = (3, 6)):
+        """Seeded multi-scene documents for PPT's formats: each follows one person in one city
+        over consecutive days, so a scene's neighbour is the same person and city on the next
+        or previous day, and another document's scene is (nearly always) someone elsewhere.
+
+        Scenes are drawn only from `unlabeled_text()` (source train inputs minus every target
+        input), so no target example of any split enters a document.
+
+        Args:
+            count: documents to make.
+            seed: what fixes them (with the world's seed).
+            sizes: inclusive (fewest, most) scenes per document; at most 7 (a week).
+
+        Returns:
+            `count` documents, each a list of scenes (sentences) in day order.
+        """
+        low, high = sizes
+        if not 2 <= low <= high <= len(_WEEK):
+            raise ValueError(f"document sizes must satisfy 2 <= low <= high <= 7, got {sizes}")
+        pool: dict[tuple[str, str, str], list[str]] = {}
+        for scene in dict.fromkeys(self.unlabeled_text()):
+            words = scene.split()  # person verb the adjective noun in city on day
+            pool.setdefault((words[0], words[6], words[8]), []).append(scene)
+        rng = np.random.default_rng([self.seed, seed])
+        places = sorted({(p, c) for p, c, _ in pool})
+        docs = []
+        while len(docs) < count:
+            n = int(rng.integers(low, high + 1))
+            person, city = places[int(rng.integers(len(places)))]
+            start = int(rng.integers(len(_WEEK) - n + 1))
+            days = _WEEK[start : start + n]
+            if all((person, city, d) in pool for d in days):  # a gap in the pool: draw again
+                docs.append([_pick(rng, pool[(person, city, d)]) for d in days])
+        return docs
+
     def corpus(self) -> list[str]:
         """Every input (with and without task words) and target of every task: the text the
         vocabulary is trained on."""
@@ -256,7 +295,7 @@ def build_world(seed: int = DEFAULT_SEED, split_sizes: dict[str, int] | None = N
 # Vocabulary: a small SentencePiece model of the world's text.
 
 VOCAB_PIECES = 512
-VOCAB_VERSION = 3
+VOCAB_VERSION = 4  # 4: + PPT_LABEL_WORDS
 EXTRA_IDS = 32  # sentinels for span corruption, at the top of the id range as in T5
 
 
@@ -272,8 +311,10 @@ def train_vocabulary(world: World, path, pieces: int = VOCAB_PIECES) -> None:
     import sentencepiece as spm
 
     model = io.BytesIO()
+    # PPT's label words once, at the end: a word-level model gives each the last ids (rarest),
+    # so the tasks' words keep their pieces and ids.
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(world.corpus()),
+        sentence_iterator=iter([*world.corpus(), " ".join(PPT_LABEL_WORDS)]),
         model_writer=model,
         vocab_size=pieces,
         model_type="word",  # a closed lexicon: one id per word keeps sequences short

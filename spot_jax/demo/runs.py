@@ -160,6 +160,11 @@ class Tuner:
 
         return jax.vmap(one_run)(trainable, batch)
 
+    def evaluate(self, trainable: dict, batch: dict) -> tuple[np.ndarray, np.ndarray]:
+        """Exact match (%) [R] and token loss [R] of R trainable sets on batches [R, N, L]."""
+        acc, loss = self._eval(jax.tree.map(jnp.asarray, trainable), batch)
+        return np.asarray(acc), np.asarray(loss)
+
     def run(
         self,
         init: dict[str, np.ndarray],

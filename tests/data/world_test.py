@@ -136,3 +136,40 @@ def test_registered_tasks_tokenize_with_the_world_vocabulary(tmp_path, monkeypat
     assert vocab.decode(ex["inputs"].tolist()).startswith("topic codes: ")
     assert ex["targets"].tolist()[-1] == 1 and len(ex["targets"]) == 2  # one word + EOS
     assert (tmp_path / "world" / world_lib.vocabulary_name(world_lib.DEFAULT_SEED)).exists()
+
+
+def test_documents_follow_one_person_and_city_over_consecutive_days():
+    w = world_lib.build_world()
+    docs = w.documents(300, seed=5)
+    assert docs == w.documents(300, seed=5) and docs != w.documents(300, seed=6)
+    week = "monday tuesday wednesday thursday friday saturday sunday".split()
+    for doc in docs:
+        assert 3 <= len(doc) <= 6
+        words = [scene.split() for scene in doc]
+        assert len({(s[0], s[6]) for s in words}) == 1  # one person, one city
+        days = [week.index(s[8]) for s in words]
+        assert days == list(range(days[0], days[0] + len(doc)))
+    with pytest.raises(ValueError, match="2 <= low <= high <= 7"):
+        w.documents(1, sizes=(1, 3))
+
+
+def test_documents_hold_train_side_scenes_only():
+    w = world_lib.build_world()
+    scenes = {s for doc in w.documents(500) for s in doc}
+    assert scenes <= set(w.unlabeled_text())
+    for name in w.names("target"):
+        for split in w.split_sizes:
+            assert not scenes & {x for x, _ in w.examples(name, split)}
+
+
+def test_ppt_label_words_are_single_pieces_after_the_tasks_words(tmp_path):
+    import sentencepiece
+
+    w = world_lib.build_world()
+    sp = sentencepiece.SentencePieceProcessor(
+        model_file=str(world_lib.vocabulary_file(w, tmp_path))
+    )
+    ids = [sp.encode(word) for word in world_lib.PPT_LABEL_WORDS]
+    assert all(len(i) == 1 and i[0] != sp.unk_id() for i in ids)
+    # 'maybe' is in no task: it takes the last id, so the tasks' words keep theirs.
+    assert sp.encode("maybe") == [sp.get_piece_size() - 1]
