@@ -49,11 +49,17 @@ def encode_masked(texts: Sequence[str], sp, length: int, sentinel: int) -> np.nd
 
 
 def split(data: runs.TaskArrays, shots: int, seed: int) -> tuple[runs.TaskArrays, dict]:
-    """(the seed's `shots` train examples, its disjoint `shots`-example dev features)."""
+    """(the seed's `shots` train examples, its disjoint `shots`-example dev features), both
+    class-balanced as the project's `<task>_32shot_seed<s>` splits: a seeded shuffle, then
+    one example of each target in turn (targets with fewer examples drop out)."""
     if 2 * shots > len(data.train_inputs):
         raise ValueError(f"{data.name}: {len(data.train_inputs)} train examples, need {2 * shots}")
-    idx = np.random.default_rng([1000, seed]).permutation(len(data.train_inputs))
-    train, dev = idx[:shots], idx[shots : 2 * shots]
+    groups: dict[bytes, list[int]] = {}
+    for i in np.random.default_rng([1000, seed]).permutation(len(data.train_inputs)):
+        groups.setdefault(data.train_targets[i].tobytes(), []).append(int(i))
+    longest = max(len(g) for g in groups.values())
+    turns = [g[k] for k in range(longest) for g in groups.values() if k < len(g)]
+    train, dev = turns[:shots], turns[shots : 2 * shots]
     sub = dataclasses.replace(
         data, train_inputs=data.train_inputs[train], train_targets=data.train_targets[train]
     )

@@ -69,3 +69,9 @@ def test_backbone_is_cached_and_a_second_load_skips_pretraining(tmp_path, monkey
     assert other.key() != TINY.key()
     with pytest.raises(AssertionError, match="pretrained again"):
         backbone_lib.load_or_pretrain_backbone(other, tmp_path, progress=False)
+
+
+def test_a_new_vocabulary_is_a_new_backbone(monkeypatch):
+    before = TINY.key()
+    monkeypatch.setattr(world_lib, "VOCAB_VERSION", world_lib.VOCAB_VERSION + 1)
+    assert TINY.key() != before

@@ -113,6 +113,11 @@ def test_few_shot_train_and_dev_are_disjoint_and_seeded():
     assert len(rows) == 32 and not rows & {tuple(r) for r in dev["encoder_input_tokens"]}
     np.testing.assert_array_equal(train.train_inputs, again.train_inputs)
     assert not np.array_equal(train.train_inputs, other.train_inputs)
+    # Class-balanced: two targets, 16 of each in train and in dev.
+    y = np.repeat(np.array([[5, 1], [6, 1]], np.int32), [70, 30], axis=0)
+    train, dev = few_shot.split(runs.TaskArrays("t", x, y, x[:10], y[:10]), 16, seed=0)
+    assert (train.train_targets[:, 0] == 5).sum() == 8
+    assert (dev["decoder_target_tokens"][:, 0] == 5).sum() == 8
     with pytest.raises(ValueError, match="need 128"):
         few_shot.split(data, 64, seed=0)
 
