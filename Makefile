@@ -22,7 +22,8 @@ DEMO_DIR ?= demo_out
 DEMO_ARGS ?=
 
 # SPoT end to end on the task world (backbone cached under ~/.cache/spot_jax or
-# $SPOT_JAX_CACHE); DEMO_ARGS=--quick for the three-minute version.
+# $SPOT_JAX_CACHE); DEMO_ARGS=--quick for the three-minute version; add
+# DEMO_ARGS='--experiments ppt,projection' for PPT and small->large projection (opt-in: longer).
 demo: $(STAMP)
 	$(BIN)/spot-jax demo --out $(DEMO_DIR) $(DEMO_ARGS)
 
