@@ -19,6 +19,8 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
+from spot_jax.data import synthetic
+
 Example = tuple[np.ndarray, np.ndarray]  # (inputs [n], targets [m]), unpadded int ids
 
 
@@ -188,11 +190,4 @@ def padded(examples: Sequence[Example], feature_lengths: Mapping[str, int]) -> d
         x, y = np.asarray(x)[:t_len], np.asarray(y)[:l_len]
         inputs[i, : len(x)] = x
         targets[i, : len(y)] = y
-    decoder_inputs = np.zeros_like(targets)
-    decoder_inputs[:, 1:] = targets[:, :-1]
-    return {
-        "encoder_input_tokens": inputs,
-        "decoder_input_tokens": decoder_inputs,
-        "decoder_target_tokens": targets,
-        "decoder_loss_weights": (targets != 0).astype(np.int32),
-    }
+    return synthetic.model_features(inputs, targets)

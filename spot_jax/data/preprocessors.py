@@ -268,15 +268,23 @@ def squad(x: dict, benchmark_name: str = "squad") -> dict:
     T5's `preprocessors.squad` strings after the task word (the taskless twin is exactly
     T5's input); all answers are kept for the metric ('<unk>' target when there are none).
     """
-    answers = pad_punctuation(x["answers"]["text"])
-    question, context = pad_punctuation(x["question"]), pad_punctuation(x["context"])
+    return {
+        **_extractive_qa(benchmark_name, x["question"], x["context"], x["answers"]["text"]),
+        "id": x["id"],
+    }
+
+
+def _extractive_qa(benchmark_name: str, question, context, answers) -> dict:
+    """'<benchmark> question: q context: c' -> the first answer ('<unk>' when none), every
+    string with T5's SQuAD punctuation padding; all answers kept for the metric."""
+    answers = pad_punctuation(answers)
+    question, context = pad_punctuation(question), pad_punctuation(context)
     inputs = tf.strings.join([benchmark_name, "question:", question, "context:", context], " ")
     first = tf.concat([answers, tf.constant([UNK_LABEL])], axis=0)[0]
     return {
         "inputs": tf.strings.regex_replace(inputs, r"\s+", " "),
         "targets": first,
         "answers": answers,
-        "id": x["id"],
     }
 
 
@@ -359,14 +367,8 @@ def mrqa(x: dict, benchmark_name: str) -> dict:
     SPoT's `mrqa` preprocessor: question, context and every answer get T5's SQuAD spacing;
     all answers stay for the metric, with the question id `qid`.
     """
-    answers = pad_punctuation(x["answers"])
-    question, context = pad_punctuation(x["question"]), pad_punctuation(x["context"])
-    inputs = tf.strings.join([benchmark_name, "question:", question, "context:", context], " ")
-    first = tf.concat([answers, tf.constant([UNK_LABEL])], axis=0)[0]
     return {
-        "inputs": tf.strings.regex_replace(inputs, r"\s+", " "),
-        "targets": first,
-        "answers": answers,
+        **_extractive_qa(benchmark_name, x["question"], x["context"], x["answers"]),
         "qid": x["qid"],
     }
 
