@@ -73,15 +73,15 @@ def nsp_arrays(protocol: Protocol, cfg: PPTConfig) -> runs.TaskArrays:
 
 def masked_target(protocol: Protocol, name: str) -> runs.TaskArrays:
     """A target in PPT's downstream format: 'scene <X>' -> '<X> answer'."""
-    sp, length = protocol.backbone.tokenizer, protocol.cfg
+    sp, dcfg = protocol.backbone.tokenizer, protocol.cfg
     sentinel = world_lib.sentinel_id(protocol.backbone.seqio_vocab_size, 0)
     arrays = []
     for split in ("train", "validation"):
         pairs = protocol.world.examples(name, split)
         x = [f"{scene} {ppt.MASK}" for scene, _ in pairs]
         y = [f"{ppt.MASK} {answer}" for _, answer in pairs]
-        arrays += [few_shot.encode_masked(x, sp, length.input_length, sentinel),
-                   few_shot.encode_masked(y, sp, length.target_length, sentinel)]  # fmt: skip
+        arrays += [few_shot.encode_masked(x, sp, dcfg.input_length, sentinel),
+                   few_shot.encode_masked(y, sp, dcfg.target_length, sentinel)]  # fmt: skip
     return runs.TaskArrays(name, *arrays)
 
 
@@ -96,14 +96,16 @@ def run_ppt(protocol: Protocol, cfg: PPTConfig, progress: bool = True) -> dict:
         write_run(protocol.out / "runs" / PPT_ENTRY, PPT_ENTRY, protocol.backbone, dcfg, pre, 0)
         prompt = pre.final[PROMPT_PATH][0]
         seeds = list(cfg.seeds)
-        inits = np.concatenate(
-            [[prompt] * len(seeds), protocol.init_prompts([100 + s for s in seeds])]
-        )
+        # Per method, one init per seed: the PPT prompt for all; PromptTuning's seeded draws.
+        by_method = [
+            np.stack([prompt] * len(seeds)),
+            protocol.init_prompts([100 + s for s in seeds]),
+        ]
         data = [masked_target(protocol, t) for t in targets]
-        order = [(t, m) for t in range(len(targets)) for m in range(2)]
+        order = [(t, m) for t in range(len(targets)) for m in range(2)]  # run blocks of seeds
         result = few_shot.run(
             protocol.prompt_tuner,
-            np.concatenate([inits[m * len(seeds) : (m + 1) * len(seeds)] for _, m in order]),
+            np.concatenate([by_method[m] for _, m in order]),
             [data[t] for t, _ in order for _ in seeds],
             seeds * len(order),
             dcfg.target_steps,
