@@ -53,12 +53,13 @@ def total_run_steps(cfg, world) -> int:
 # markdown)]`, run after the SPoT protocol with its `experiment.Protocol` (backbone, task
 # arrays, compiled tuners, library) and results; their sections follow SPoT's in the report.
 EXPERIMENTS: list[Callable] = []
-# Opt-in experiments (`--experiments NAME,...`), appended after EXPERIMENTS: name -> module
-# whose `experiment(quick, progress=...)` makes the hook. Off by default: with them the full
-# demo no longer fits `make demo`'s 15 minutes on 2 cores (see README).
+# Opt-in experiments (`--experiments NAME,...`), appended after EXPERIMENTS: name -> (module,
+# keyword arguments) whose `experiment(quick, progress=..., **kwargs)` makes the hook. Off by
+# default: with them the full demo may no longer fit `make demo`'s 15 minutes on 2 busy cores.
 OPT_IN_EXPERIMENTS = {
-    "ppt": "spot_jax.demo.pretrained_prompt",
-    "projection": "spot_jax.demo.cross_model",
+    "ppt": ("spot_jax.demo.pretrained_prompt", {}),
+    "projection": ("spot_jax.demo.cross_model", {"objective": "distance"}),
+    "projection-tt": ("spot_jax.demo.cross_model", {"objective": "task"}),
 }
 
 
@@ -72,10 +73,11 @@ def opt_in_experiments(names: str, quick: bool, progress: bool = True) -> list[C
         raise SystemExit(
             f"--experiments knows {', '.join(OPT_IN_EXPERIMENTS)}; not {', '.join(unknown)}"
         )
-    return [
-        importlib.import_module(OPT_IN_EXPERIMENTS[n]).experiment(quick, progress=progress)
-        for n in chosen
-    ]
+    hooks = []
+    for name in chosen:
+        module, kwargs = OPT_IN_EXPERIMENTS[name]
+        hooks.append(importlib.import_module(module).experiment(quick, progress=progress, **kwargs))
+    return hooks
 
 
 def run_demo(

@@ -6,9 +6,10 @@ large model  the demo backbone's config scaled in width (`scale`; 64 -> 96 by de
              (and mixture) go to its own library, trained exactly as the small model's
 small model  a prompt for each held-out target (full data, the sources' schedule) into a
              small-model library of targets
-projector    Su et al.'s flattened MLP, distance objective (`projection.train_distance`, DM) on
-             the prompts of the tasks both libraries know (the sources and the mixture; never
-             a target), saved as a projector; `project_library` turns the small target
+projector    Su et al.'s flattened MLP, trained by distance (DM, `projection.train_distance`)
+             on the prompts of the tasks both libraries know (the sources and the mixture;
+             never a target), or by the large model's task loss on the sources (TT,
+             `train_task_projector`), saved as a projector; `project_library` turns the small target
              library into a large-model library (entries' meta: `projected_from`, `projector`)
 compare      on the large model, per target: (a) the projected prompt zero-shot, few-shot
              (`few_shot`, seeds 0-4) from (b) the projected prompt vs (c) a sampled-vocab
@@ -24,7 +25,7 @@ from etils import epath
 from tqdm import tqdm
 
 from spot_jax.demo import backbone as backbone_lib
-from spot_jax.demo import few_shot
+from spot_jax.demo import few_shot, runs
 from spot_jax.demo.experiment import Protocol, write_run
 from spot_jax.spot import library as library_lib
 from spot_jax.spot import projected_library, projection
@@ -38,19 +39,32 @@ class ProjectionConfig:
 
     Attributes:
         scale: the large model's emb, head and MLP widths over the demo backbone's.
+        objective: 'distance' (DM: MSE to the large model's prompts of the same tasks) or
+            'task' (TT: the large model's loss on the source tasks, reading the projection).
         hidden, projector_steps, learning_rate: the projector (Su et al.: 768, AdamW 5e-3).
+        task_batch_size: TT's examples per source task and step.
         seeds: few-shot seeds on the large model.
     """
 
     scale: float = 1.5
+    objective: str = "distance"
     hidden: int = 256
     projector_steps: int = 2000
     learning_rate: float = 5e-3
+    task_batch_size: int = 8
     seeds: tuple[int, ...] = few_shot.SEEDS
 
+    def __post_init__(self):
+        if self.objective not in ("distance", "task"):
+            raise ValueError(f"objective is 'distance' or 'task', not {self.objective!r}")
+
     @classmethod
-    def quick(cls) -> ProjectionConfig:
-        return cls(projector_steps=1000)
+    def quick(cls, objective: str = "distance") -> ProjectionConfig:
+        return cls(objective=objective, projector_steps=1000 if objective == "distance" else 150)
+
+    @classmethod
+    def full(cls, objective: str = "distance") -> ProjectionConfig:
+        return cls(objective=objective, projector_steps=2000 if objective == "distance" else 400)
 
 
 def large_backbone_config(small: backbone_lib.BackboneConfig, scale: float):
@@ -59,11 +73,66 @@ def large_backbone_config(small: backbone_lib.BackboneConfig, scale: float):
     return dataclasses.replace(small, **widths)
 
 
+def train_task_projector(spec, sources: np.ndarray, tasks, large: Protocol, cfg):
+    """TT (Su et al.'s better objective): each step the frozen large model reads the projection
+    of every source prompt on a batch of its task; only the projector learns.
+
+    Args:
+        spec: the projector's spec (small model -> large model).
+        sources: the small model's prompts [K, P, H_small] of `tasks`.
+        tasks: K source task names (the large protocol has their arrays).
+        large: the large model's protocol (model, frozen params, task arrays).
+        cfg: steps, learning rate, batch size per task.
+
+    Returns:
+        (params, per-step mean token losses).
+    """
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    from spot_jax.models.prompted import PROMPT_PATH
+    from spot_jax.train import state as state_lib
+
+    module, model, frozen = spec.module(), large.prompted, large.prompt_tuner.frozen
+    steps, size = cfg.projector_steps, cfg.task_batch_size
+    batches = runs.stack([large.arrays[t].batches(steps, size, 0) for t in tasks])  # [K, S, B, L]
+    x = jnp.asarray(sources, jnp.float32)
+
+    def loss_fn(params, batch):
+        def one(prompt, b):
+            loss, m = model.loss(state_lib.merge_params({PROMPT_PATH: prompt}, frozen), b)
+            return loss / jnp.maximum(m["weight_sum"], 1.0)
+
+        return jnp.mean(jax.vmap(one)(module.apply({"params": params}, x), batch))
+
+    opt = optax.adamw(cfg.learning_rate, eps=1e-6, weight_decay=0.0)
+
+    @jax.jit
+    def step(params, opt_state, batch):
+        loss, grads = jax.value_and_grad(loss_fn)(params, batch)
+        updates, opt_state = opt.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    params = projection.init_params(spec)
+    opt_state, losses = opt.init(params), []
+    for i in range(steps):
+        batch = {k: v[:, i] for k, v in batches.items()}
+        params, opt_state, loss = step(params, opt_state, batch)
+        losses.append(float(loss))
+    return params, losses
+
+
+def results_key(cfg: ProjectionConfig) -> str:
+    """Where a run of `cfg` goes: its output folder and its key in the demo's results."""
+    return "projection" if cfg.objective == "distance" else "projection_task"
+
+
 def run_projection(protocol: Protocol, cfg: ProjectionConfig, progress: bool = True) -> dict:
     """Everything above; JSON-able results (paths, losses, accuracies per seed)."""
     dcfg, world = protocol.cfg, protocol.world
     targets, sources = world.names("target"), world.names("source")
-    root = protocol.out / "projection"
+    root = protocol.out / results_key(cfg)
     # The demo backbone sits at <cache>/world/backbone-<key>/checkpoint; the large one beside.
     cache_dir = protocol.backbone.path.parent.parent.parent
     large_cfg = large_backbone_config(dcfg.backbone, cfg.scale)
@@ -93,12 +162,17 @@ def run_projection(protocol: Protocol, cfg: ProjectionConfig, progress: bool = T
             protocol.library.model(), large.library.model(), cfg.hidden, "tanh"
         )
         tasks, xs, ys = projection.paired_prompts(protocol.library, large.library)
-        params, losses = projection.train_distance(
-            spec, xs, ys, cfg.projector_steps, cfg.learning_rate
-        )
+        if cfg.objective == "distance":
+            params, losses = projection.train_distance(
+                spec, xs, ys, cfg.projector_steps, cfg.learning_rate
+            )
+        else:  # the task loss needs task data: the sources (the mixture is their union)
+            keep = [i for i, t in enumerate(tasks) if t in sources]
+            tasks, xs = [tasks[i] for i in keep], xs[keep]
+            params, losses = train_task_projector(spec, xs, tasks, large, cfg)
         every = max(1, len(losses) // 50)
         projector = projection.save(
-            root / "projector", spec, params, objective="distance", tasks=tasks,
+            root / "projector", spec, params, objective=cfg.objective, tasks=tasks,
             losses=losses[::every],
         )  # fmt: skip
         projected_library.project_library(
@@ -163,14 +237,25 @@ def sections(res: dict, cfg: ProjectionConfig, dcfg) -> list[tuple[str, str]]:
         [np.subtract(r[METHODS[1]], r[METHODS[2]]) for r in res["per_target"].values()], axis=0
     )
     src = np.mean(list(res["large_source_accuracy"].values()))
+    objective = {
+        "distance": "by distance (DM: MSE to the large model's prompts; sources and mixture)",
+        "task": f"by task loss (TT: the large model reads the projections; batch "
+        f"{cfg.task_batch_size} of each source task a step)",
+    }[cfg.objective]
+    note = {
+        "distance": "Su et al. found distance-trained projectors reach small distances but "
+        "near-chance task performance.",
+        "task": "Su et al. found task-loss projectors transfer zero-shot to tasks of the "
+        "same type, not across types.",
+    }[cfg.objective]
     big = res["large_backbone"]
     body = f"""
 Large model: T5 1.1 shape {big["t5"]} (the demo backbone's widths x {cfg.scale}, same
 vocabulary and pretraining; `{big["path"]}`). Its source prompts (mean validation exact match
 {src:.1f}%) and mixture prompt: `{epath.Path(res["projected_library"]).parent / "large"}`.
 Projector: Su et al.'s flattened MLP (hidden {cfg.hidden}, tanh, per-token LayerNorm) trained
-by distance (DM) on the {len(res["projector_tasks"])} tasks both libraries hold (sources and
-mixture, no target), {cfg.projector_steps} steps, MSE {res["projector_loss"][0]:.3f} ->
+{objective} on {len(res["projector_tasks"])} tasks both libraries hold (no target),
+{cfg.projector_steps} steps, loss {res["projector_loss"][0]:.3f} ->
 {res["projector_loss"][1]:.4f}. The small model's target prompts (full data,
 {dcfg.source_steps} steps; their best validation accuracy in the first column) were projected
 into the large model's library `{res["projected_library"]}` by `project_library`.
@@ -184,19 +269,25 @@ exact match (%), mean ± std (each seed's value in brackets).
 {table}
 
 Projected init vs sampled-vocab init (few-shot), averaged over targets: {gain.mean():+.1f}
-points (per seed: {", ".join(f"{g:+.1f}" for g in gain)}). Su et al. found distance-trained
-projectors reach small distances but near-chance task performance; this is that objective.
+points (per seed: {", ".join(f"{g:+.1f}" for g in gain)}). {note}
 """
-    return [(f"Projection: small -> large world model (seeds {seeds})", body)]
+    kind = {"distance": "distance", "task": "task-loss"}[cfg.objective]
+    return [(f"Projection: small -> large world model, {kind} projector (seeds {seeds})", body)]
 
 
-def experiment(quick: bool = False, cfg: ProjectionConfig | None = None, progress: bool = True):
+def experiment(
+    quick: bool = False,
+    cfg: ProjectionConfig | None = None,
+    progress: bool = True,
+    objective: str = "distance",
+):
     """The demo hook (`command.EXPERIMENTS`): `fn(protocol, results) -> sections`."""
-    cfg = cfg or (ProjectionConfig.quick() if quick else ProjectionConfig())
+    sizes = ProjectionConfig.quick if quick else ProjectionConfig.full
+    cfg = cfg or sizes(objective)
 
     def projection_experiment(protocol: Protocol, results: dict) -> list[tuple[str, str]]:
         res = run_projection(protocol, cfg, progress)
-        results["projection"] = res
+        results[results_key(cfg)] = res
         return sections(res, cfg, protocol.cfg)
 
     return projection_experiment

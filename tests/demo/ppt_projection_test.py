@@ -42,6 +42,9 @@ def finished(tmp_path_factory):
         cross_model.experiment(
             cfg=cross_model.ProjectionConfig(projector_steps=200), progress=False
         ),  # fmt: skip
+        cross_model.experiment(
+            cfg=cross_model.ProjectionConfig(objective="task", projector_steps=20), progress=False
+        ),
     ]
     for hook in hooks:
         for heading, body in hook(protocol, results):
@@ -72,7 +75,10 @@ def test_report_has_the_ppt_table_over_five_seeds(finished):
 def test_projection_table_and_the_projected_library_of_the_large_model(finished):
     protocol, results, text = finished
     res = results["projection"]
-    assert "## Projection: small -> large world model (seeds 0, 1, 2, 3, 4)" in text
+    assert (
+        "## Projection: small -> large world model, distance projector (seeds 0, 1, 2, 3, 4)"
+        in text
+    )
     header = "| target | small model's own prompt | " + " | ".join(cross_model.METHODS) + " |"
     assert header in text
     lib = library_lib.Library(res["projected_library"])
@@ -134,6 +140,17 @@ def test_experiments_are_opt_in_and_unknown_names_are_one_clear_error():
     hooks = command.opt_in_experiments("ppt, projection", quick=True, progress=False)
     assert [h.__name__ for h in hooks] == ["ppt_experiment", "projection_experiment"]
     assert command.opt_in_experiments("", quick=True) == []
-    with pytest.raises(SystemExit, match="knows ppt, projection; not nsp"):
+    with pytest.raises(SystemExit, match="knows ppt, projection, projection-tt; not nsp"):
         command.opt_in_experiments("ppt,nsp", quick=True)
     assert dataclasses.asdict(cross_model.ProjectionConfig.quick())["scale"] == 1.5
+
+
+@pytest.mark.slow
+def test_a_task_loss_projector_learns_from_the_sources_only(finished):
+    protocol, results, text = finished
+    res = results["projection_task"]
+    assert "## Projection: small -> large world model, task-loss projector" in text
+    assert sorted(res["projector_tasks"]) == sorted(protocol.world.names("source"))
+    assert res["projected_library"] != results["projection"]["projected_library"]
+    lib = library_lib.Library(res["projected_library"])
+    assert lib.get(protocol.world.names("target")[0]).prompt().shape[1] == 24
