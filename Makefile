@@ -20,12 +20,13 @@ install: $(STAMP)
 
 DEMO_DIR ?= demo_out
 DEMO_ARGS ?=
+DEMO_EXPERIMENTS ?= ppt,projection-tt
 
 # SPoT end to end on the task world (backbone cached under ~/.cache/spot_jax or
-# $SPOT_JAX_CACHE); DEMO_ARGS=--quick for the three-minute version; add
-# DEMO_ARGS='--experiments ppt,projection' for PPT and small->large projection (opt-in: longer).
+# $SPOT_JAX_CACHE), with PPT and task-loss small->large projection; DEMO_EXPERIMENTS= for SPoT
+# alone, DEMO_ARGS=--quick for fewer steps and seeds (about 3 minutes with DEMO_EXPERIMENTS=).
 demo: $(STAMP)
-	$(BIN)/spot-jax demo --out $(DEMO_DIR) $(DEMO_ARGS)
+	$(BIN)/spot-jax demo --out $(DEMO_DIR) $(if $(DEMO_EXPERIMENTS),--experiments $(DEMO_EXPERIMENTS)) $(DEMO_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff format --check spot_jax tools tests
