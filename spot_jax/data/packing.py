@@ -171,6 +171,21 @@ def packed_batches(
         yield pack(pending, feature_lengths, max_segments, batch_size)[0]
 
 
+def unpack_scores(scores: np.ndarray, placement: np.ndarray) -> np.ndarray:
+    """Per-row, per-segment scores [R, S] (`PromptedT5.score_segments`) -> [N] per example.
+
+    `placement` is `pack`'s (row, segment id) of each example, so the result is in the
+    examples' order.
+    """
+    scores, placement = np.asarray(scores), np.asarray(placement)
+    if len(placement) and placement[:, 1].max() > scores.shape[1]:
+        raise ValueError(
+            f"examples placed in segment {placement[:, 1].max()} but the scores have only "
+            f"{scores.shape[1]} columns: score with max_segments at least pack's max_segments"
+        )
+    return scores[placement[:, 0], placement[:, 1] - 1]
+
+
 def unpadded_examples(batch: Mapping[str, np.ndarray]) -> list[Example]:
     """Unpacked, padded model features -> (inputs, targets) without padding, one per real row."""
     out = []

@@ -76,8 +76,10 @@ class PromptLabeler:
         self._targets = np.zeros((len(words), max(map(len, words))), np.int32)
         for i, ids in enumerate(words):
             self._targets[i, : len(ids)] = ids
-        score = jax.jit(model.score)
-        self._score = lambda batch: np.asarray(score(nested, batch))
+        # One encoder pass per sentence; the decoder scores every label word against it.
+        score = jax.jit(model.score_candidates)
+        targets = jnp.asarray(self._targets)
+        self._score = lambda inputs: np.asarray(score(nested, inputs, targets))
 
     def scores(self, sentences: Sequence[str]) -> np.ndarray:
         """Log-likelihood of each label word for each sentence, float32 [N, W]."""
@@ -93,15 +95,7 @@ class PromptLabeler:
                 ids = list(self.vocabulary.encode(self.template.format(sentence=sentence)))
                 ids = ids[: self.input_length - 1] + [1]
                 inputs[i, : len(ids)] = ids
-            enc = np.repeat(inputs, w, axis=0)
-            targets = np.tile(self._targets, (self.batch_size, 1))
-            batch = {
-                "encoder_input_tokens": enc,
-                "decoder_target_tokens": targets,
-                "decoder_input_tokens": np.pad(targets[:, :-1], ((0, 0), (1, 0))),
-                "decoder_loss_weights": (targets > 0).astype(np.float32),
-            }
-            ll = self._score(batch).reshape(self.batch_size, w)
+            ll = self._score(inputs)  # [batch_size, w]
             out[start : start + len(chunk)] = ll[: len(chunk)]
         return out
 

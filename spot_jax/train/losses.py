@@ -75,11 +75,29 @@ def weighted_cross_entropy(
     return jnp.sum(loss * weights), jnp.sum(z * weights), jnp.sum(weights)
 
 
-def sequence_log_likelihood(logits: Array, targets: Array, weights: Array) -> Array:
-    """Per-sequence log-likelihood [B] (no z-loss): T5X's `score_batch`, for rank classification."""
+def token_log_likelihood(logits: Array, targets: Array, weights: Array) -> Array:
+    """Weighted log-probability of each target token [B, L] (no z-loss)."""
     log_probs = jax.nn.log_softmax(logits, axis=-1)
     token = jnp.take_along_axis(log_probs, targets[..., None], axis=-1)[..., 0]
-    return jnp.sum(token * weights.astype(token.dtype), axis=-1)
+    return token * weights.astype(token.dtype)
+
+
+def sequence_log_likelihood(logits: Array, targets: Array, weights: Array) -> Array:
+    """Per-sequence log-likelihood [B] (no z-loss): T5X's `score_batch`, for rank classification."""
+    return jnp.sum(token_log_likelihood(logits, targets, weights), axis=-1)
+
+
+def segment_log_likelihood(
+    logits: Array, targets: Array, weights: Array, segment_ids: Array, num_segments: int
+) -> Array:
+    """Per-example log-likelihood of packed rows [B, S]: column s sums segment s + 1's tokens.
+
+    Padding (segment 0) and segments beyond `num_segments` count nowhere; a slot without a
+    segment scores 0.
+    """
+    token = token_log_likelihood(logits, targets, weights)
+    slots = jax.nn.one_hot(segment_ids - 1, num_segments, dtype=token.dtype)  # id 0 -> zeros
+    return jnp.einsum("bl,bls->bs", token, slots)
 
 
 def token_accuracy(logits: Array, targets: Array, weights: Array) -> tuple[Array, Array]:

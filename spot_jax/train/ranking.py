@@ -12,6 +12,11 @@ model scores b*C (input, label) pairs:
 
 and the choice of example i is argmax over its C log-likelihoods. Numpy only (core side of the
 TF fence); the candidates' token ids come from the data seam's task scorer.
+
+That pair layout runs the encoder C times on each input. spot_jax's evals score with
+`PromptedT5.score_candidates` instead (one encoder pass per example, the decoder per pair; the
+same numbers); the pair batch stays as the reference layout for tests and for scoring with
+other implementations (HF PEFT in `tools/benchmark.py --mode rank`).
 """
 
 from __future__ import annotations

@@ -58,6 +58,12 @@ def score_step(model: PromptedT5, trainable, frozen, batch):
     return model.score(state_lib.merge_params(trainable, frozen), batch)
 
 
+def candidate_score_step(model: PromptedT5, trainable, frozen, batch, candidates):
+    """Log-likelihood [b, C] of each of the `[C, L]` candidate targets for each example."""
+    params = state_lib.merge_params(trainable, frozen)
+    return model.score_candidates(params, batch["encoder_input_tokens"], candidates)
+
+
 def predict_step(model: PromptedT5, trainable, frozen, batch, rng, max_decode_length: int):
     """Decoded tokens [B, D, L] and scores [B, D], best last."""
     params = state_lib.merge_params(trainable, frozen)

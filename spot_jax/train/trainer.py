@@ -20,7 +20,7 @@ from etils import epath
 from spot_jax import axes, data
 from spot_jax.data.config import DatasetConfig
 from spot_jax.models.prompted import PROMPT_PATH, PromptedT5
-from spot_jax.train import checkpoints, ranking, sharding, steps
+from spot_jax.train import checkpoints, sharding, steps
 from spot_jax.train import optim as optim_lib
 from spot_jax.train import state as state_lib
 
@@ -298,7 +298,7 @@ def evaluate(
     With `predict` and a `scorer` (`data.make_task_scorer`), also the task's own metrics
     (e.g. 'eval/accuracy', 'eval/f1') on the decoded predictions; with `rank_classification`
     and a classification task's scorer, the same metrics when each example answers its
-    likeliest label ('eval/rank_accuracy', ...; see `ranking`).
+    likeliest label ('eval/rank_accuracy', ...; `PromptedT5.score_candidates`).
     """
     shard_index, num_shards = sharding.data_shard_info(mesh)
     eval_fn = jax.jit(functools.partial(steps.eval_step, model))
@@ -309,7 +309,10 @@ def evaluate(
     predicted: list[np.ndarray] = []
     candidates = scorer.candidate_ids(target_len) if scorer and rank_classification else None
     if candidates is not None:
-        score_fn = jax.jit(functools.partial(steps.score_step, model))
+        # The candidates are a constant of the program (every host holds the same labels).
+        score_fn = jax.jit(
+            functools.partial(steps.candidate_score_step, model, candidates=candidates)
+        )
     chosen: list[int] = []
     with mesh, nn.logical_axis_rules(list(rules)):
         it = data.make_eval_iterator(eval_data, shard_index=shard_index, num_shards=num_shards)
@@ -329,10 +332,9 @@ def evaluate(
                 if scorer is not None:
                     predicted.extend(pred[real])
             if candidates is not None:
-                pairs = sharding.global_batch(ranking.candidate_batch(local, candidates), mesh)
-                scores = sharding.to_host(score_fn(trainable, frozen, pairs), mesh)
+                scores = sharding.to_host(score_fn(trainable, frozen, batch), mesh)
                 target = sharding.to_host(batch["decoder_target_tokens"], mesh)
-                chosen.extend(ranking.choices(scores, len(candidates))[target[:, 0] != 0])
+                chosen.extend(np.argmax(scores, axis=-1)[target[:, 0] != 0])
     weights = max(totals.get("weight_sum", 0.0), 1.0)
     out = {
         "eval/loss": totals.get("loss", 0.0) / weights,

@@ -181,3 +181,27 @@ def test_packed_rows_run_the_same_with_scanned_layers(setup):
     want = jax.jit(model.logits)(params, packed)
     got = jax.jit(scanned.logits)(prompted.stack_layers(params), packed)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_packed_scores_per_example_equal_unpacked_scores(setup):
+    model, params, _, unpacked, packed, placement = setup
+    want = np.asarray(jax.jit(model.score)(params, unpacked))
+    per_slot = np.asarray(jax.jit(model.score_segments)(params, packed))
+    assert per_slot.shape == (packed["encoder_input_tokens"].shape[0], MAX_SEGMENTS)
+    got = packing.unpack_scores(per_slot, placement)
+    assert np.all(want < 0)
+    np.testing.assert_allclose(got, want, rtol=2e-5, atol=1e-5)
+    # Slots the packer left empty score exactly 0.
+    used = np.zeros_like(per_slot, bool)
+    used[placement[:, 0], placement[:, 1] - 1] = True
+    assert np.all(per_slot[~used] == 0)
+
+
+def test_whole_row_score_of_a_packed_batch_is_refused(setup):
+    model, params, _, unpacked, packed, placement = setup
+    with pytest.raises(ValueError, match="score_segments"):
+        model.score(params, packed)
+    with pytest.raises(ValueError, match="packed batch"):
+        model.score_segments(params, unpacked)
+    with pytest.raises(ValueError, match="max_segments"):
+        packing.unpack_scores(np.zeros((4, 1)), placement)
