@@ -68,3 +68,18 @@ def test_decode_compares_with_hf_peft_generate(benchmark, tmp_path):
     pytest.importorskip("peft")
     results = _run(benchmark, tmp_path, "--mode=decode", "--compare-peft")
     assert {r["impl"] for r in results} == {"spot_jax", "hf_peft"}
+
+
+def test_rank_mode_scores_candidates_beside_the_pair_layout_and_peft(benchmark, tmp_path):
+    pytest.importorskip("peft")
+    results = _run(benchmark, tmp_path, "--mode=rank", "--candidates=3", "--compare-peft")
+    assert [r["impl"] for r in results] == ["hf_peft", "spot_jax", "spot_jax_pairs"]
+    assert all(r["candidates"] == 3 and r["examples_per_s"] > 0 for r in results)
+
+
+def test_packing_mode_scores_every_example_as_the_padded_rows_do(benchmark, tmp_path):
+    args = ("--mode=packing", "--packed-work=score", "--examples=16", "--max-segments=4")
+    results = _run(benchmark, tmp_path, *args, "--inputs=128")
+    r = results[1]
+    assert r["work"] == "score" and r["packed_rows"] < r["padded_rows"]
+    assert r["score_max_abs_diff"] < 1e-4

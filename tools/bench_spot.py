@@ -17,7 +17,7 @@ from spot_jax import axes
 from spot_jax.data import packing
 from spot_jax.models import config as config_lib
 from spot_jax.models import prompted
-from spot_jax.train import optim, sharding, steps, trainer
+from spot_jax.train import optim, ranking, sharding, steps, trainer
 from spot_jax.train import state as state_lib
 
 
@@ -194,6 +194,35 @@ def score_runner(
     return _timed(setup, lambda: fn(setup.trainable, setup.frozen, batch)), lambda: info
 
 
+def rank_runner(
+    args, local: Mapping[str, np.ndarray], candidates: np.ndarray, config_overrides=None
+) -> tuple[Callable[[], float], dict]:
+    """Rank classification of `args.batch` examples over the `[C, L]` candidates, once per call:
+    one encoder pass per example (`PromptedT5.score_candidates`)."""
+    setup = Setup(args, config_overrides=config_overrides)
+    batch = setup.global_batch(local)
+    fn = jax.jit(functools.partial(steps.candidate_score_step, setup.model, candidates=candidates))
+    return _compiled_call(setup, fn, batch)
+
+
+def pairs_runner(
+    args, local: Mapping[str, np.ndarray], candidates: np.ndarray, config_overrides=None
+) -> tuple[Callable[[], float], dict]:
+    """The same ranking as T5X lays it out: `score` on b*C (example, candidate) rows."""
+    setup = Setup(args, config_overrides=config_overrides)
+    batch = setup.global_batch(ranking.candidate_batch(local, candidates))
+    fn = jax.jit(lambda t, f, b: steps.score_step(setup.model, t, f, b))
+    return _compiled_call(setup, fn, batch)
+
+
+def _compiled_call(setup: Setup, fn, batch) -> tuple[Callable[[], float], dict]:
+    with setup.context():
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn(setup.trainable, setup.frozen, batch))
+        info = {"compile_s": time.perf_counter() - t0}
+    return _timed(setup, lambda: fn(setup.trainable, setup.frozen, batch)), lambda: info
+
+
 def glue_like_examples(n: int, feature_lengths, vocab_size: int, seed: int = 0):
     """`n` examples with GLUE-like lengths: inputs lognormal, median 40, sigma 0.7 (mean ~51),
     clipped to [4, feature_lengths['inputs']]; targets 2-4 tokens (a label word + EOS)."""
@@ -212,7 +241,8 @@ def glue_like_examples(n: int, feature_lengths, vocab_size: int, seed: int = 0):
 
 
 def packing_runners(args) -> tuple[dict[str, Callable[[], float]], dict]:
-    """Padded vs packed train steps over the same `args.examples` GLUE-like examples.
+    """Padded vs packed train steps (or scoring: `args.packed_work`) over the same
+    `args.examples` GLUE-like examples.
 
     Padded: one example per row of `args.inputs` + `args.targets` tokens. Packed: first-fit into
     rows of `args.packed_inputs` (default `args.inputs`) + `max_segments * args.targets` tokens
@@ -240,7 +270,7 @@ def packing_runners(args) -> tuple[dict[str, Callable[[], float]], dict]:
         "input_length_mean": float(np.mean([len(x) for x, _ in examples])),
     }
     setup = Setup(args, max_segments=args.max_segments)
-    runners = {}
+    runners, per_example = {}, {}
     for name, features in (("padded", padded), ("packed", packed)):
         rows = features["encoder_input_tokens"].shape[0]
         num_batches = -(-rows // args.batch)
@@ -252,10 +282,15 @@ def packing_runners(args) -> tuple[dict[str, Callable[[], float]], dict]:
             )
             for i in range(num_batches)
         ]
-        run, box, step_info = _compiled_train_step(setup, batches[0])
         info[f"{name}_batches"] = num_batches
-        info[f"{name}_compile_s"] = step_info["compile_s"]
-        info[f"{name}_step_memory_gb"] = step_info["step_memory_gb"]
+        if args.packed_work == "score":
+            run, scores = _score_pass(setup, name)
+            with setup.context():
+                per_example[name] = scores(batches)
+        else:
+            run, _, step_info = _compiled_train_step(setup, batches[0])
+            info[f"{name}_compile_s"] = step_info["compile_s"]
+            info[f"{name}_step_memory_gb"] = step_info["step_memory_gb"]
 
         def one_pass(run=run, batches=batches):
             return [run(b) for b in batches][-1]
@@ -264,7 +299,27 @@ def packing_runners(args) -> tuple[dict[str, Callable[[], float]], dict]:
             for _ in range(args.warmup):
                 jax.block_until_ready(one_pass())
         runners[name] = _timed(setup, one_pass)
+    if per_example:
+        # Both layouts score every example once: report how far apart the two scores are.
+        unpacked = per_example["padded"][: len(examples)]
+        from_packed = packing.unpack_scores(per_example["packed"], placement)
+        info["score_max_abs_diff"] = float(np.max(np.abs(unpacked - from_packed)))
+    info["work"] = args.packed_work
     return runners, info
+
+
+def _score_pass(setup: Setup, layout: str):
+    """(jitted scorer of one batch, numpy scores of all batches) for 'padded' or 'packed'."""
+    method = setup.model.score_segments if layout == "packed" else setup.model.score
+    fn = jax.jit(lambda t, f, b: method(state_lib.merge_params(t, f), b))
+
+    def run(batch):
+        return fn(setup.trainable, setup.frozen, batch)
+
+    def scores(batches):
+        return np.concatenate([np.asarray(sharding.to_host(run(b), setup.mesh)) for b in batches])
+
+    return run, scores
 
 
 def step_memory_gb(compiled) -> float | None:

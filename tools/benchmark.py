@@ -1,4 +1,4 @@
-"""Speed and memory of spot_jax prompt tuning, optionally beside HF PEFT, in four modes.
+"""Speed and memory of spot_jax prompt tuning, optionally beside HF PEFT, in five modes.
 
     python tools/benchmark.py --size small --batch 8 --inputs 128 --targets 16 --prompt-length 20
     python tools/benchmark.py --size base --batch 32 --inputs 512 --targets 32 \
@@ -16,10 +16,16 @@ Synthetic batches (no TF). Modes:
   stops a row, on either side); examples/s and generated tokens/s.
 * score: rank-classification scoring (per-row target log-likelihood, T5X's score_batch) of a
   batch; examples (rows) /s and tokens/s.
+* rank: rank classification of `--batch` examples over `--candidates` random labels of
+  `--targets` tokens: spot_jax scores with one encoder pass per example; `spot_jax_pairs` is
+  the same model on T5X's layout (every input repeated once per label, b x C rows), and PEFT
+  runs that pair layout too; examples/s.
 * packing: the same `--examples` GLUE-like examples (lognormal input lengths, median 40,
   capped at `--inputs`; 2-4 target tokens) trained padded (one per row of `--inputs`) and
   packed (first-fit into rows of `--packed-inputs`, `--max-segments` per row, each with its
-  own prompt copy); effective (non-padding input + target) tokens/s of a full pass.
+  own prompt copy); effective (non-padding input + target) tokens/s of a full pass. With
+  `--packed-work score`, per-example scoring instead of training (packed rows score each
+  example with `score_segments`; the largest difference from the padded scores is reported).
 
 `--compare-peft` times transformers + PEFT prompt tuning (encoder-only prompt,
 `num_transformer_submodules=1`) on the same shapes in the same process (HF `generate` for
@@ -92,6 +98,8 @@ def _runners(args, cfg):
         runners, info = bench_spot.packing_runners(args)
         return {f"spot_jax_{k}": v for k, v in runners.items()}, {}, info
     local = synthetic.make_batch(args.batch, lengths, cfg.vocab_size, seed=0)
+    if args.mode == "rank":
+        return _rank_runners(args, cfg, local)
     spot = {"train": bench_spot.train_runner, "decode": bench_spot.decode_runner}
     spot["score"] = bench_spot.score_runner
     runners, finishers = {}, {}
@@ -107,6 +115,30 @@ def _runners(args, cfg):
         name = f"spot_jax[{override}]"
         runners[name], finishers[name] = spot[args.mode](args, local, {key: value})
     return runners, finishers, {}
+
+
+def _rank_runners(args, cfg, local):
+    """Rank classification over `--candidates` labels of `--targets` tokens: spot_jax's one
+    encoder pass per example, the (example, label) pair rows T5X scores, and PEFT on the pairs."""
+    rng = np.random.default_rng(1)
+    candidates = rng.integers(3, cfg.vocab_size, (args.candidates, args.targets)).astype(np.int32)
+    candidates[:, -1] = 1  # EOS
+    runners, finishers = {}, {}
+    if args.compare_peft:
+        import bench_peft
+
+        pairs = bench_spot.ranking.candidate_batch(local, candidates)
+        runners["hf_peft"] = bench_peft.score_runner(args, pairs)
+    runners["spot_jax"], finishers["spot_jax"] = bench_spot.rank_runner(args, local, candidates)
+    name = "spot_jax_pairs"
+    runners[name], finishers[name] = bench_spot.pairs_runner(args, local, candidates)
+    for override in args.baseline:
+        key, _, value = override.partition("=")
+        name = f"spot_jax[{override}]"
+        runners[name], finishers[name] = bench_spot.rank_runner(
+            args, local, candidates, {key: value}
+        )
+    return runners, finishers, {"candidates": args.candidates}
 
 
 def _rates(args, cfg, impl: str, seconds: float, info: dict) -> dict:
@@ -128,6 +160,8 @@ def _rates(args, cfg, impl: str, seconds: float, info: dict) -> dict:
             "examples_per_s": info["examples"] / seconds,
             "effective_tokens_per_s": info["real_tokens"] / seconds,
         }
+    if args.mode == "rank":
+        return {"call_s": seconds, "examples_per_s": args.batch / seconds}
     generated = args.targets if args.mode == "decode" else args.inputs + args.targets
     return {
         "call_s": seconds,
@@ -149,6 +183,9 @@ def _line(args, r: dict) -> str:
     elif args.mode == "packing":
         text = f"{r['pass_s']:8.2f} s/pass {r['examples_per_s']:8.2f} ex/s "
         text += f"{r['effective_tokens_per_s']:9.0f} effective tok/s"
+    elif args.mode == "rank":
+        text = f"{r['call_s'] * 1e3:8.1f} ms/batch {r['examples_per_s']:8.2f} ex/s "
+        text += f"({args.candidates} candidates each)"
     else:
         what = "generated" if args.mode == "decode" else "scored"
         text = f"{r['call_s'] * 1e3:8.1f} ms/batch {r['examples_per_s']:8.2f} ex/s "
@@ -182,12 +219,20 @@ def main(argv=None) -> int:
     p.add_argument(
         "--mode",
         default="train",
-        choices=["train", "decode", "score", "packing"],
-        help="train step; greedy decode of --targets tokens; rank-classification scoring; "
-        "or padded vs packed train steps over GLUE-like examples",
+        choices=["train", "decode", "score", "rank", "packing"],
+        help="train step; greedy decode of --targets tokens; per-row target scoring; rank "
+        "classification over --candidates labels; or padded vs packed train steps over "
+        "GLUE-like examples",
     )
+    p.add_argument("--candidates", type=int, default=3, help="rank mode: labels per example")
     p.add_argument("--repeats", type=int, default=1, help="interleaved rounds; medians shown")
     p.add_argument("--examples", type=int, default=64, help="packing mode: examples per pass")
+    p.add_argument(
+        "--packed-work",
+        default="train",
+        choices=["train", "score"],
+        help="packing mode: train steps, or per-example scoring (packed: score_segments)",
+    )
     p.add_argument("--max-segments", type=int, default=8, help="packing mode: examples per row")
     p.add_argument(
         "--packed-inputs",
@@ -229,6 +274,7 @@ def main(argv=None) -> int:
     }
     if args.mode == "packing":
         header["max_segments"] = args.max_segments
+        header["packed_work"] = args.packed_work
     results = []
     for impl, seconds in times.items():
         r = {"impl": impl, **header, "repeat_s": seconds}
@@ -243,8 +289,14 @@ def main(argv=None) -> int:
         speedup = np.median(times["spot_jax_padded"]) / np.median(times["spot_jax_packed"])
         print(
             f"packing: {mode_info['examples']} examples in {mode_info['packed_rows']} packed rows "
-            f"vs {mode_info['padded_rows']} padded; speedup packed / padded: {speedup:.2f}x"
+            f"vs {mode_info['padded_rows']} padded; speedup packed / padded ({args.packed_work}): "
+            f"{speedup:.2f}x"
         )
+        if "score_max_abs_diff" in mode_info:
+            print(
+                "per-example scores, packed vs padded: max |diff| "
+                f"{mode_info['score_max_abs_diff']:.3g}"
+            )
     for other in by_impl:
         if other != "spot_jax" and "spot_jax" in by_impl:
             speedup = np.median(times[other]) / np.median(times["spot_jax"])
