@@ -1,18 +1,20 @@
 #!/usr/bin/env bash
-# One prepared GPU session, at most ~8 minutes in all (BUDGET seconds; each run gets what is
-# left, capped by its own limit): environment, then at T5 1.1 base with bf16 frozen weights:
-#   train step   batch 32, inputs 512 + 100 prompt tokens, targets 32, vs HF PEFT, and with
-#                cross_projection=projected (T5X's order) interleaved as the A/B baseline;
-#   decode       greedy, 32 tokens, batch 32, vs HF PEFT generate;
-#   score        rank classification, batch 32, targets 4, vs HF PEFT;
-#   packing      512 GLUE-like examples (median 40 tokens) padded to 512 vs packed 8 per
-#                512-token row (encoder rows 8 x 100 prompt + 512).
-# FULL=1 adds the large/xl/xxl train lines of the 2026-11-26 table (another ~9 minutes).
-# Fused cuDNN attention is tried first and XLA attention used if it fails.
+# One prepared GPU session, at most ~9 minutes in all (BUDGET seconds; each run gets what is
+# left, capped by its own limit). The open goals first, then eval speed:
+#   large        train step, --scan, fused cuDNN attention, vs HF PEFT (goal: >= 3x PEFT)
+#   xl           train step, --scan --remat dots, cuDNN attention, vs HF PEFT (goals: >= 3x
+#                PEFT, >= 50% MFU)
+#   base         decode (greedy, 32 tokens, vs HF generate), rank classification (3 labels,
+#                one encoder pass per example vs T5X's pair rows vs PEFT), packing (train and
+#                per-example scoring, 512 GLUE-like examples padded vs packed 4 per 256-token
+#                row) and the base train step vs PEFT with cross_projection=projected as A/B.
+# All with bf16 frozen weights, batch 32, inputs 512 + 100 prompt tokens.
+# FULL=1 adds xxl at batch 32 (memory goal; another ~3.5 minutes).
+# cuDNN attention is tried first (large) and XLA attention used if it fails.
 # Results go to ${OUT:-/tmp}/bench.jsonl and the log to ${OUT:-/tmp}/bench.log.
 set -u
 OUT=${OUT:-/tmp}
-BUDGET=${BUDGET:-470}
+BUDGET=${BUDGET:-540}
 START=$SECONDS
 export PYTHONPATH=$PWD XLA_PYTHON_CLIENT_PREALLOCATE=false TF_CPP_MIN_LOG_LEVEL=3
 exec > >(tee -a "$OUT/bench.log") 2>&1
@@ -27,20 +29,19 @@ run() {  # run LIMIT_S ARGS...: one benchmark, within both its limit and what is
   timeout "$limit" python3 -W ignore tools/benchmark.py $common "${@:2}"  # later flags win
 }
 ATT=cudnn
-run 130 --mode train --targets 32 --steps 5 --repeats 3 --attention cudnn --compare-peft \
-  --baseline cross_projection=projected || { ATT=xla; echo "cudnn attention failed; using xla"; }
-run 90 --mode decode --targets 32 --repeats 3 --attention $ATT --compare-peft \
+big="--targets 32 --steps 5 --repeats 2 --compare-peft"
+run 170 --size large --scan $big --attention cudnn || { ATT=xla; echo "cudnn attention failed; using xla"; }
+run 200 --size xl --scan --remat dots $big --attention $ATT
+run 60 --mode decode --targets 32 --repeats 3 --attention $ATT --compare-peft
+run 60 --mode rank --targets 4 --candidates 3 --repeats 3 --attention $ATT --compare-peft
+run 60 --mode packing --targets 4 --examples 512 --max-segments 4 --packed-inputs 256 \
+  --repeats 3 --attention $ATT
+run 45 --mode packing --packed-work score --targets 4 --examples 512 --max-segments 4 \
+  --packed-inputs 256 --repeats 3 --attention $ATT
+run 90 --mode train --targets 32 --steps 5 --repeats 3 --attention $ATT --compare-peft \
   --baseline cross_projection=projected
-run 70 --mode score --targets 4 --repeats 3 --attention $ATT --compare-peft
-run 120 --mode packing --targets 4 --examples 512 --max-segments 8 --repeats 3 \
-  --attention $ATT
-run 90 --mode packing --targets 4 --examples 512 --max-segments 4 --packed-inputs 256 \
-  --repeats 3 --attention $ATT  # the layout that won on the CPU (encoder 4 x 100 + 256)
 if [ "${FULL:-0}" = 1 ]; then
-  BUDGET=$((BUDGET + 560))
-  big="--targets 32 --steps 5 --attention $ATT"
-  run 150 --size large --scan $big --compare-peft
-  run 200 --size xl --scan --remat dots $big --compare-peft
-  run 200 --size xxl --scan --remat dots $big
+  BUDGET=$((BUDGET + 210))
+  run 200 --size xxl --scan --remat dots --targets 32 --steps 5 --attention $ATT
 fi
 echo "== total $((SECONDS - START)) s"
