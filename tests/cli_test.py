@@ -4,10 +4,8 @@ resume, eval and infer, on the tiny config and synthetic data (each run is a sub
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -125,23 +123,13 @@ def test_model_parallel_on_8_devices_matches_one_device(tmp_path):
 
 
 @pytest.mark.slow
-def test_sigkill_then_rerun_matches_an_uninterrupted_run(tmp_path, reference):
+def test_sigkill_then_rerun_matches_an_uninterrupted_run(tmp_path, reference, sigkill_at_marker):
     cmd = command("train", tmp_path, "--gin.TRAIN_STEPS=40", "--gin.CHECKPOINT_PERIOD=10")
     marker = tmp_path / "numpy_checkpoints" / "checkpoint_10" / PROMPT_FILE
     proc = subprocess.Popen(
         cmd, env=env(), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
-    try:
-        deadline = time.monotonic() + TIMEOUT
-        while not marker.exists():
-            assert proc.poll() is None, "the run ended before its first periodic checkpoint"
-            assert time.monotonic() < deadline, "no checkpoint_10 in time"
-            time.sleep(0.01)
-        proc.send_signal(signal.SIGKILL)
-        assert proc.wait(timeout=60) == -signal.SIGKILL
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    sigkill_at_marker(proc, marker, TIMEOUT)
     assert not (tmp_path / "numpy_checkpoints" / "checkpoint_40").exists(), "killed too late"
 
     rerun = run(cmd)

@@ -1,9 +1,15 @@
-"""Test setup: 8 virtual CPU devices, set before JAX is first imported."""
+"""Test setup: 8 virtual CPU devices, set before JAX is first imported; shared fixtures."""
 
 import atexit
 import os
 import shutil
+import signal
+import subprocess
 import tempfile
+import time
+from pathlib import Path
+
+import pytest
 
 # Optimisation level 0: the tiny test programs compile ~40% faster and run fast enough anyway.
 os.environ["XLA_FLAGS"] = (
@@ -23,3 +29,35 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")
+
+
+def _sigkill_at_marker(proc: subprocess.Popen, marker: Path, timeout: float) -> None:
+    """Waits for `marker` to appear while `proc` runs, then kills `proc` with SIGKILL.
+
+    Resume tests interrupt a run at a known point (e.g. right after a periodic checkpoint)
+    the hard way, so the rerun sees what a crashed job leaves behind. Fails if the process
+    ends first (with its stderr's tail when piped), if no marker appears within `timeout`
+    seconds, or if the process does not die of the SIGKILL. The process is dead and its pipes
+    drained on return, pass or fail.
+    """
+    try:
+        deadline = time.monotonic() + timeout
+        while not marker.exists():
+            assert proc.poll() is None, (
+                f"the run ended (exit {proc.returncode}) before {marker} appeared\n"
+                + (proc.communicate()[1] or "")[-3000:]
+            )
+            assert time.monotonic() < deadline, f"no {marker} in time"
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGKILL)
+        assert proc.wait(timeout=60) == -signal.SIGKILL
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()
+
+
+@pytest.fixture
+def sigkill_at_marker():
+    """`sigkill_at_marker(proc, marker, timeout)`: kill -9 a subprocess once `marker` exists."""
+    return _sigkill_at_marker

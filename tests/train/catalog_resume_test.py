@@ -3,10 +3,8 @@ reads the batches an uninterrupted job reads from the checkpoint's data position
 
 import os
 import re
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -70,24 +68,13 @@ def _prompt(model_dir, step):
 
 
 @pytest.mark.slow
-def test_rerun_after_sigkill_continues_the_uninterrupted_run(tmp_path):
+def test_rerun_after_sigkill_continues_the_uninterrupted_run(tmp_path, sigkill_at_marker):
     reference, killed = tmp_path / "reference", tmp_path / "killed"
     # Both start at once (two cores): the reference runs 40 steps, the other is killed -9
     # right after its step-10 checkpoint.
     reference_proc = _start(reference, 40)
     proc = _start(killed, 1000)
-    try:
-        deadline = time.monotonic() + 400
-        while not (killed / "numpy_checkpoints" / "checkpoint_10" / PROMPT).exists():
-            assert proc.poll() is None, proc.communicate()[1][-3000:]
-            assert time.monotonic() < deadline, "no checkpoint_10 in time"
-            time.sleep(0.01)
-        proc.send_signal(signal.SIGKILL)
-        assert proc.wait(timeout=60) == -signal.SIGKILL
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.communicate()
+    sigkill_at_marker(proc, killed / "numpy_checkpoints" / "checkpoint_10" / PROMPT, 400)
     assert not (killed / "numpy_checkpoints" / "checkpoint_40").exists(), "killed too late"
 
     rerun = _finish(_start(killed, 40))

@@ -13,7 +13,7 @@ and under `tfds.testing.mock_data` (whose builders report no split sizes).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import seqio
 
@@ -158,6 +158,19 @@ def register_spec(spec: TaskSpec) -> None:
             postprocess_fn=spec.postprocess_fn,
             metric_fns=list(spec.metric_fns),
         )
+
+
+def register_specs(specs: Iterable[TaskSpec]) -> list[str]:
+    """Registers each spec (and its taskless twin) in order; returns the main task names.
+
+    A benchmark module's `register()` builds its specs and hands them here, so every
+    benchmark registers its tasks, and reports which it registered, the same way.
+    """
+    names = []
+    for spec in specs:
+        register_spec(spec)
+        names.append(spec.name)
+    return names
 
 
 def train_size(task_name: str) -> int:

@@ -77,12 +77,5 @@ def spec(task: str, name: str | None = None, splits=None) -> base.TaskSpec:
 
 def register() -> list[str]:
     """Registers the GLUE tasks (and taskless twins); returns the main task names."""
-    names = []
-    for task in TASKS:
-        base.register_spec(spec(task))
-        names.append(task_name(task))
-    base.register_spec(
-        spec("mnli", name="spot_glue_mnli_mismatched_v200", splits=_MNLI_MISMATCHED_SPLITS)
-    )
-    names.append("spot_glue_mnli_mismatched_v200")
-    return names
+    mismatched = spec("mnli", name="spot_glue_mnli_mismatched_v200", splits=_MNLI_MISMATCHED_SPLITS)
+    return base.register_specs([*(spec(task) for task in TASKS), mismatched])

@@ -76,8 +76,4 @@ def spec(task: str) -> base.TaskSpec:
 
 def register() -> list[str]:
     """Registers the SuperGLUE tasks (and taskless twins); returns the main task names."""
-    names = []
-    for task in TASKS:
-        base.register_spec(spec(task))
-        names.append(task_name(task))
-    return names
+    return base.register_specs(spec(task) for task in TASKS)
