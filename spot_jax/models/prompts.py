@@ -181,6 +181,46 @@ def from_array(prompt: np.ndarray, source: str = "array") -> Initializer:
     return init
 
 
+def rescaled(
+    initializer: Initializer, rms: float | str = "embeddings", population_size: int = 5000
+) -> Initializer:
+    """`initializer`'s prompt scaled to root-mean-square `rms`; its direction is kept.
+
+    A transferred prompt can be many times larger than a fresh one (a long source or mixture
+    run at prompt tuning's constant rate 0.3 grows it), and a target run from a large prompt can
+    stall: in the demo's task world a mixture prompt of RMS 5.6 left two binary targets at
+    chance for 150 steps, while the same prompt scaled to RMS 1.0 trained them to 100%
+    (docs/demo/report.md). Not part of SPoT's recipe: an opt-in (`RESCALE_PROMPT_RMS` in
+    `gin/spot/target_from_library.gin`).
+
+    Args:
+      initializer: the prompt to rescale (e.g. `from_array` of a library prompt).
+      rms: the target RMS, or 'embeddings': the RMS of the first `population_size` rows of the
+        frozen model's embedding table, i.e. the scale a sampled-vocab init has.
+      population_size: rows of the table 'embeddings' measures (as `sampled_vocab`).
+    """
+    if isinstance(rms, str) and rms != "embeddings":
+        raise ValueError(f"rms must be a positive number or 'embeddings', got {rms!r}")
+    if not isinstance(rms, str) and not (np.isfinite(rms) and rms > 0):
+        raise ValueError(f"rms must be a positive number or 'embeddings', got {rms!r}")
+    inner_needs = getattr(initializer, "needs_embeddings", False)
+
+    def init(rng, shape, dtype=jnp.float32, *, embeddings=None):
+        inner = {"embeddings": embeddings} if inner_needs else {}
+        prompt = np.asarray(initializer(rng, shape, jnp.float32, **inner), np.float32)
+        target = rms
+        if rms == "embeddings":
+            table = _table(embeddings, shape)[:population_size]
+            target = float(np.sqrt(np.mean(np.square(table))))
+        current = float(np.sqrt(np.mean(np.square(prompt))))
+        if not current > 0:
+            raise ValueError("cannot rescale an all-zero (or non-finite) prompt")
+        return jnp.asarray(prompt * (target / current), dtype)
+
+    init.needs_embeddings = inner_needs or rms == "embeddings"
+    return init
+
+
 def from_file(path: str) -> Initializer:
     """Loads a prompt saved with np.save (e.g. `.../encoder.prompt.prompt.prompt` or `.npy`)."""
     from etils import epath  # local: keeps module import light

@@ -101,6 +101,7 @@ def from_strategy(
     metric: str = retrieval.DEFAULT_METRIC,
     entry: str | None = None,
     exclude: tuple[str, ...] = (),
+    rescale_rms: float | str | None = None,
 ) -> prompts.Initializer:
     """The initialiser of a named strategy; what `gin/spot/target_from_library.gin` calls.
 
@@ -113,7 +114,17 @@ def from_strategy(
       metric: similarity metric for retrieval.
       entry: LIBRARY_ENTRY for 'single'.
       exclude: entries never retrieved.
+      rescale_rms: None (SPoT: the prompt as trained), or scale the transferred prompt to this
+        RMS, 'embeddings' meaning a sampled-vocab init's (see `prompts.rescaled`).
     """
+    init = _strategy_init(library, strategy, target, k, metric, entry, exclude)
+    if rescale_rms is None:
+        return init
+    print(f"Prompt init: rescaled to RMS {rescale_rms}")
+    return prompts.rescaled(init, rescale_rms)
+
+
+def _strategy_init(library, strategy, target, k, metric, entry, exclude) -> prompts.Initializer:
     if strategy == "single":
         if entry is None:
             if target is None:

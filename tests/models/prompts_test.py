@@ -124,3 +124,36 @@ def test_tokenize_class_labels_with_the_t5_vocabulary():
     ids = prompts.tokenize(["positive", "negative"], str(VOCAB_MODEL))
     assert len(ids) == 2 and all(ids) and ids[0] != ids[1]
     assert all(2 < i < 32000 for row in ids for i in row)
+
+
+def test_rescaled_keeps_the_direction_and_sets_the_rms(embeddings):
+    prompt = np.random.default_rng(1).normal(scale=5.0, size=(4, 6)).astype(np.float32)
+    fixed = prompts.rescaled(prompts.from_array(prompt), 0.5)
+    assert not getattr(fixed, "needs_embeddings", False)
+    got = np.asarray(fixed(None, (4, 6)))
+    np.testing.assert_allclose(np.sqrt(np.mean(got**2)), 0.5, rtol=1e-6)
+    factor = np.sqrt(np.mean(prompt**2)) / 0.5
+    np.testing.assert_allclose(got * factor, prompt, rtol=1e-5)  # one factor for every entry
+    # 'embeddings': the RMS of the population rows a sampled-vocab init draws from.
+    init = prompts.rescaled(prompts.from_array(prompt), "embeddings", population_size=20)
+    assert init.needs_embeddings
+    with pytest.raises(ValueError, match="embedding table"):
+        init(None, (4, 6))
+    got = np.asarray(init(None, (4, 6), embeddings=embeddings))
+    want = np.sqrt(np.mean(embeddings[:20] ** 2))
+    np.testing.assert_allclose(np.sqrt(np.mean(got**2)), want, rtol=1e-6)
+
+
+def test_rescaled_passes_the_table_to_an_inner_init_that_needs_it(embeddings):
+    init = prompts.rescaled(prompts.sampled_vocab(population_size=20), 3.0)
+    assert init.needs_embeddings
+    got = np.asarray(init(jax.random.PRNGKey(0), (5, 6), embeddings=embeddings))
+    np.testing.assert_allclose(np.sqrt(np.mean(got**2)), 3.0, rtol=1e-6)
+
+
+@pytest.mark.parametrize("rms", [0.0, -1.0, float("nan"), "vocab"])
+def test_rescaled_refuses_a_bad_rms(rms):
+    with pytest.raises(ValueError, match="positive number or 'embeddings'"):
+        prompts.rescaled(prompts.from_array(np.ones((2, 2))), rms)
+    with pytest.raises(ValueError, match="all-zero"):
+        prompts.rescaled(prompts.from_array(np.zeros((2, 2))), 1.0)(None, (2, 2))

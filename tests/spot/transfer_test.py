@@ -156,6 +156,24 @@ def test_target_from_library_gin_single_and_weighted(lib, clean_gin):
     np.testing.assert_array_equal(model.prompt_init(None, (5, 8)), want)
 
 
+def test_target_from_library_gin_rescales_the_prompt_on_request(lib, clean_gin):
+    source = lib.get("mnli").prompt()
+    model = _parse(
+        "spot/target_from_library.gin",
+        LIBRARY_DIR=repr(str(lib.root)),
+        STRATEGY="'single'",
+        LIBRARY_ENTRY="'mnli'",
+        RESCALE_PROMPT_RMS="'embeddings'",
+    )
+    assert model.prompt_init.needs_embeddings  # the trainer hands it the frozen table
+    table = np.full((10, 8), 2.0, np.float32)
+    got = np.asarray(model.prompt_init(None, (5, 8), embeddings=table))
+    np.testing.assert_allclose(np.sqrt(np.mean(got**2)), 2.0, rtol=1e-6)
+    np.testing.assert_allclose(
+        got / np.linalg.norm(got), source / np.linalg.norm(source), atol=1e-6
+    )
+
+
 def test_source_mixture_gin_uses_sampled_vocab(clean_gin):
     model = _parse("spot/source_mixture.gin", MIXTURE_OR_TASK_NAME="'glue_v002_proportional'")
     assert model.prompt_init.needs_embeddings
