@@ -43,7 +43,7 @@ def total_run_steps(cfg, world) -> int:
         n_src * cfg.source_steps
         + cfg.mixture_steps
         + n_tgt * len(REGIMES) * cfg.embedding_steps
-        + n_tgt * len(REGIMES) * 5 * n_seeds * cfg.target_steps
+        + n_tgt * len(REGIMES) * 6 * n_seeds * cfg.target_steps
         + n_tgt * n_src * cfg.target_steps
     )
 
@@ -146,6 +146,7 @@ def run_demo(
         targets=world.names("target"),
         source_accuracy=source_acc,
         mixture_accuracy=mixture_acc,
+        prompt_rms=protocol.prompt_scales(),
         library=str(lib.root),
         backbone={
             "path": str(backbone.path),

@@ -22,6 +22,7 @@ from etils import epath
 
 from spot_jax.demo import runs
 from spot_jax.demo.backbone import Backbone, BackboneConfig
+from spot_jax.models import prompts
 from spot_jax.models.prompted import PROMPT_PATH, PromptedT5
 from spot_jax.spot import library as library_lib
 from spot_jax.spot import retrieval, transfer
@@ -165,6 +166,16 @@ class Protocol:
         self._add(run_dir, MIXTURE_ENTRY)
         return accuracy, float(mix.accuracy[0, -1])
 
+    def prompt_scales(self) -> dict[str, float]:
+        """RMS of a sampled-vocab init, of the source prompts (mean) and of the mixture prompt."""
+        rms = lambda x: float(np.sqrt(np.mean(np.square(x))))  # noqa: E731
+        sources = [rms(self.library.get(n).prompt()) for n in self.world.names("source")]
+        return {
+            "sampled_vocab": rms(self.embeddings),
+            "sources_mean": float(np.mean(sources)),
+            "mixture": rms(self.library.get(MIXTURE_ENTRY).prompt()),
+        }
+
     def _add(self, run_dir, name):
         if name in self.library.names():  # a rerun into the same --out replaces its entries
             self.library.remove(name)
@@ -200,9 +211,16 @@ class Protocol:
         seeds = list(self.cfg.seeds)
         top1, avg, ranked, weights = self.retrieve(embedding)
         mixture = self.library.get(MIXTURE_ENTRY).prompt()
+        # The mixture prompt at a sampled-vocab init's scale (prompts.rescaled, an opt-in
+        # beyond SPoT): long runs at rate 0.3 grow a prompt, and a large one can stall a target.
+        matched = prompts.rescaled(prompts.from_array(mixture), "embeddings", len(self.embeddings))
         inits = {
             "PromptTuning": self.init_prompts([100 + s for s in seeds]),
             "SPoT": [mixture] * len(seeds),
+            "SPoT, norm-matched": [
+                np.asarray(matched(None, mixture.shape, embeddings=self.embeddings))
+            ]
+            * len(seeds),
             "Retrieval top-1": [top1] * len(seeds),
             "Retrieval top-k": [avg] * len(seeds),
         }

@@ -158,6 +158,21 @@ prompt tuning is chaotic, so a rerun moves these numbers by a few points; judge 
 per-seed values. Times (s, this machine): {results["timings"]}.
 """,
     )
+    if "prompt_rms" in results:
+        rms = results["prompt_rms"]
+        report.add(
+            "The mixture prompt",
+            f"""
+SPoT's source prompt is trained on the mixture of all {len(results["sources"])} sources. The
+world's inputs carry no task word, so one prompt cannot tell the mixed tasks apart: it reaches
+{results["mixture_accuracy"]:.1f}% on the mixture's validation examples (each source alone:
+{np.mean(list(results["source_accuracy"].values())):.1f}% on average), and it grows large:
+RMS {rms["mixture"]:.2f}, against {rms["sampled_vocab"]:.2f} for a sampled-vocab init and
+{rms["sources_mean"]:.2f} for the source prompts. **SPoT, norm-matched** starts from the same
+prompt scaled to the sampled-vocab init's RMS (`prompts.rescaled`, `RESCALE_PROMPT_RMS =
+'embeddings'` in `gin/spot/target_from_library.gin`), an opt-in that is not in SPoT's paper.
+""",
+        )
     for regime, per_target in results["regimes"].items():
         lines = [results_table(per_target, methods), ""]
         for m in methods[1:]:

@@ -59,16 +59,21 @@ def test_quick_report_names_seeds_methods_gains_and_correlation(quick_demo):
     seeds = ", ".join(map(str, results["config"]["seeds"]))
     for regime in ("full", "few-shot"):
         assert f"## Results: {regime} (mean ± std over seeds {seeds})" in text
-    header = "| target | PromptTuning | SPoT | Retrieval top-1 | Retrieval top-k | ModelTuning |"
+    header = (
+        "| target | PromptTuning | SPoT | SPoT, norm-matched | Retrieval top-1 | Retrieval top-k "
+        "| ModelTuning |"
+    )
     assert text.count(header) == 2
     for target in results["targets"]:
         assert text.count(f"| {target} | ") == 2
     # Every cell is mean ± std, and the SPoT gain line agrees with the per-seed results.
-    assert len(re.findall(r"\d+\.\d ± \d+\.\d", text)) >= 2 * 5 * (len(results["targets"]) + 1)
+    assert len(re.findall(r"\d+\.\d ± \d+\.\d", text)) >= 2 * 6 * (len(results["targets"]) + 1)
     full = results["regimes"]["full"]
     gain, _ = report_lib.gains(full, "SPoT")
     assert f"SPoT vs PromptTuning: {gain.mean():+.1f} points" in text
     assert "nearest neighbour in the same family" in text and "Spearman rho" in text
+    rms = results["prompt_rms"]
+    assert "## The mixture prompt" in text and f"RMS {rms['mixture']:.2f}, against" in text
     assert len(results["per_source"]) == len(results["targets"]) * len(results["sources"])
     assert "![similarity](similarity.png)" in text and "![curves](curves.png)" in text
 
