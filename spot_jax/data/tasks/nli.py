@@ -92,7 +92,4 @@ def doc_nli_spec() -> base.TaskSpec:
 
 def register() -> list[str]:
     """Registers SNLI, ANLI r1-r3 and DocNLI (and taskless twins); returns the main names."""
-    specs = [snli_spec(), *(anli_spec(r) for r in ANLI_ROUNDS), doc_nli_spec()]
-    for spec in specs:
-        base.register_spec(spec)
-    return [spec.name for spec in specs]
+    return base.register_specs([snli_spec(), *(anli_spec(r) for r in ANLI_ROUNDS), doc_nli_spec()])

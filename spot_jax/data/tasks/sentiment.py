@@ -127,7 +127,6 @@ def goemotions_spec() -> base.TaskSpec:
 
 def register() -> list[str]:
     """Registers the sentiment tasks (and taskless twins); returns the main task names."""
-    specs = [spec(task) for task in TASKS] + [sentiment140_spec(), goemotions_spec()]
-    for one in specs:
-        base.register_spec(one)
-    return [one.name for one in specs]
+    return base.register_specs(
+        [*(spec(task) for task in TASKS), sentiment140_spec(), goemotions_spec()]
+    )

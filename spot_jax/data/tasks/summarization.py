@@ -64,6 +64,4 @@ def spec(name: str) -> base.TaskSpec:
 
 def register() -> list[str]:
     """Registers the summarization tasks (and taskless twins); returns the main task names."""
-    for name in TASKS:
-        base.register_spec(spec(name))
-    return [task_name(name) for name in TASKS]
+    return base.register_specs(spec(name) for name in TASKS)
