@@ -93,10 +93,11 @@ def _launch(cmd, timeout):
 def _two_processes(cmd, timeout=240):
     """Runs `cmd` as 2 processes; a pair that hangs is killed and the same command run again.
 
-    On this 2-core CPU a gloo collective between the two processes has been seen to stall
-    (about 1 run in 4 of the whole suite, never when the test runs alone). Rerunning the same
-    command after the kill is itself the contract under test: a job killed at any point and
-    started again resumes from its last checkpoint to the same result.
+    On this 2-core CPU the pair used to deadlock in a gloo collective under load (about 1 suite
+    run in 4) until the trainer waited for each step in multi-process CPU runs (see
+    `trainer.train`); the rerun stays as a guard. Rerunning the same command after the kill is
+    itself the contract under test: a job killed at any point and started again resumes from
+    its last checkpoint to the same result.
     """
     outs = _launch(cmd, timeout)
     if outs is None:

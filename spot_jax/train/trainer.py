@@ -236,6 +236,14 @@ def train(
     )
     bar = _progress(progress, start_step, train_steps)
     t0, steps_since = time.perf_counter(), 0
+    # Several processes on CPU devices: one step in flight at a time. With steps queued
+    # asynchronously, a 2-process CPU run on a busy 2-core machine deadlocked in its gloo
+    # collectives (2 of 3 resumed runs with two busy loops beside it, both processes waiting on
+    # the metrics of in-flight steps); waiting for each step, 0 of 16 runs did. Our guess at the
+    # mechanism: XLA:CPU runs queued programs' per-device parts on a shared thread pool, so two
+    # steps' collectives can interleave differently in the two processes. GPUs and TPUs order
+    # programs per device stream, and multi-host CPU runs are for tests: no cost that matters.
+    one_in_flight = jax.process_count() > 1 and jax.default_backend() == "cpu"
     # Close the bar (its line ends) and the checkpointer on every exit, so an error is
     # reported on a line of its own.
     try:
@@ -246,6 +254,8 @@ def train(
                 local = next(batches)
                 batch = sharding.global_batch(local, mesh)
                 state, metrics = train_step(state, frozen, batch, dropout_rng)
+                if one_in_flight:
+                    jax.block_until_ready(metrics)
                 data_position += 1
                 pending.append(metrics)
                 steps_since += 1
