@@ -149,6 +149,14 @@ def test_prompt_from_file_gin_builds_the_file_initialiser(tmp_path):
     np.testing.assert_array_equal(model.prompt_init(None, (100, 8)), np.ones((100, 8)))
 
 
+def test_prompt_from_file_gin_rescales_on_request(tmp_path):
+    path = tmp_path / "prompt.npy"
+    np.save(path, np.full((100, 8), 4.0, np.float32))
+    _parse("prompts/from_file.gin", PROMPT_FILE=repr(str(path)), RESCALE_PROMPT_RMS="0.5")
+    model = gin.get_configurable(prompted.PromptedT5)()
+    np.testing.assert_allclose(model.prompt_init(None, (100, 8)), np.full((100, 8), 0.5))
+
+
 def test_prompt_sampled_vocab_gin_needs_the_embeddings():
     _parse("prompts/from_sampled_vocab.gin")
     model = gin.get_configurable(prompted.PromptedT5)()

@@ -221,8 +221,11 @@ def rescaled(
     return init
 
 
-def from_file(path: str) -> Initializer:
-    """Loads a prompt saved with np.save (e.g. `.../encoder.prompt.prompt.prompt` or `.npy`)."""
+def from_file(path: str, rescale_rms: float | str | None = None) -> Initializer:
+    """Loads a prompt saved with np.save (e.g. `.../encoder.prompt.prompt.prompt` or `.npy`).
+
+    `rescale_rms` (default None: as saved) scales it to that RMS; see `rescaled`.
+    """
     from etils import epath  # local: keeps module import light
 
     p = epath.Path(path)
@@ -233,7 +236,8 @@ def from_file(path: str) -> Initializer:
             prompt = np.load(f)
         except Exception as e:  # np.load raises several types on garbage
             raise ValueError(f"PROMPT_FILE {path} is not a numpy file ({e})") from e
-    return from_array(prompt, source=str(path))
+    init = from_array(prompt, source=str(path))
+    return init if rescale_rms is None else rescaled(init, rescale_rms)
 
 
 def _table(embeddings, shape) -> np.ndarray:

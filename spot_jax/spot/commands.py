@@ -80,6 +80,11 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--exclude", nargs="*", default=[])
     s.add_argument("--out-dir", required=True, help="target runs go to OUT_DIR/<source>")
     s.add_argument("--select-metric", default="eval/loss", help="validation metric to pick by")
+    s.add_argument(
+        "--rescale-rms",
+        default=None,
+        help="scale each source prompt to this RMS, or 'embeddings' (a sampled-vocab init's)",
+    )
     s.add_argument("train_args", nargs=argparse.REMAINDER, help="-- spot-jax train arguments")
 
     s = cmd("mixture", "top-k multi-task mixture: name the mixture of the top-k sources' tasks")
@@ -275,6 +280,8 @@ def _transfer(lib, args):
             f"--gin.PROMPT_FILE={run.prompt_file}",
             f"--gin.MODEL_DIR={run.model_dir}",
         ]
+        if args.rescale_rms is not None:
+            cmd.append(f"--gin.RESCALE_PROMPT_RMS={_rms_value(args.rescale_rms)}")
         if subprocess.run(cmd).returncode != 0:
             raise RuntimeError(f"target run from {run.source} failed: {' '.join(cmd)}")
     best, results = transfer.pick_best(runs, args.select_metric)
@@ -285,6 +292,19 @@ def _transfer(lib, args):
     for r in results:
         print(f"{r['source']},{r['similarity']:.6g},{r['score']},{r['model_dir']}")
     print(f"best: {report['best']} by {args.select_metric}")
+
+
+def _rms_value(text: str) -> str:
+    """--rescale-rms as a gin value: a positive number, or the string 'embeddings'."""
+    if text == "embeddings":
+        return "'embeddings'"
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0:
+        raise ValueError(f"--rescale-rms takes a positive number or 'embeddings', not {text!r}")
+    return repr(value)
 
 
 def _zero_shot(lib, args):

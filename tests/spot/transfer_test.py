@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from spot_jax.models import prompted
-from spot_jax.spot import library, retrieval, similarity, transfer
+from spot_jax.spot import commands, library, retrieval, similarity, transfer
 
 GIN_DIR = Path(__file__).resolve().parents[2] / "gin"
 MODEL = {
@@ -191,3 +191,22 @@ def test_mixture_command_names_the_top_k_sources_tasks(lib, tmp_path, capsys):
     assert name.startswith("spot_mix__")
     tasks = name.removeprefix("spot_mix__").split("__")
     assert tasks[0] == "sst2" and tasks[-1] == "cb" and len(set(tasks)) == len(tasks) == 3
+
+
+def test_transfer_command_passes_rescale_rms_to_every_target_run(lib, tmp_path, monkeypatch):
+    launched = []
+
+    class Done:
+        returncode = 0
+
+    monkeypatch.setattr(commands.subprocess, "run", lambda cmd: launched.append(cmd) or Done())
+    target = str(lib.get("sst2").path / "embedding.npy")
+    args = ["transfer", "--library", str(lib.root), "--target", target, "--k", "2"]
+    args += ["--out-dir", str(tmp_path / "t"), "--rescale-rms", "embeddings"]
+    assert commands.library_main([*args, "--", "--gin_file=runs/prompt_tune.gin"]) == 0
+    assert len(launched) == 2
+    assert all("--gin.RESCALE_PROMPT_RMS='embeddings'" in cmd for cmd in launched)
+    assert all(any(a.startswith("--gin.PROMPT_FILE=") for a in cmd) for cmd in launched)
+    with pytest.raises(ValueError, match="positive number or 'embeddings'"):
+        commands._rms_value("-2")
+    assert commands._rms_value("1.5") == "1.5"
