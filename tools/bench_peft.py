@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping
 
 import numpy as np
 
+from spot_jax.interop import hf
 from spot_jax.models import config as config_lib
 
 
@@ -23,23 +24,8 @@ def _prompted_model(args):
     device = "cuda" if torch.cuda.is_available() else "cpu"
     # Frozen weights in the compute dtype (`model.to(bfloat16)`), as PEFT users run bf16.
     dtype = {"bfloat16": torch.bfloat16, "float32": torch.float32}[args.dtype]
-    hf_cfg = transformers.T5Config(
-        vocab_size=cfg.vocab_size,
-        d_model=cfg.emb_dim,
-        d_kv=cfg.head_dim,
-        d_ff=cfg.mlp_dim,
-        num_layers=cfg.num_encoder_layers,
-        num_decoder_layers=cfg.num_decoder_layers,
-        num_heads=cfg.num_heads,
-        relative_attention_num_buckets=cfg.relpos_buckets,
-        relative_attention_max_distance=cfg.relpos_max_distance,
-        feed_forward_proj="gated-gelu",
-        tie_word_embeddings=False,
-        dropout_rate=0.0,
-        decoder_start_token_id=0,
-        pad_token_id=0,
-        eos_token_id=1,
-    )
+    # The config.json `spot-jax export --to hf` writes for this model, without dropout.
+    hf_cfg = transformers.T5Config(**{**hf.hf_config(cfg), "dropout_rate": 0.0})
     torch.manual_seed(0)
     model = transformers.T5ForConditionalGeneration(hf_cfg).to(device=device, dtype=dtype)
     peft_cfg = PromptTuningConfig(
