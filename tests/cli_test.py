@@ -172,3 +172,29 @@ def test_relative_model_dir_is_taken_from_the_working_directory(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert prompt_at(tmp_path / "runs" / "rel", 10).shape == (5, 8)
     assert (tmp_path / "runs" / "rel" / "checkpoints" / "10").is_dir()
+
+
+@pytest.mark.tf
+def test_packed_prompt_tuning_on_a_seqio_task(tmp_path):
+    packed = [
+        "--gin.MIXTURE_OR_TASK_NAME='spot_demo_copy_v1'",
+        "--gin.TASK_FEATURE_LENGTHS={'inputs': 96, 'targets': 24}",
+        "--gin.PACK=True",
+        "--gin.MAX_SEGMENTS=3",
+        "--gin.EVAL_PERIOD=4",
+        "--gin.EVAL_STEPS=1",
+    ]
+    train(tmp_path / "packed", 4, *packed)
+    logs = [json.loads(line) for line in (tmp_path / "packed" / "metrics.jsonl").open()]
+    assert logs[-1]["step"] == 4 and np.isfinite(logs[-1]["train/loss"])
+    assert "eval/loss" in logs[-1]  # eval reads the validation split unpacked
+    # Without prompt slots for every packed example the job refuses to start.
+    result = subprocess.run(
+        command("train", tmp_path / "bad", "--gin.TRAIN_STEPS=1", *packed[:3], "--gin.PACK=True"),
+        capture_output=True,
+        text=True,
+        env=env(),
+        cwd=REPO,
+        timeout=TIMEOUT,
+    )
+    assert result.returncode != 0 and "MAX_SEGMENTS" in result.stderr + result.stdout

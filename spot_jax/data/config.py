@@ -36,8 +36,11 @@ class DatasetConfig:
         shuffle: whether the (train) stream is shuffled. Eval iterators never shuffle.
         seed: seed of the shuffle (and of the synthetic examples). Fixed seeds make the stream
             reproducible, which resume after a crash relies on.
-        pack: whether the feature converter packs several examples into one row. Prompt
-            tuning does not pack.
+        pack: whether several examples share one row (with `*_segment_ids`/`*_positions`).
+        max_segments: with `pack`, the most examples in one row: first-fit packing of the
+            training stream with that cap (`data.packing`), so that a prompted model with the
+            same `PromptedT5(max_segments=...)` gives every example its own prompt copy. 0 with
+            `pack`: seqio's packer, which has no cap (model tuning).
         use_cached: read a SeqIO task's offline cache instead of preprocessing on the fly.
         vocab_size: vocabulary size of the synthetic source (token ids lie in [3, vocab_size)).
         module: a Python module to import before looking the task up, so that it registers
@@ -51,6 +54,7 @@ class DatasetConfig:
     shuffle: bool = True
     seed: int = 0
     pack: bool = False
+    max_segments: int = 0
     use_cached: bool = False
     vocab_size: int | None = None
     module: str | None = None
@@ -67,6 +71,11 @@ class DatasetConfig:
                 raise ValueError(f"task_feature_lengths[{key!r}] must be >= 1, got {length}.")
         if self.batch_size < 1:
             raise ValueError(f"DatasetConfig.batch_size must be >= 1, got {self.batch_size}.")
+        if self.max_segments < 0 or (self.max_segments and not self.pack):
+            raise ValueError(
+                f"DatasetConfig.max_segments={self.max_segments} needs pack=True and a value "
+                ">= 1 (or 0 for no packing cap)."
+            )
 
     @property
     def is_synthetic(self) -> bool:

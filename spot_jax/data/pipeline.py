@@ -12,7 +12,9 @@ costs preprocessing time on restart but needs no extra state).
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
+import itertools
 import logging
 from collections.abc import Iterator, Mapping
 
@@ -154,12 +156,10 @@ def train_batches(
         An iterator of dicts of int32 numpy arrays `[b, T]` / `[b, L]`.
     """
     b = cfg.per_shard_batch_size(num_shards)
-    ds = model_dataset(
-        cfg,
-        shuffle=cfg.shuffle,
-        shard_info=seqio.ShardInfo(index=shard_index, num_shards=num_shards),
-        num_epochs=None,
-    )
+    shard_info = seqio.ShardInfo(index=shard_index, num_shards=num_shards)
+    if cfg.pack and cfg.max_segments:
+        return _first_fit_batches(cfg, b, shard_info, start_step)
+    ds = model_dataset(cfg, shuffle=cfg.shuffle, shard_info=shard_info, num_epochs=None)
     # drop_remainder keeps every batch at b rows (the stream is infinite anyway).
     ds = ds.batch(b, drop_remainder=True)
     if start_step:
@@ -167,6 +167,30 @@ def train_batches(
         ds = ds.skip(start_step)
     # Built eagerly (not in a generator) so a bad task name fails here, not at first next().
     return ds.prefetch(tf.data.AUTOTUNE).as_numpy_iterator()
+
+
+def _first_fit_batches(cfg: DatasetConfig, b: int, shard_info, start_step: int):
+    """Batches of `b` rows packed first-fit with at most `cfg.max_segments` examples a row.
+
+    The examples come unpacked from the same seeded stream, so the packed stream is as
+    deterministic as the unpacked one; resume re-packs from the start and skips `start_step`
+    batches (a batch holds a varying number of examples, so there is no example count to
+    skip by).
+    """
+    from spot_jax.data import packing
+
+    unpacked = dataclasses.replace(cfg, pack=False, max_segments=0)
+    ds = model_dataset(unpacked, shuffle=cfg.shuffle, shard_info=shard_info, num_epochs=None)
+    examples = (
+        (row["encoder_input_tokens"], row["decoder_target_tokens"])
+        for row in ds.prefetch(tf.data.AUTOTUNE).as_numpy_iterator()
+    )
+    examples = ((x[x != 0], y[y != 0]) for x, y in examples)  # 0 is padding in T5 vocabularies
+    lengths = {k: int(v) for k, v in cfg.task_feature_lengths.items()}
+    batches = packing.packed_batches(examples, b, lengths, cfg.max_segments)
+    if start_step:
+        log.info("Re-packing %d batches to resume %s.", start_step, cfg.mixture_or_task_name)
+    return itertools.islice(batches, start_step, None)
 
 
 def eval_batches(

@@ -151,6 +151,7 @@ def train(
     mesh = sharding.make_mesh(model_parallel)
     rules = axes.standard_rules()
     sharding.check_batch_size(train_data.batch_size, mesh)
+    _check_packing(model, train_data)
     shard_index, num_shards = sharding.data_shard_info(mesh)
     checkpoints.check_model_dir(model_dir, model.config, model.prompt_length)
 
@@ -289,6 +290,20 @@ def train(
         bar.close()
         ckpt.close()
     return last
+
+
+def _check_packing(model: PromptedT5, train_data: DatasetConfig) -> None:
+    """A packed prompt-tuning stream needs a cap on examples per row that the model's prompt
+    slots cover; otherwise examples past the slots would silently train without a prompt."""
+    if not (train_data.pack and model.prompt_length):
+        return
+    if not train_data.max_segments or model.max_segments < train_data.max_segments:
+        raise ValueError(
+            f"packed prompt tuning needs DatasetConfig.max_segments (now "
+            f"{train_data.max_segments}) >= 1 and PromptedT5.max_segments (now "
+            f"{model.max_segments}) at least as large; in gin set MAX_SEGMENTS (runs/"
+            "prompt_tune.gin sets both)"
+        )
 
 
 def evaluate(

@@ -200,3 +200,50 @@ def test_packing_keeps_segment_ids_and_positions():
     assert segments.max() > 1
     starts = (batch["decoder_positions"] == 0) & (segments > 0)
     np.testing.assert_array_equal(batch["decoder_input_tokens"][starts], 0)
+
+
+def _segments_of(batch):
+    """(input text, target text) of every packed example of a batch, row by row."""
+    out = []
+    for r in range(batch["encoder_input_tokens"].shape[0]):
+        for s in range(1, int(batch["encoder_segment_ids"][r].max()) + 1):
+            x = batch["encoder_input_tokens"][r][batch["encoder_segment_ids"][r] == s]
+            y = batch["decoder_target_tokens"][r][batch["decoder_segment_ids"][r] == s]
+            out.append((VOCAB.decode(x.tolist()), VOCAB.decode(y.tolist())))
+    return out
+
+
+def test_first_fit_packing_caps_segments_and_keeps_every_example_whole():
+    lengths = {"inputs": 128, "targets": 32}
+    cfg = _cfg(pack=True, max_segments=3, task_feature_lengths=lengths, shuffle=False)
+    batches = _take(make_train_iterator(cfg), 3)
+    assert set(batches[0]) == KEYS | {
+        "encoder_segment_ids",
+        "encoder_positions",
+        "decoder_segment_ids",
+        "decoder_positions",
+    }
+    for batch in batches:
+        assert batch["encoder_input_tokens"].shape == (8, 128)
+        assert batch["decoder_segment_ids"].max() == 3  # rows fill up to the cap, not past it
+        starts = (batch["decoder_positions"] == 0) & (batch["decoder_segment_ids"] > 0)
+        np.testing.assert_array_equal(batch["decoder_input_tokens"][starts], 0)
+    # Unshuffled, the packed examples are the split's examples in order, each intact.
+    packed = [ex for batch in batches for ex in _segments_of(batch)]
+    want = [(x, y) for x, y in demo.examples("train")[: len(packed)]]
+    assert sorted(packed) == sorted(want) and len(packed) > 2 * 8
+
+
+def test_first_fit_packing_resumes_at_the_same_batches():
+    cfg = _cfg(pack=True, max_segments=3, task_feature_lengths={"inputs": 128, "targets": 32})
+    whole = _take(make_train_iterator(cfg), 4)
+    resumed = _take(make_train_iterator(cfg, start_step=2), 2)
+    for got, want in zip(resumed, whole[2:], strict=True):
+        assert set(got) == set(want)
+        for key in got:
+            np.testing.assert_array_equal(got[key], want[key])
+
+
+def test_max_segments_without_packing_is_refused():
+    with pytest.raises(ValueError, match="needs pack=True"):
+        _cfg(max_segments=2)
