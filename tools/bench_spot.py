@@ -185,13 +185,7 @@ def score_runner(
     setup = Setup(args, config_overrides=config_overrides)
     batch = setup.global_batch(local)
     fn = jax.jit(lambda t, f, b: steps.score_step(setup.model, t, f, b))
-    with setup.context():
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn(setup.trainable, setup.frozen, batch))
-        info = {"compile_s": time.perf_counter() - t0}
-        for _ in range(args.warmup):
-            jax.block_until_ready(fn(setup.trainable, setup.frozen, batch))
-    return _timed(setup, lambda: fn(setup.trainable, setup.frozen, batch)), lambda: info
+    return _compiled_call(setup, fn, batch, args.warmup)
 
 
 def rank_runner(
@@ -202,7 +196,7 @@ def rank_runner(
     setup = Setup(args, config_overrides=config_overrides)
     batch = setup.global_batch(local)
     fn = jax.jit(functools.partial(steps.candidate_score_step, setup.model, candidates=candidates))
-    return _compiled_call(setup, fn, batch)
+    return _compiled_call(setup, fn, batch, args.warmup)
 
 
 def pairs_runner(
@@ -212,14 +206,18 @@ def pairs_runner(
     setup = Setup(args, config_overrides=config_overrides)
     batch = setup.global_batch(ranking.candidate_batch(local, candidates))
     fn = jax.jit(lambda t, f, b: steps.score_step(setup.model, t, f, b))
-    return _compiled_call(setup, fn, batch)
+    return _compiled_call(setup, fn, batch, args.warmup)
 
 
-def _compiled_call(setup: Setup, fn, batch) -> tuple[Callable[[], float], dict]:
+def _compiled_call(setup: Setup, fn, batch, warmup: int) -> tuple[Callable[[], float], dict]:
+    """Compiles `fn(trainable, frozen, batch)` (timed), runs `warmup` more calls, and returns the
+    timed call and its info."""
     with setup.context():
         t0 = time.perf_counter()
         jax.block_until_ready(fn(setup.trainable, setup.frozen, batch))
         info = {"compile_s": time.perf_counter() - t0}
+        for _ in range(warmup):
+            jax.block_until_ready(fn(setup.trainable, setup.frozen, batch))
     return _timed(setup, lambda: fn(setup.trainable, setup.frozen, batch)), lambda: info
 
 
