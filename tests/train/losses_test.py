@@ -79,3 +79,21 @@ def test_sequence_log_likelihood_and_accuracy(inputs):
     assert float(correct) == float(total) == float(weights.sum())
     wrong = jax.nn.one_hot((targets + 1) % V, V) * 10.0
     assert float(losses.token_accuracy(wrong, targets, weights)[0]) == 0.0
+
+
+def test_integer_targets_match_the_one_hot_path():
+    rng = np.random.default_rng(1)
+    logits = jnp.asarray(rng.normal(size=(4, 64, 2048)).astype(np.float32))
+    targets = jnp.asarray(rng.integers(0, 2048, size=(4, 64)).astype(np.int32))
+
+    def by_ids(x):
+        return jnp.sum(losses.token_cross_entropy(x, targets, 1e-4)[0])
+
+    def by_one_hot(x):
+        onehot = jax.nn.one_hot(targets, x.shape[-1], dtype=x.dtype)
+        return jnp.sum(losses.cross_entropy_with_logits(x, onehot, 1e-4)[0])
+
+    np.testing.assert_allclose(by_ids(logits), by_one_hot(logits), rtol=1e-6)
+    np.testing.assert_allclose(
+        jax.grad(by_ids)(logits), jax.grad(by_one_hot)(logits), rtol=1e-5, atol=1e-7
+    )
