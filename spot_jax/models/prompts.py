@@ -181,6 +181,14 @@ def from_array(prompt: np.ndarray, source: str = "array") -> Initializer:
     return init
 
 
+def check_rms(rms: float | str) -> float | str:
+    """`rms` if it is a target `rescaled` accepts (a positive number or 'embeddings')."""
+    ok = rms == "embeddings" if isinstance(rms, str) else bool(np.isfinite(rms) and rms > 0)
+    if not ok:
+        raise ValueError(f"rms must be a positive number or 'embeddings', got {rms!r}")
+    return rms
+
+
 def rescaled(
     initializer: Initializer, rms: float | str = "embeddings", population_size: int = 5000
 ) -> Initializer:
@@ -199,10 +207,7 @@ def rescaled(
         frozen model's embedding table, i.e. the scale a sampled-vocab init has.
       population_size: rows of the table 'embeddings' measures (as `sampled_vocab`).
     """
-    if isinstance(rms, str) and rms != "embeddings":
-        raise ValueError(f"rms must be a positive number or 'embeddings', got {rms!r}")
-    if not isinstance(rms, str) and not (np.isfinite(rms) and rms > 0):
-        raise ValueError(f"rms must be a positive number or 'embeddings', got {rms!r}")
+    check_rms(rms)
     inner_needs = getattr(initializer, "needs_embeddings", False)
 
     def init(rng, shape, dtype=jnp.float32, *, embeddings=None):

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from spot_jax.data import config as data_config
+from spot_jax.models import prompts
 from spot_jax.spot import library as library_lib
 from spot_jax.spot import retrieval, similarity, transfer
 
@@ -296,15 +297,11 @@ def _transfer(lib, args):
 
 def _rms_value(text: str) -> str:
     """--rescale-rms as a gin value: a positive number, or the string 'embeddings'."""
-    if text == "embeddings":
-        return "'embeddings'"
     try:
-        value = float(text)
+        value = text if text == "embeddings" else float(text)
     except ValueError:
-        value = float("nan")
-    if not value > 0:
-        raise ValueError(f"--rescale-rms takes a positive number or 'embeddings', not {text!r}")
-    return repr(value)
+        value = text  # not a number: check_rms names what it takes
+    return repr(prompts.check_rms(value))
 
 
 def _zero_shot(lib, args):

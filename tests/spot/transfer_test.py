@@ -207,6 +207,7 @@ def test_transfer_command_passes_rescale_rms_to_every_target_run(lib, tmp_path, 
     assert len(launched) == 2
     assert all("--gin.RESCALE_PROMPT_RMS='embeddings'" in cmd for cmd in launched)
     assert all(any(a.startswith("--gin.PROMPT_FILE=") for a in cmd) for cmd in launched)
-    with pytest.raises(ValueError, match="positive number or 'embeddings'"):
-        commands._rms_value("-2")
+    for bad in ("-2", "vocab"):
+        with pytest.raises(ValueError, match="positive number or 'embeddings'"):
+            commands._rms_value(bad)
     assert commands._rms_value("1.5") == "1.5"
