@@ -25,6 +25,7 @@ from spot_jax.data.config import SYNTHETIC, DatasetConfig
 __all__ = [
     "SYNTHETIC",
     "DatasetConfig",
+    "eval_task_names",
     "make_detokenizer",
     "make_eval_iterator",
     "make_task_scorer",
@@ -136,6 +137,18 @@ def make_task_scorer(cfg: DatasetConfig):
     from spot_jax.data import scoring
 
     return scoring.make_task_scorer(cfg)
+
+
+def eval_task_names(cfg: DatasetConfig) -> list[str] | None:
+    """The tasks of the mixture `cfg` names, to evaluate one by one; None for a task.
+
+    See `spot_jax.data.pipeline.eval_task_names`; None for the synthetic source too.
+    """
+    if cfg.is_synthetic:
+        return None
+    from spot_jax.data import pipeline
+
+    return pipeline.eval_task_names(cfg)
 
 
 def make_detokenizer(cfg: DatasetConfig):

@@ -87,6 +87,29 @@ def get_provider(cfg: DatasetConfig) -> seqio.DatasetProviderBase:
         ) from error
 
 
+def eval_task_names(cfg: DatasetConfig) -> list[str] | None:
+    """The tasks a mixture is evaluated on, one by one (None when `cfg` names a task).
+
+    T5X evaluates a mixture task by task, each with its own metrics; reading the mixture
+    itself would not do: seqio samples it with `stop_on_empty_dataset=True`, so one unshuffled
+    epoch stops at the first exhausted task and sees a rate-dependent part of the others.
+    Tasks without `cfg.split` are left out, as T5X leaves them out.
+
+    Raises:
+        ValueError: when no task of the mixture has the split.
+    """
+    provider = get_provider(cfg)
+    if isinstance(provider, seqio.Task):
+        return None
+    names = [task.name for task in provider.tasks if cfg.split in task.splits]
+    if not names:
+        raise ValueError(
+            f"No task of mixture {provider.name!r} has a {cfg.split!r} split; evaluate on "
+            f"one of {sorted(provider.splits)} instead."
+        )
+    return names
+
+
 def _feature_keys(pack: bool) -> tuple[str, ...]:
     return MODEL_FEATURES + PACKING_FEATURES if pack else MODEL_FEATURES
 

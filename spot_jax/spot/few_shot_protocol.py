@@ -94,7 +94,7 @@ def run_protocol(
       out: the output directory.
       seeds: one run per seed (the subset and the run's SEED).
       k: examples in the few-shot train (and dev) set.
-      metric: the test metric reported (a `trainer.evaluate` key).
+      metric: the test metric reported (a `evaluation.Evaluator` key).
       select_metric: the dev metric that picks each run's checkpoint.
       zero_shot: also evaluate the starting prompt.
       full_data_steps: also train on T itself for this many steps.

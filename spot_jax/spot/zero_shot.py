@@ -4,7 +4,7 @@ Every source prompt of a library is evaluated on every target task as is, with t
 model and no training: the target's validation data, feature lengths, frozen weights and seed
 come from the target run's `config.gin` (or from any gin file of a run), and the source prompt
 replaces the target's prompt. The result is a matrix, rows = source prompts, columns = targets,
-of one metric returned by `trainer.evaluate` (eval/loss, eval/token_accuracy,
+of one metric returned by `evaluation.Evaluator` (eval/loss, eval/token_accuracy,
 eval/sequence_accuracy, ...).
 
 Su et al. report *relative performance*: the transferred score divided by the score of the
@@ -34,7 +34,7 @@ from etils import epath
 from spot_jax.spot import library as library_lib
 
 DEFAULT_METRIC = "eval/sequence_accuracy"
-# Metrics trainer.evaluate computes without decoding (decoding is skipped for them).
+# Metrics the evaluator computes without decoding (decoding is skipped for them).
 NO_DECODE_METRICS = ("eval/loss", "eval/token_accuracy")
 RANDOM_ROW = "random"
 
@@ -168,7 +168,7 @@ class Evaluator:
 
         from spot_jax import axes
         from spot_jax.models.prompted import PROMPT_PATH, PromptedT5
-        from spot_jax.train import optim, sharding, trainer
+        from spot_jax.train import evaluation, optim, sharding, trainer
 
         self.target = target
         self.model = PromptedT5(target.t5_config, target.prompt_length)
@@ -187,13 +187,15 @@ class Evaluator:
         self._prompt_path = PROMPT_PATH
         self._prompt_sharding = shardings[PROMPT_PATH]
         self.shape = (target.prompt_length, target.t5_config.emb_dim)
+        # One evaluator per target: its steps compile once for all the prompts it scores.
+        self._evaluator = evaluation.Evaluator(
+            self.model, target.eval_data, self.mesh, self.rules, max_batches=target.eval_steps
+        )
 
     def __call__(self, prompt: np.ndarray, predict: bool = True) -> dict[str, float]:
-        """All metrics of `trainer.evaluate`; without `predict`, no greedy decoding (so no
-        eval/sequence_accuracy)."""
+        """All metrics of `evaluation.Evaluator` (the task's own too); without `predict`, no
+        greedy decoding (so no eval/sequence_accuracy or task metrics)."""
         import jax
-
-        from spot_jax.train import trainer
 
         prompt = np.asarray(prompt, np.float32)
         if prompt.shape != self.shape:
@@ -202,16 +204,7 @@ class Evaluator:
                 f"model (prompt [{self.shape[0]}, {self.shape[1]}])"
             )
         trainable = {self._prompt_path: jax.device_put(prompt, self._prompt_sharding)}
-        return trainer.evaluate(
-            self.model,
-            trainable,
-            self.frozen,
-            self.target.eval_data,
-            self.mesh,
-            self.rules,
-            self.target.eval_steps,
-            predict=predict,
-        )
+        return self._evaluator(trainable, self.frozen, predict)
 
 
 @dataclasses.dataclass
@@ -323,7 +316,7 @@ def zero_shot(
     Args:
       lib: the library.
       targets: target tasks (`load_target`); default the library entries' own runs.
-      metric: a key of `trainer.evaluate`'s result.
+      metric: a key of `evaluation.Evaluator`'s result.
       sources: entry names to evaluate (default all).
       own: {target name: library entry or .npy} overriding the own-prompt lookup.
       random_baseline: add a row of a random prompt, U[0, 1) (Su et al.'s `torch.rand`).

@@ -16,7 +16,7 @@ from spot_jax.data.config import DatasetConfig
 from spot_jax.models import prompts
 from spot_jax.models.prompted import PROMPT_PATH, PromptedT5
 from spot_jax.train import optim as optim_lib
-from spot_jax.train import sharding, steps, trainer
+from spot_jax.train import evaluation, sharding, steps, trainer
 
 
 def latest_numpy_prompt(model_dir: epath.PathLike) -> epath.Path:
@@ -87,18 +87,15 @@ def evaluate_job(
     model, mesh, rules, trainable, frozen = _load(
         model, eval_data, model_dir, prompt_file, initial_checkpoint_path, model_parallel, seed
     )
-    scorer = data.make_task_scorer(eval_data)
-    metrics = trainer.evaluate(
+    evaluator = evaluation.Evaluator(
         model,
-        trainable,
-        frozen,
         eval_data,
         mesh,
         rules,
-        eval_steps,
-        scorer=scorer,
+        max_batches=eval_steps,
         rank_classification=rank_classification,
     )
+    metrics = evaluator(trainable, frozen)
     out = epath.Path(model_dir)
     out.mkdir(parents=True, exist_ok=True)
     if jax.process_index() == 0:

@@ -20,7 +20,7 @@ from etils import epath
 from spot_jax import axes, data
 from spot_jax.data.config import DatasetConfig
 from spot_jax.models.prompted import PROMPT_PATH, PromptedT5
-from spot_jax.train import checkpoints, sharding, steps
+from spot_jax.train import checkpoints, evaluation, sharding, steps
 from spot_jax.train import optim as optim_lib
 from spot_jax.train import state as state_lib
 
@@ -203,23 +203,23 @@ def train(
     )
     dropout_rng = jax.random.fold_in(jax.random.PRNGKey(seed), 1)
 
-    # The eval split's examples are read once for the task's metrics and kept across evals.
-    scorer = data.make_task_scorer(eval_data) if eval_data is not None else None
-
-    def run_eval(step: int) -> dict[str, float]:
-        if eval_data is None:
-            return {}
-        return evaluate(
+    # Built once: its jitted steps compile at the first eval, its scorers read their
+    # examples once, and both are reused by every later eval.
+    evaluator = (
+        evaluation.Evaluator(
             model,
-            state.trainable,
-            frozen,
             eval_data,
             mesh,
             rules,
             max_batches=eval_steps,
-            scorer=scorer,
             rank_classification=rank_classification,
         )
+        if eval_data is not None
+        else None
+    )
+
+    def run_eval(step: int) -> dict[str, float]:
+        return evaluator(state.trainable, frozen) if evaluator is not None else {}
 
     def save(step: int, metrics: dict[str, float] | None = None):
         ckpt.save(step, state, {"step": step, "data_position": data_position}, metrics)
@@ -304,74 +304,6 @@ def _check_packing(model: PromptedT5, train_data: DatasetConfig) -> None:
             f"{model.max_segments}) at least as large; in gin set MAX_SEGMENTS (runs/"
             "prompt_tune.gin sets both)"
         )
-
-
-def evaluate(
-    model,
-    trainable,
-    frozen,
-    eval_data: DatasetConfig,
-    mesh,
-    rules,
-    max_batches: int | None = None,
-    predict: bool = True,
-    scorer=None,
-    rank_classification: bool = False,
-) -> dict[str, float]:
-    """Validation loss and token accuracy; with `predict`, greedy-decoded exact match.
-
-    With `predict` and a `scorer` (`data.make_task_scorer`), also the task's own metrics
-    (e.g. 'eval/accuracy', 'eval/f1') on the decoded predictions; with `rank_classification`
-    and a classification task's scorer, the same metrics when each example answers its
-    likeliest label ('eval/rank_accuracy', ...; `PromptedT5.score_candidates`).
-    """
-    shard_index, num_shards = sharding.data_shard_info(mesh)
-    eval_fn = jax.jit(functools.partial(steps.eval_step, model))
-    target_len = eval_data.task_feature_lengths["targets"]
-    predict_fn = jax.jit(functools.partial(steps.predict_step, model, max_decode_length=target_len))
-    totals: dict[str, float] = {}
-    exact, sequences = 0, 0
-    predicted: list[np.ndarray] = []
-    candidates = scorer.candidate_ids(target_len) if scorer and rank_classification else None
-    if candidates is not None:
-        # The candidates are a constant of the program (every host holds the same labels).
-        score_fn = jax.jit(
-            functools.partial(steps.candidate_score_step, model, candidates=candidates)
-        )
-    chosen: list[int] = []
-    with mesh, nn.logical_axis_rules(list(rules)):
-        it = data.make_eval_iterator(eval_data, shard_index=shard_index, num_shards=num_shards)
-        for i, local in enumerate(it):
-            if max_batches is not None and i >= max_batches:
-                break
-            batch = sharding.global_batch(local, mesh)
-            for k, v in jax.device_get(eval_fn(trainable, frozen, batch)).items():
-                totals[k] = totals.get(k, 0.0) + float(v)
-            if predict:
-                tokens, _ = predict_fn(trainable, frozen, batch, jax.random.PRNGKey(0))
-                pred = sharding.to_host(tokens, mesh)[:, -1]
-                target = sharding.to_host(batch["decoder_target_tokens"], mesh)
-                real = target[:, 0] != 0
-                exact += int(np.sum(np.all(pred == target, axis=-1) & real))
-                sequences += int(np.sum(real))
-                if scorer is not None:
-                    predicted.extend(pred[real])
-            if candidates is not None:
-                scores = sharding.to_host(score_fn(trainable, frozen, batch), mesh)
-                target = sharding.to_host(batch["decoder_target_tokens"], mesh)
-                chosen.extend(np.argmax(scores, axis=-1)[target[:, 0] != 0])
-    weights = max(totals.get("weight_sum", 0.0), 1.0)
-    out = {
-        "eval/loss": totals.get("loss", 0.0) / weights,
-        "eval/token_accuracy": totals.get("correct_tokens", 0.0) / weights,
-    }
-    if predict and sequences:
-        out["eval/sequence_accuracy"] = exact / sequences
-    if predicted:
-        out.update(scorer(predicted))
-    if chosen:
-        out.update(scorer.rank_metrics(chosen))
-    return out
 
 
 def _train_log(summed, num_steps: int, elapsed: float, tokens_per_step: int) -> dict[str, Any]:

@@ -30,6 +30,13 @@ TASK_METRICS = {
     "spot_mrqa_news_qa_v100": {"em", "f1"},
     "spot_samsum_v100": {"rouge1", "rouge2", "rougeL"},
     "spot_c4_span_corruption_v310": set(),
+    # A mixture: each of its tasks evaluated on its own (T5X's per-task metrics), pooled
+    # loss and accuracies beside them.
+    "spot_mix__spot_glue_rte_v200__spot_super_glue_boolq_v102": {
+        f"{task}/{metric}"
+        for task in ("spot_glue_rte_v200", "spot_super_glue_boolq_v102")
+        for metric in ("loss", "token_accuracy", "sequence_accuracy", "accuracy")
+    },
 }
 BASE_METRICS = {"eval/loss", "eval/token_accuracy", "eval/sequence_accuracy"}
 

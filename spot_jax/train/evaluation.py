@@ -1,0 +1,168 @@
+"""Evaluation of a prompt: loss, accuracies and the task's own metrics; mixtures task by task.
+
+An `Evaluator` is built once per eval config and called at every eval. It jits its steps
+once: a fresh `jax.jit(functools.partial(step, model))` per call is a new function to JAX,
+traced and compiled again every time, and the greedy decoder's compile can cost more than a
+small eval itself (the zero-shot matrix calls one evaluator per source prompt).
+
+On a mixture it evaluates each of its tasks that has the split (`data.eval_task_names`), as
+T5X does, each with its own metric fns: `eval/<task>/<metric>` per task, beside the pooled
+`eval/loss`, `eval/token_accuracy` and `eval/sequence_accuracy` over all of the tasks'
+examples (token- and sequence-weighted, as if they were one split).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import flax.linen as nn
+import jax
+import numpy as np
+
+from spot_jax import data
+from spot_jax.data.config import DatasetConfig
+from spot_jax.train import sharding, steps
+
+PREFIX = "eval/"
+
+
+@dataclasses.dataclass
+class _Counts:
+    """Sums over one pass; pooled across a mixture's tasks."""
+
+    loss: float = 0.0
+    correct_tokens: float = 0.0
+    weight_sum: float = 0.0
+    exact: int = 0
+    sequences: int = 0
+
+    def add(self, other: _Counts) -> None:
+        for field in dataclasses.fields(self):
+            setattr(self, field.name, getattr(self, field.name) + getattr(other, field.name))
+
+    def metrics(self, predict: bool) -> dict[str, float]:
+        weights = max(self.weight_sum, 1.0)
+        out = {
+            PREFIX + "loss": self.loss / weights,
+            PREFIX + "token_accuracy": self.correct_tokens / weights,
+        }
+        if predict and self.sequences:
+            out[PREFIX + "sequence_accuracy"] = self.exact / self.sequences
+        return out
+
+
+@dataclasses.dataclass
+class _Part:
+    """One task's eval: the task itself, or one task of a mixture (then `name` is set)."""
+
+    name: str | None
+    data: DatasetConfig
+    scorer: object | None  # data.scoring.TaskScorer
+    score_fn: object | None  # jitted rank-classification scores, classification tasks only
+
+
+class Evaluator:
+    """Validation loss and token accuracy; with `predict`, greedy-decoded exact match.
+
+    With `task_metrics`, also each task's own metrics on the decoded predictions (e.g.
+    'eval/accuracy', 'eval/f1'; `data.make_task_scorer`); with `rank_classification`, on a
+    classification task, the same metrics when each example answers its likeliest label
+    ('eval/rank_accuracy', ...; `PromptedT5.score_candidates`).
+    """
+
+    def __init__(
+        self,
+        model,
+        eval_data: DatasetConfig,
+        mesh,
+        rules,
+        *,
+        max_batches: int | None = None,
+        task_metrics: bool = True,
+        rank_classification: bool = False,
+    ):
+        """Builds the jitted steps and, per task, its scorer (examples are read on first use).
+
+        Args:
+          model: the PromptedT5 evaluated.
+          eval_data: the split of a task or a mixture.
+          mesh, rules: where the batches and params live.
+          max_batches: max eval batches per task; None = the whole split.
+          task_metrics: compute the tasks' own metric fns on the decoded predictions.
+          rank_classification: also score every label of classification tasks.
+        """
+        self.mesh, self.rules, self.max_batches = mesh, rules, max_batches
+        self.is_mixture = (names := data.eval_task_names(eval_data)) is not None
+        configs = (
+            {name: dataclasses.replace(eval_data, mixture_or_task_name=name) for name in names}
+            if self.is_mixture
+            else {None: eval_data}
+        )
+        target_len = eval_data.task_feature_lengths["targets"]
+        self._eval_fn = jax.jit(functools.partial(steps.eval_step, model))
+        self._predict_fn = jax.jit(
+            functools.partial(steps.predict_step, model, max_decode_length=target_len)
+        )
+        self._parts = []
+        for name, cfg in configs.items():
+            scorer = data.make_task_scorer(cfg) if task_metrics else None
+            candidates = (
+                scorer.candidate_ids(target_len) if scorer and rank_classification else None
+            )
+            score_fn = None
+            if candidates is not None:
+                # The candidates are a constant of the program (every host holds the same labels).
+                score_fn = jax.jit(
+                    functools.partial(steps.candidate_score_step, model, candidates=candidates)
+                )
+            self._parts.append(_Part(name, cfg, scorer, score_fn))
+
+    def __call__(self, trainable, frozen, predict: bool = True) -> dict[str, float]:
+        """The metrics of `trainable` (the prompt) with `frozen` weights on the eval split(s)."""
+        if not self.is_mixture:
+            return self._evaluate(self._parts[0], trainable, frozen, predict)[0]
+        pooled, per_task = _Counts(), {}
+        for part in self._parts:
+            metrics, counts = self._evaluate(part, trainable, frozen, predict)
+            pooled.add(counts)
+            per_task.update(
+                {f"{PREFIX}{part.name}/{k.removeprefix(PREFIX)}": v for k, v in metrics.items()}
+            )
+        return {**pooled.metrics(predict), **per_task}
+
+    def _evaluate(self, part: _Part, trainable, frozen, predict: bool):
+        shard_index, num_shards = sharding.data_shard_info(self.mesh)
+        counts = _Counts()
+        predicted: list[np.ndarray] = []
+        chosen: list[int] = []
+        with self.mesh, nn.logical_axis_rules(list(self.rules)):
+            it = data.make_eval_iterator(part.data, shard_index=shard_index, num_shards=num_shards)
+            for i, local in enumerate(it):
+                if self.max_batches is not None and i >= self.max_batches:
+                    break
+                batch = sharding.global_batch(local, self.mesh)
+                sums = jax.device_get(self._eval_fn(trainable, frozen, batch))
+                counts.loss += float(sums["loss"])
+                counts.correct_tokens += float(sums["correct_tokens"])
+                counts.weight_sum += float(sums["weight_sum"])
+                if not (predict or part.score_fn):
+                    continue
+                target = sharding.to_host(batch["decoder_target_tokens"], self.mesh)
+                real = target[:, 0] != 0
+                if predict:
+                    tokens, _ = self._predict_fn(trainable, frozen, batch, jax.random.PRNGKey(0))
+                    pred = sharding.to_host(tokens, self.mesh)[:, -1]
+                    counts.exact += int(np.sum(np.all(pred == target, axis=-1) & real))
+                    counts.sequences += int(np.sum(real))
+                    if part.scorer is not None:
+                        predicted.extend(pred[real])
+                if part.score_fn is not None:
+                    scores = sharding.to_host(part.score_fn(trainable, frozen, batch), self.mesh)
+                    chosen.extend(np.argmax(scores, axis=-1)[real])
+        out = counts.metrics(predict)
+        if predicted:
+            out.update(part.scorer(predicted))
+        if chosen:
+            out.update(part.scorer.rank_metrics(chosen))
+        return out, counts

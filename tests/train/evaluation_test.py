@@ -1,0 +1,101 @@
+"""Evaluator: a mixture evaluated task by task (T5X's per-task metrics), steps compiled once."""
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+seqio = pytest.importorskip("seqio")
+pytest.importorskip("tensorflow")
+
+from spot_jax import axes, data  # noqa: E402
+from spot_jax.data import DatasetConfig  # noqa: E402
+from spot_jax.data import tasks as spot_tasks  # noqa: E402
+from spot_jax.data.tasks import base  # noqa: E402
+from spot_jax.models import config, prompted  # noqa: E402
+from spot_jax.train import evaluation, optim, sharding, trainer  # noqa: E402
+
+SPM = Path("/work/shared/fixtures/t5_sentencepiece.model")
+pytestmark = [
+    pytest.mark.tf,
+    pytest.mark.skipif(not SPM.exists(), reason="T5 SentencePiece model not available"),
+]
+LENGTHS = {"inputs": 32, "targets": 8}
+COLA, RTE = "spot_glue_cola_v200", "spot_glue_rte_v200"
+MIXTURE = f"spot_mix__{COLA}__{RTE}"
+
+
+@pytest.fixture(scope="module")
+def setup():
+    """Mock TFDS data; a tiny prompted T5 (T5 vocabulary) sharded on a (4, 2) mesh."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("SPOT_JAX_VOCAB", str(SPM))
+    spot_tasks.enable_mock_data(4)
+    spot_tasks.register_all()
+    for name in (COLA, RTE):  # registered earlier in the process with the default vocabulary
+        seqio.TaskRegistry.remove(name)
+        base.register_spec(base.SPECS[name])
+    model = prompted.PromptedT5(config.named_config("t5x_test_tiny", dtype="float32"), 3)
+    mesh, rules = sharding.make_mesh(2), axes.standard_rules()
+    params, _ = trainer.build_params(
+        model,
+        mesh,
+        rules,
+        batch_size=8,
+        feature_lengths=LENGTHS,
+        initial_checkpoint_path=None,
+        seed=0,
+    )
+    trainable, frozen = optim.split_trainable(params, prompted.PROMPT_PATH)
+    yield model, mesh, rules, trainable, frozen
+    mp.undo()
+
+
+def _loss_weight(cfg):
+    return sum(float(b["decoder_loss_weights"].sum()) for b in data.make_eval_iterator(cfg))
+
+
+def test_a_mixture_is_evaluated_task_by_task_and_pooled(setup):
+    model, mesh, rules, trainable, frozen = setup
+    cfg = DatasetConfig(MIXTURE, LENGTHS, split="validation", batch_size=8)
+    assert data.eval_task_names(cfg) == [COLA, RTE]
+    got = evaluation.Evaluator(model, cfg, mesh, rules, rank_classification=True)(
+        trainable, frozen
+    )
+    weights, losses, sequence_accuracies = [], [], []
+    for task, metric in ((COLA, "matthews_corrcoef"), (RTE, "accuracy")):
+        task_cfg = dataclasses.replace(cfg, mixture_or_task_name=task)
+        alone = evaluation.Evaluator(model, task_cfg, mesh, rules, rank_classification=True)(
+            trainable, frozen
+        )
+        # The mixture's numbers for a task are that task's own eval, under its name.
+        assert {f"eval/{task}/{k.removeprefix('eval/')}": v for k, v in alone.items()} == {
+            k: v for k, v in got.items() if k.startswith(f"eval/{task}/")
+        }
+        assert {f"eval/{metric}", f"eval/rank_{metric}", "eval/sequence_accuracy"} <= set(alone)
+        weights.append(_loss_weight(task_cfg))
+        losses.append(alone["eval/loss"])
+        sequence_accuracies.append(alone["eval/sequence_accuracy"])
+    # Pooled over all examples: token-weighted loss; both mock splits hold 4 examples.
+    assert got["eval/loss"] == pytest.approx(np.average(losses, weights=weights), rel=1e-5)
+    assert got["eval/sequence_accuracy"] == pytest.approx(np.mean(sequence_accuracies))
+    assert {"eval/loss", "eval/token_accuracy", "eval/sequence_accuracy"} <= set(got)
+
+
+def test_steps_compile_once_across_evals(setup):
+    model, mesh, rules, trainable, frozen = setup
+    cfg = DatasetConfig(RTE, LENGTHS, split="validation", batch_size=8)
+    evaluator = evaluation.Evaluator(model, cfg, mesh, rules, max_batches=1)
+    first, second = evaluator(trainable, frozen), evaluator(trainable, frozen)
+    assert first == second
+    assert evaluator._eval_fn._cache_size() == 1
+    assert evaluator._predict_fn._cache_size() == 1
+    # Without decoding: loss and token accuracy only.
+    assert set(evaluator(trainable, frozen, predict=False)) == {"eval/loss", "eval/token_accuracy"}
+
+
+def test_a_mixture_without_the_split_says_which_splits_it_has(setup):
+    cfg = DatasetConfig(MIXTURE, LENGTHS, split="dev", batch_size=8)
+    with pytest.raises(ValueError, match="No task of mixture .* has a 'dev' split.*validation"):
+        data.eval_task_names(cfg)
