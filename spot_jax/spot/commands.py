@@ -101,7 +101,7 @@ def _parser() -> argparse.ArgumentParser:
         default=[],
         help="NAME=RUN_DIR_OR_GIN (repeatable; default: the entries' own runs)",
     )
-    s.add_argument("--metric", default="eval/sequence_accuracy", help="an eval metric key (eval/loss, eval/accuracy, ...)")
+    s.add_argument("--metric", default="eval/sequence_accuracy", help="eval metric key")
     s.add_argument("--sources", nargs="*", default=None, help="entries to evaluate (default all)")
     s.add_argument("--relative", action="store_true", help="divide by the target's own score")
     s.add_argument(

@@ -15,8 +15,8 @@ from spot_jax import axes, data
 from spot_jax.data.config import DatasetConfig
 from spot_jax.models import prompts
 from spot_jax.models.prompted import PROMPT_PATH, PromptedT5
-from spot_jax.train import optim as optim_lib
 from spot_jax.train import evaluation, sharding, steps, trainer
+from spot_jax.train import optim as optim_lib
 
 
 def latest_numpy_prompt(model_dir: epath.PathLike) -> epath.Path:
