@@ -60,9 +60,7 @@ def test_a_mixture_is_evaluated_task_by_task_and_pooled(setup):
     model, mesh, rules, trainable, frozen = setup
     cfg = DatasetConfig(MIXTURE, LENGTHS, split="validation", batch_size=8)
     assert data.eval_task_names(cfg) == [COLA, RTE]
-    got = evaluation.Evaluator(model, cfg, mesh, rules, rank_classification=True)(
-        trainable, frozen
-    )
+    got = evaluation.Evaluator(model, cfg, mesh, rules, rank_classification=True)(trainable, frozen)
     weights, losses, sequence_accuracies = [], [], []
     for task, metric in ((COLA, "matthews_corrcoef"), (RTE, "accuracy")):
         task_cfg = dataclasses.replace(cfg, mixture_or_task_name=task)
