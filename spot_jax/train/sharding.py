@@ -5,6 +5,7 @@ when created, `nn.get_partition_spec` reads them back, and the rules map them on
 ('data', 'model') mesh. The prompt's axes map to None, so it is always replicated.
 """
 
+import functools
 from collections.abc import Mapping, Sequence
 
 import flax.linen as nn
@@ -97,4 +98,11 @@ def to_host(x: jax.Array, mesh: Mesh) -> np.ndarray:
     """The whole value of a (possibly multi-host sharded) array, as numpy on every process."""
     if x.is_fully_addressable or x.is_fully_replicated:
         return np.asarray(jax.device_get(x))
-    return np.asarray(jax.device_get(jax.jit(lambda a: a, out_shardings=replicated(mesh))(x)))
+    return np.asarray(jax.device_get(_replicate(mesh)(x)))
+
+
+@functools.lru_cache(maxsize=8)
+def _replicate(mesh: Mesh):
+    # One jitted all-gather per mesh: a fresh `jax.jit(lambda ...)` per call would trace and
+    # compile again for every array brought to the host (several per eval batch).
+    return jax.jit(lambda a: a, out_shardings=replicated(mesh))
