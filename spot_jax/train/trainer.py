@@ -219,7 +219,16 @@ def train(
     )
 
     def run_eval(step: int) -> dict[str, float]:
-        return evaluator(state.trainable, frozen) if evaluator is not None else {}
+        if evaluator is None:
+            return {}
+        metrics = evaluator(state.trainable, frozen)
+        if best_metric and best_metric not in metrics:
+            # Checked before the save that would rank by it; earlier checkpoints stay.
+            raise ValueError(
+                f"best_metric {best_metric!r} is not among this eval's metrics; set "
+                f"trainer.train.best_metric to one of: {', '.join(sorted(metrics))}"
+            )
+        return metrics
 
     def save(step: int, metrics: dict[str, float] | None = None):
         ckpt.save(step, state, {"step": step, "data_position": data_position}, metrics)

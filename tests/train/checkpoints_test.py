@@ -2,6 +2,7 @@
 numpy prompt round trips."""
 
 import functools
+import json
 
 import jax
 import jax.numpy as jnp
@@ -98,6 +99,34 @@ def test_train_uses_the_checkpointed_frozen_weights(frozen_checkpoint, tmp_path)
     # Seed 0 without the checkpoint is another model.
     other = run(model_dir=str(tmp_path / "c"), seed=0, train_steps=1)
     assert other["train/loss"] != pytest.approx(from_init["train/loss"], rel=1e-6)
+
+
+def test_the_best_checkpoint_is_kept_and_an_unknown_best_metric_is_named(tmp_path):
+    train_data = DatasetConfig("synthetic", LENGTHS, batch_size=8, vocab_size=512)
+    eval_data = DatasetConfig(
+        "synthetic", LENGTHS, split="validation", batch_size=8, vocab_size=512
+    )
+    run = functools.partial(
+        trainer.train,
+        model=_model(),
+        train_data=train_data,
+        eval_data=eval_data,
+        checkpoint_period=1,
+        eval_period=1,
+        eval_steps=1,
+        log_period=1,
+        progress=False,
+    )
+    # 'max' on the loss: as the loss falls, the best is an early step, not the latest.
+    run(model_dir=str(tmp_path / "a"), train_steps=4, best_metric="eval/loss", best_mode="max")
+    records = [json.loads(line) for line in (tmp_path / "a" / "metrics.jsonl").open()]
+    best = max(records, key=lambda r: r["eval/loss"])["step"]
+    assert best < 4
+    kept = {int(p.name) for p in (tmp_path / "a" / "checkpoints").iterdir() if p.name.isdigit()}
+    # The latest, the best, and step 0 (saved before any eval, so without metrics to rank).
+    assert kept == {0, best, 4}
+    with pytest.raises(ValueError, match="best_metric 'eval/accuracy' is not among .*eval/loss"):
+        run(model_dir=str(tmp_path / "b"), train_steps=2, best_metric="eval/accuracy")
 
 
 def _train_state(mesh):
