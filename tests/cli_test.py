@@ -151,7 +151,7 @@ def test_eval_and_infer_on_the_trained_model_dir(resumed):
     rows = [json.loads(line) for line in (model_dir / "inference.jsonl").open()]
     assert len(rows) == 16  # 2 batches of 8 real examples
     for row in rows:
-        assert set(row) == {"inputs", "targets", "prediction", "score"}
+        assert set(row) == {"task", "inputs", "targets", "prediction", "score"}
         assert row["inputs"][-1] == 1 and row["targets"][-1] == 1  # EOS-terminated
         assert all(0 <= t < 512 for t in row["prediction"]) and row["score"] <= 0
     # `python -m spot_jax.eval` is the same job (DESIGN's contract: like `-m spot_jax.train`).

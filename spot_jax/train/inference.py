@@ -4,6 +4,7 @@ The prompt comes from PROMPT_FILE when given, else from MODEL_DIR's newest numpy
 the frozen weights from INITIAL_CHECKPOINT_PATH, as in training.
 """
 
+import dataclasses
 import functools
 import json
 
@@ -127,21 +128,41 @@ def infer_job(
 ):
     """Decodes the split and writes MODEL_DIR/inference.jsonl (input, target, prediction ids).
 
-    For a SeqIO task each row also has the three as text (`inputs_text`, `targets_text`,
-    `prediction_text`), detokenized with the task's vocabulary.
+    Each row names its `task`; a mixture is decoded task by task (each task with the split,
+    as its eval is). For a SeqIO task each row also has the three as text (`inputs_text`,
+    `targets_text`, `prediction_text`), detokenized with the task's vocabulary.
     """
     model, mesh, rules, trainable, frozen = _load(
         model, eval_data, model_dir, prompt_file, initial_checkpoint_path, model_parallel, seed
     )
-    shard_index, num_shards = sharding.data_shard_info(mesh)
     length = eval_data.task_feature_lengths["targets"]
     predict = jax.jit(functools.partial(steps.predict_step, model, max_decode_length=length))
+    names = data.eval_task_names(eval_data)
+    configs = (
+        [dataclasses.replace(eval_data, mixture_or_task_name=name) for name in names]
+        if names
+        else [eval_data]
+    )
+    rows = []
+    for cfg in configs:
+        rows += _decode(cfg, predict, trainable, frozen, mesh, eval_steps, seed)
     out = epath.Path(model_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if jax.process_index() == 0:
+        with (out / "inference.jsonl").open("w") as f:
+            for r in rows:
+                f.write(json.dumps(r) + "\n")
+    print(f"wrote {len(rows)} predictions to {out / 'inference.jsonl'}", flush=True)
+    return {"num_predictions": len(rows)}
+
+
+def _decode(cfg: DatasetConfig, predict, trainable, frozen, mesh, eval_steps, seed) -> list[dict]:
+    """The rows of inference.jsonl for one task's split (every host's examples)."""
+    shard_index, num_shards = sharding.data_shard_info(mesh)
+    detokenize = data.make_detokenizer(cfg)
     rows = []
-    detokenize = data.make_detokenizer(eval_data)
     with mesh:
-        it = data.make_eval_iterator(eval_data, shard_index=shard_index, num_shards=num_shards)
+        it = data.make_eval_iterator(cfg, shard_index=shard_index, num_shards=num_shards)
         for i, local in enumerate(it):
             if eval_steps is not None and i >= eval_steps:
                 break
@@ -154,23 +175,18 @@ def infer_job(
             inputs = sharding.to_host(batch["encoder_input_tokens"], mesh)
             targets = sharding.to_host(batch["decoder_target_tokens"], mesh)
             for j in np.flatnonzero(data.real_rows({"decoder_target_tokens": targets})):
-                rows.append(
-                    {
-                        "inputs": _strip(inputs[j]),
-                        "targets": _strip(targets[j]),
-                        "prediction": _strip(tokens[j]),
-                        "score": float(scores[j]),
-                    }
-                )
+                row = {
+                    "task": cfg.mixture_or_task_name,
+                    "inputs": _strip(inputs[j]),
+                    "targets": _strip(targets[j]),
+                    "prediction": _strip(tokens[j]),
+                    "score": float(scores[j]),
+                }
                 if detokenize is not None:
                     for key in ("inputs", "targets", "prediction"):
-                        rows[-1][f"{key}_text"] = detokenize(rows[-1][key])
-    if jax.process_index() == 0:
-        with (out / "inference.jsonl").open("w") as f:
-            for r in rows:
-                f.write(json.dumps(r) + "\n")
-    print(f"wrote {len(rows)} predictions to {out / 'inference.jsonl'}", flush=True)
-    return {"num_predictions": len(rows)}
+                        row[f"{key}_text"] = detokenize(row[key])
+                rows.append(row)
+    return rows
 
 
 def _strip(ids) -> list[int]:

@@ -20,6 +20,7 @@ pytestmark = [
     pytest.mark.skipif(not SPM.exists(), reason="T5 SentencePiece model not available"),
 ]
 
+MIXTURE = "spot_mix__spot_glue_rte_v200__spot_super_glue_boolq_v102"
 # One task per family and metric kind -> the task metrics its evals must report. (Plain
 # accuracy tasks train in glue_tasks_test; scoring_test and catalog_sources_test check metric
 # values, GoEmotions' too; glue_tasks_test and catalog_sources_test show every task.)
@@ -32,7 +33,7 @@ TASK_METRICS = {
     "spot_c4_span_corruption_v310": set(),
     # A mixture: each of its tasks evaluated on its own (T5X's per-task metrics), pooled
     # loss and accuracies beside them.
-    "spot_mix__spot_glue_rte_v200__spot_super_glue_boolq_v102": {
+    MIXTURE: {
         f"{task}/{metric}"
         for task in ("spot_glue_rte_v200", "spot_super_glue_boolq_v102")
         for metric in ("loss", "token_accuracy", "sequence_accuracy", "accuracy")
@@ -63,6 +64,7 @@ for task in tasks:
     if task == "spot_glue_cola_v200":
         train.append("--gin.trainer.train.rank_classification=True")
         evaluate.append("--gin.inference.evaluate_job.rank_classification=True")
+    if task == "spot_glue_cola_v200" or task.startswith("spot_mix__"):
         jobs.append(["infer", "--gin_file=test/tiny_eval.gin", model])
     for argv in jobs:
         start = time.time()
@@ -126,6 +128,16 @@ def test_infer_writes_the_decoded_text(runs):
     rows = [json.loads(line) for line in (runs / "spot_glue_cola_v200" / "inference.jsonl").open()]
     assert len(rows) == 4  # the mock validation split
     for row in rows:
+        assert row["task"] == "spot_glue_cola_v200"
         assert row["inputs_text"].startswith("cola sentence: ")
         assert row["targets_text"] in ("unacceptable", "acceptable")
         assert isinstance(row["prediction_text"], str)
+
+
+def test_infer_on_a_mixture_decodes_each_task(runs):
+    rows = [json.loads(line) for line in (runs / MIXTURE / "inference.jsonl").open()]
+    tasks = [row["task"] for row in rows]
+    # Task by task, every example of each mock split (a mixture's own epoch would stop at
+    # its first exhausted task).
+    assert tasks == ["spot_glue_rte_v200"] * 4 + ["spot_super_glue_boolq_v102"] * 4
+    assert all(r["inputs_text"].startswith(("rte ", "boolq ")) for r in rows)
