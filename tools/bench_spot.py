@@ -40,6 +40,7 @@ class Setup:
             prompt_length=args.prompt_length,
             z_loss=1e-4,
             max_segments=max_segments,
+            loss_chunk=getattr(args, "loss_chunk", 0),
             **({"decoding": decoding} if decoding else {}),
         )
         self.mesh = sharding.make_mesh(args.model_parallel)

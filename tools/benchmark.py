@@ -210,6 +210,12 @@ def main(argv=None) -> int:
     p.add_argument("--attention", default="xla", choices=["xla", "cudnn"])
     p.add_argument("--model-parallel", type=int, default=1)
     p.add_argument(
+        "--loss-chunk",
+        type=int,
+        default=0,
+        help="train/score loss over this many target positions at a time (PromptedT5.loss_chunk)",
+    )
+    p.add_argument(
         "--peak-tflops",
         type=float,
         default=None,
@@ -265,6 +271,7 @@ def main(argv=None) -> int:
         "frozen_dtype": args.frozen_dtype,
         "remat": args.remat,
         "scan": args.scan,
+        "loss_chunk": args.loss_chunk,
         "device": str(jax.devices()[0].device_kind),
         "jax": jax.__version__,
         "python": platform.python_version(),

@@ -53,6 +53,10 @@ class PromptedT5:
       max_segments: the most examples a packed row holds (`data.packing`); each gets its own
         prompt copy. 0 (default) accepts unpacked batches only. Unpacked batches run the
         same, unchanged computation whatever its value.
+      loss_chunk: when > 0 and the targets are longer, `loss` projects the decoder's states
+        to logits this many target positions at a time and never holds the [B, L, V] logits
+        (`losses.chunked_token_losses`): for long targets (summarization), same loss and
+        gradient. 0 (default): the whole logits at once.
     """
 
     def __init__(
@@ -63,6 +67,7 @@ class PromptedT5:
         z_loss: float = 1e-4,
         decoding: DecodingConfig = DecodingConfig(),
         max_segments: int = 0,
+        loss_chunk: int = 0,
     ):
         if prompt_length < 0:
             raise ValueError(f"PROMPT_LENGTH must be >= 0, got {prompt_length}")
@@ -71,7 +76,10 @@ class PromptedT5:
         self.prompt_init = prompt_init
         self.z_loss = z_loss
         self.decoding = decoding
+        if loss_chunk < 0:
+            raise ValueError(f"loss_chunk must be >= 0 (0: no chunking), got {loss_chunk}")
         self.max_segments = max_segments
+        self.loss_chunk = loss_chunk
         self.module = t5.Transformer(config, prompt_length, prompt_init, max_segments)
 
     # -- parameters ------------------------------------------------------------------------
@@ -102,6 +110,13 @@ class PromptedT5:
 
         A batch with seqio's packing features (`PACKING_FEATURES`) is run packed.
         """
+        return self._teacher_forced(params, batch, dropout_rng, hidden_only=False)
+
+    def hidden(self, params, batch: Batch, *, dropout_rng: Array | None = None) -> Array:
+        """The decoder's final states [B, L, H] that `logits` projects with the logits kernel."""
+        return self._teacher_forced(params, batch, dropout_rng, hidden_only=True)
+
+    def _teacher_forced(self, params, batch: Batch, dropout_rng, hidden_only: bool) -> Array:
         packing = {k: batch[k] for k in PACKING_FEATURES if k in batch}
         if packing and len(packing) != len(PACKING_FEATURES):
             missing = sorted(set(PACKING_FEATURES) - set(packing))
@@ -113,17 +128,32 @@ class PromptedT5:
             batch["decoder_target_tokens"],
             deterministic=dropout_rng is None,
             rngs=None if dropout_rng is None else {"dropout": dropout_rng},
+            hidden_only=hidden_only,
             **packing,
         )
 
     def loss(self, params, batch: Batch, dropout_rng: Array | None = None):
         """(summed loss, metrics) for a batch; metrics are sums, divided when logged."""
-        logits = self.logits(params, batch, dropout_rng=dropout_rng)
         targets, weights = batch["decoder_target_tokens"], batch["decoder_loss_weights"]
-        loss, z_loss, weight_sum = losses.weighted_cross_entropy(
-            logits, targets, weights, self.z_loss
-        )
-        correct, _ = losses.token_accuracy(logits, targets, weights)
+        if 0 < self.loss_chunk < targets.shape[1]:
+            hidden = self.hidden(params, batch, dropout_rng=dropout_rng)
+            kernel = params["decoder"]["logits_dense"]["kernel"]
+            token_loss, token_z, token_correct = losses.chunked_token_losses(
+                hidden, kernel, targets, self.z_loss, self.loss_chunk
+            )
+            w = weights.astype(jnp.float32)
+            loss, z_loss, weight_sum = (
+                jnp.sum(token_loss * w),
+                jnp.sum(token_z * w),
+                jnp.sum(w),
+            )
+            correct = jnp.sum(token_correct * w)
+        else:
+            logits = self.logits(params, batch, dropout_rng=dropout_rng)
+            loss, z_loss, weight_sum = losses.weighted_cross_entropy(
+                logits, targets, weights, self.z_loss
+            )
+            correct, _ = losses.token_accuracy(logits, targets, weights)
         metrics = {
             "loss": loss,
             "z_loss": z_loss,

@@ -216,8 +216,12 @@ class Decoder(nn.Module):
         max_decode_length: int | None = None,
         segment_ids: Array | None = None,
         positions: Array | None = None,
+        hidden_only: bool = False,
     ) -> Array:
         """embedded: [B, L, H]; encoded: [B, S, H]; encoder_mask: [B, S]. Returns [B, L, V].
+
+        With `hidden_only`, the input of the logits projection [B, L, H] instead (after the
+        final norm and dropout), for a loss that projects it a chunk at a time.
 
         In decode mode `embedded` is one token [B, 1, H] at `decode_position`, and the
         relative position bias is computed for `max_decode_length` keys. Packed rows pass
@@ -257,6 +261,8 @@ class Decoder(nn.Module):
         )(x, encoded, self_bias, cross_bias)
         x = layers.RMSNorm(name="decoder_norm", **kw)(x)
         x = nn.Dropout(c.dropout_rate, broadcast_dims=(-2,))(x, deterministic=deterministic)
+        if hidden_only:
+            return x
         # Logits in float32 (T5X's logits_dense has dtype float32).
         return layers.Dense(
             c.vocab_size,
@@ -337,10 +343,12 @@ class Transformer(nn.Module):
         encoder_positions: Array | None = None,
         decoder_segment_ids: Array | None = None,
         decoder_positions: Array | None = None,
+        hidden_only: bool = False,
     ) -> Array:
         """Decoder logits [B, L, V] given encoder outputs [B, P + T, H].
 
-        Packed rows pass all four segment/position features (seqio's names).
+        Packed rows pass all four segment/position features (seqio's names); `hidden_only`
+        returns the logits' input [B, L, H] instead.
         """
         embedded = self.token_embedder(decoder_input_tokens)
         if decoder_segment_ids is None:
@@ -358,6 +366,7 @@ class Transformer(nn.Module):
             max_decode_length=max_decode_length,
             segment_ids=decoder_segment_ids,
             positions=decoder_positions,
+            hidden_only=hidden_only,
         )
 
     def __call__(
@@ -371,8 +380,12 @@ class Transformer(nn.Module):
         encoder_positions: Array | None = None,
         decoder_segment_ids: Array | None = None,
         decoder_positions: Array | None = None,
+        hidden_only: bool = False,
     ) -> Array:
-        """Teacher-forced logits [B, L, V] (float32); packed rows pass the segment features."""
+        """Teacher-forced logits [B, L, V] (float32); packed rows pass the segment features.
+
+        `hidden_only`: the decoder's final states [B, L, H], the input of the logits.
+        """
         packing = dict(encoder_segment_ids=encoder_segment_ids, encoder_positions=encoder_positions)
         encoded = self.encode(encoder_input_tokens, deterministic=deterministic, **packing)
         return self.decode(
@@ -383,5 +396,6 @@ class Transformer(nn.Module):
             deterministic=deterministic,
             decoder_segment_ids=decoder_segment_ids,
             decoder_positions=decoder_positions,
+            hidden_only=hidden_only,
             **packing,
         )

@@ -49,6 +49,7 @@ def _load(
             prompts.from_file(str(path)),
             model.z_loss,
             model.decoding,
+            loss_chunk=model.loss_chunk,
         )
     mesh = sharding.make_mesh(model_parallel)
     rules = axes.standard_rules()

@@ -112,6 +112,49 @@ def weighted_cross_entropy(
     return jnp.sum(loss * weights), jnp.sum(z * weights), jnp.sum(weights)
 
 
+def chunked_token_losses(
+    hidden: Array, kernel: Array, targets: Array, z_loss: float, chunk: int
+) -> tuple[Array, Array, Array]:
+    """`token_cross_entropy` of `hidden @ kernel`, `chunk` target positions at a time.
+
+    The [B, L, V] logits never exist: a scan projects `chunk` positions [B, c, H] to float32
+    logits [B, c, V], takes their loss, z-loss and argmax and drops them, and the backward
+    pass recomputes each chunk's logits (`jax.checkpoint`) instead of keeping them. Peak
+    logits memory falls from B*L*V to B*c*V floats (with T5's 32k vocabulary, 2 GB at batch
+    32 and 512 targets, and as much again for their gradient) at the cost of one more
+    logits matmul per chunk in the backward pass.
+
+    Args:
+      hidden: [B, L, H] the decoder's final states (the logits projection's input).
+      kernel: [H, V] the logits projection (T5 1.1's untied `logits_dense`).
+      targets: [B, L] int target ids.
+      z_loss: z-loss coefficient.
+      chunk: target positions per chunk; L is zero-padded to a multiple of it.
+
+    Returns:
+      (loss with z-loss [B, L], z-loss [B, L], 1.0 where the argmax is the target [B, L]).
+    """
+    batch, length, width = hidden.shape
+    num_chunks = -(-length // chunk)
+    pad = num_chunks * chunk - length
+    hidden = jnp.pad(hidden, ((0, 0), (0, pad), (0, 0)))
+    targets = jnp.pad(targets.astype(jnp.int32), ((0, 0), (0, pad)))
+    # [n, B, c, ...]: the scan runs over chunks; the batch axis keeps its sharding.
+    hidden = hidden.reshape(batch, num_chunks, chunk, width).swapaxes(0, 1)
+    targets = targets.reshape(batch, num_chunks, chunk).swapaxes(0, 1)
+
+    @jax.checkpoint
+    def one_chunk(h, t):
+        # As the logits layer computes them: float32 activations and kernel.
+        logits = jnp.dot(h.astype(jnp.float32), kernel.astype(jnp.float32))
+        loss, z = token_cross_entropy(logits, t, z_loss)
+        correct = jax.lax.stop_gradient((jnp.argmax(logits, axis=-1) == t).astype(jnp.float32))
+        return loss, z, correct
+
+    _, outs = jax.lax.scan(lambda carry, x: (carry, one_chunk(*x)), None, (hidden, targets))
+    return tuple(o.swapaxes(0, 1).reshape(batch, num_chunks * chunk)[:, :length] for o in outs)
+
+
 def token_log_likelihood(logits: Array, targets: Array, weights: Array) -> Array:
     """Weighted log-probability of each target token [B, L] (no z-loss)."""
     log_probs = jax.nn.log_softmax(logits, axis=-1)

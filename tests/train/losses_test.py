@@ -97,3 +97,31 @@ def test_integer_targets_match_the_one_hot_path():
     np.testing.assert_allclose(
         jax.grad(by_ids)(logits), jax.grad(by_one_hot)(logits), rtol=1e-5, atol=1e-7
     )
+
+
+@pytest.mark.parametrize("chunk", [16, 24, 64])  # divides L, leaves a padded last chunk, = L
+def test_chunked_losses_match_the_whole_logits(chunk):
+    rng = np.random.default_rng(2)
+    hidden = jnp.asarray(rng.normal(size=(3, 64, 32)).astype(np.float32))
+    kernel = jnp.asarray(rng.normal(size=(32, 512)).astype(np.float32) * 0.3)
+    targets = jnp.asarray(rng.integers(0, 512, size=(3, 64)).astype(np.int32))
+    weights = jnp.asarray(rng.integers(0, 2, size=(3, 64)).astype(np.float32))
+
+    def whole(h, k):
+        logits = jnp.dot(h, k)
+        loss, z = losses.token_cross_entropy(logits, targets, 1e-4)
+        correct = (jnp.argmax(logits, -1) == targets).astype(jnp.float32)
+        return jnp.sum(loss * weights), (loss, z, correct)
+
+    def chunked(h, k):
+        loss, z, correct = losses.chunked_token_losses(h, k, targets, 1e-4, chunk)
+        return jnp.sum(loss * weights), (loss, z, correct)
+
+    (total_w, parts_w), grads_w = jax.value_and_grad(whole, (0, 1), has_aux=True)(hidden, kernel)
+    (total_c, parts_c), grads_c = jax.value_and_grad(chunked, (0, 1), has_aux=True)(hidden, kernel)
+    np.testing.assert_allclose(total_c, total_w, rtol=1e-6)
+    for got, want in zip(parts_c, parts_w, strict=True):
+        assert got.shape == (3, 64)
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    for got, want in zip(grads_c, grads_w, strict=True):  # hidden (prompt tuning) and kernel
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)

@@ -117,3 +117,21 @@ def test_eval_and_score_steps_use_the_merged_params(setup):
         float(metrics["loss"]) - float(metrics["z_loss"]), -float(scores.sum()), rtol=1e-5
     )
     assert float(metrics["weight_sum"]) == float(batch["decoder_loss_weights"].sum())
+
+
+@pytest.mark.parametrize("trainable_regex", [optim.PROMPT_REGEX, ".*"])
+def test_a_chunked_loss_trains_as_the_whole_logits_do(setup, trainable_regex):
+    """loss_chunk=3 over 8 targets (chunks 3, 3, 2 + padding), on the (4, 2) mesh with the
+    vocabulary sharded on 'model': same metrics and same updated params (prompt or all)."""
+    model = setup[0]
+    chunked = prompted.PromptedT5(model.config, model.prompt_length, loss_chunk=3)
+    _, whole_state, _, whole = _one_step(setup, trainable_regex)
+    _, chunked_state, _, metrics = _one_step((chunked, *setup[1:]), trainable_regex)
+    for key in ("loss", "z_loss", "weight_sum", "correct_tokens", "grad_norm"):
+        np.testing.assert_allclose(float(metrics[key]), float(whole[key]), rtol=1e-5, err_msg=key)
+    for name, value in whole_state.trainable.items():
+        np.testing.assert_allclose(
+            np.asarray(chunked_state.trainable[name]), np.asarray(value), rtol=1e-4, atol=1e-6
+        )
+    with pytest.raises(ValueError, match="loss_chunk must be >= 0"):
+        prompted.PromptedT5(model.config, model.prompt_length, loss_chunk=-1)
