@@ -83,3 +83,9 @@ def test_packing_mode_scores_every_example_as_the_padded_rows_do(benchmark, tmp_
     r = results[1]
     assert r["work"] == "score" and r["packed_rows"] < r["padded_rows"]
     assert r["score_max_abs_diff"] < 1e-4
+
+
+def test_train_mode_with_a_chunked_loss_reports_step_memory(benchmark, tmp_path):
+    (r,) = _run(benchmark, tmp_path, "--mode=train", "--loss-chunk=3")
+    assert r["impl"] == "spot_jax" and r["loss_chunk"] == 3
+    assert r["step_s"] > 0 and r["step_memory_gb"] > 0
