@@ -81,6 +81,7 @@ class Evaluator:
         max_batches: int | None = None,
         task_metrics: bool = True,
         rank_classification: bool = False,
+        progress: bool = False,
     ):
         """Builds the jitted steps and, per task, its scorer (examples are read on first use).
 
@@ -91,8 +92,10 @@ class Evaluator:
           max_batches: max eval batches per task; None = the whole split.
           task_metrics: compute the tasks' own metric fns on the decoded predictions.
           rank_classification: also score every label of classification tasks.
+          progress: a progress bar per task's pass (on a terminal, process 0 only).
         """
         self.mesh, self.rules, self.max_batches = mesh, rules, max_batches
+        self.progress = progress and jax.process_index() == 0
         self.is_mixture = (names := data.eval_task_names(eval_data)) is not None
         configs = (
             {name: dataclasses.replace(eval_data, mixture_or_task_name=name) for name in names}
@@ -138,7 +141,7 @@ class Evaluator:
         chosen: list[int] = []
         with self.mesh, nn.logical_axis_rules(list(self.rules)):
             it = data.make_eval_iterator(part.data, shard_index=shard_index, num_shards=num_shards)
-            for i, local in enumerate(it):
+            for i, local in enumerate(self._bar(it, part)):
                 if self.max_batches is not None and i >= self.max_batches:
                     break
                 batch = sharding.global_batch(local, self.mesh)
@@ -166,3 +169,19 @@ class Evaluator:
         if chosen:
             out.update(part.scorer.rank_metrics(chosen))
         return out, counts
+
+    def _bar(self, batches, part: _Part):
+        if not self.progress:
+            return batches
+        from tqdm import tqdm
+
+        name = part.name or part.data.mixture_or_task_name
+        # disable=None: only on a terminal, so logs and CI output stay clean.
+        return tqdm(
+            batches,
+            desc=f"eval {name}",
+            unit="batch",
+            total=self.max_batches,
+            leave=False,
+            disable=None,
+        )

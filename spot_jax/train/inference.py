@@ -96,6 +96,7 @@ def evaluate_job(
         rules,
         max_batches=eval_steps,
         rank_classification=rank_classification,
+        progress=True,
     )
     metrics = evaluator(trainable, frozen)
     out = epath.Path(model_dir)

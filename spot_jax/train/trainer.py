@@ -213,6 +213,7 @@ def train(
             rules,
             max_batches=eval_steps,
             rank_classification=rank_classification,
+            progress=progress,
         )
         if eval_data is not None
         else None

@@ -84,7 +84,7 @@ def test_a_mixture_is_evaluated_task_by_task_and_pooled(setup):
 def test_steps_compile_once_across_evals(setup):
     model, mesh, rules, trainable, frozen = setup
     cfg = DatasetConfig(RTE, LENGTHS, split="validation", batch_size=8)
-    evaluator = evaluation.Evaluator(model, cfg, mesh, rules, max_batches=1)
+    evaluator = evaluation.Evaluator(model, cfg, mesh, rules, max_batches=1, progress=True)
     first, second = evaluator(trainable, frozen), evaluator(trainable, frozen)
     assert first == second
     assert evaluator._eval_fn._cache_size() == 1
