@@ -300,18 +300,33 @@ class PromptedT5:
         raise ValueError(f"unknown decoding method {cfg.method!r}; use greedy, sample or beam")
 
 
+def is_stacked(name: str) -> bool:
+    """Whether a flat param name is a scanned stack of layers (`encoder/layers/...`)."""
+    parts = name.split("/")
+    return len(parts) > 2 and parts[0] in ("encoder", "decoder") and parts[1] == "layers"
+
+
+def layer_name(stacked_name: str, index: int) -> str:
+    """T5X name of layer `index` of a stacked param: `encoder/layers/x` -> `encoder/layers_3/x`."""
+    stack, _, rest = stacked_name.split("/", 2)
+    return f"{stack}/layers_{index}/{rest}"
+
+
+def unstack_flat(flat: Mapping[str, Array]) -> dict[str, Array]:
+    """Flat params with stacked layers (leading layer axis) -> one array per `layers_{i}`."""
+    out = {}
+    for name, value in flat.items():
+        if is_stacked(name):
+            out.update({layer_name(name, i): value[i] for i in range(value.shape[0])})
+        else:
+            out[name] = value
+    return out
+
+
 def unstack_layers(params):
     """Scanned params (`encoder/layers/...` with a leading layer axis) -> `layers_{i}`."""
     flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(params), sep="/")
-    out = {}
-    for path, value in flat.items():
-        parts = path.split("/")
-        if len(parts) > 2 and parts[1] == "layers":
-            for i in range(value.shape[0]):
-                out["/".join([parts[0], f"layers_{i}"] + parts[2:])] = value[i]
-        else:
-            out[path] = value
-    return flax.traverse_util.unflatten_dict(out, sep="/")
+    return flax.traverse_util.unflatten_dict(unstack_flat(flat), sep="/")
 
 
 def stack_layers(params):

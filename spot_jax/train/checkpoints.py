@@ -21,13 +21,15 @@ from collections.abc import Mapping
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
+from spot_jax.models import prompted
 from spot_jax.models.config import T5Config
 
-PROMPT_PATH = "encoder/prompt/prompt/prompt"
+PROMPT_PATH = prompted.PROMPT_PATH
 FROZEN_META = "spot_model.json"
 
 
@@ -208,7 +210,7 @@ def save_frozen(
     checkpoint of a flat {name: array} dict; `spot_model.json` lists the groups.
     """
     path = epath.Path(path)
-    params = {k: v for k, v in flat_params.items() if k != PROMPT_PATH}
+    params = prompted.unstack_flat({k: v for k, v in flat_params.items() if k != PROMPT_PATH})
     groups = frozen_groups(params, group_bytes or FROZEN_GROUP_BYTES)
     for i, names in enumerate(groups):
         with ocp.StandardCheckpointer() as ckptr:
@@ -253,11 +255,45 @@ def restore_frozen(
     """Restores the frozen params named in `abstract_flat` straight into their shardings.
 
     `path` is a spot_jax frozen checkpoint or a T5X checkpoint (legacy msgpack or Orbax).
+    Both store layers one by one (`encoder/layers_3/...`, T5X's names); a model with
+    `scan_layers` wants them stacked (`encoder/layers/...`, layer axis first): each layer is
+    read into the sharding of one slice, and the layers are stacked on the devices.
 
     Raises:
       CheckpointError: the checkpoint is of another model (names the first differing field
         or parameter and both shapes), or files are missing.
     """
+    stacked = {k: v for k, v in abstract_flat.items() if prompted.is_stacked(k)}
+    if not stacked:
+        return _restore_by_layer(path, abstract_flat, config)
+    wanted = {k: v for k, v in abstract_flat.items() if k not in stacked}
+    for name, spec in stacked.items():
+        one = _layer_sharding(spec.sharding)
+        for i in range(spec.shape[0]):
+            wanted[prompted.layer_name(name, i)] = jax.ShapeDtypeStruct(
+                spec.shape[1:], spec.dtype, sharding=one
+            )
+    restored = _restore_by_layer(path, wanted, config)
+    out = {k: restored.pop(k) for k in abstract_flat if k not in stacked}
+    for name, spec in stacked.items():
+        layers = [restored.pop(prompted.layer_name(name, i)) for i in range(spec.shape[0])]
+        out[name] = jax.jit(lambda *xs: jnp.stack(xs), out_shardings=spec.sharding)(*layers)
+    return out
+
+
+def _layer_sharding(sharding):
+    """The sharding of one layer's slice of a stacked param (the layer axis is never split)."""
+    spec = tuple(sharding.spec)
+    if spec and spec[0] is not None:
+        raise CheckpointError(
+            f"stacked params sharded along the layer axis ({spec}) cannot be restored"
+        )
+    return jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec(*spec[1:]))
+
+
+def _restore_by_layer(
+    path: epath.PathLike, abstract_flat: Mapping[str, jax.ShapeDtypeStruct], config: T5Config
+) -> dict[str, jax.Array]:
     if not (epath.Path(path) / FROZEN_META).exists():
         # A T5X checkpoint named directly: read it straight into the shardings.
         from spot_jax.interop import t5x

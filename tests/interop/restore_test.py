@@ -8,7 +8,7 @@ import pytest
 from spot_jax import axes
 from spot_jax.interop import t5x
 from spot_jax.models.config import named_config
-from spot_jax.models.prompted import PROMPT_PATH, PromptedT5
+from spot_jax.models.prompted import PROMPT_PATH, PromptedT5, unstack_flat
 from spot_jax.train import checkpoints, sharding, trainer
 
 PT_TINY = (
@@ -46,6 +46,20 @@ def test_build_params_from_t5x_equals_converted(tmp_path):
     emb = direct[t5x.EMBEDDING]
     assert len({str(s.index) for s in emb.addressable_shards}) > 1
     assert PROMPT_PATH in direct
+
+
+def test_a_scanned_model_reads_the_t5x_checkpoint_layer_by_layer():
+    mesh = sharding.make_mesh(2)
+    looped, _ = build(PromptedT5(named_config("pt_test_tiny"), prompt_length=3), mesh, PT_TINY)
+    model = PromptedT5(named_config("pt_test_tiny", scan_layers=True), prompt_length=3)
+    stacked, shardings = build(model, mesh, PT_TINY)
+    assert "decoder/layers/self_attention/query/kernel" in stacked
+    for name, value in stacked.items():
+        assert value.sharding == shardings[name], name
+    per_layer = unstack_flat(stacked)
+    assert set(per_layer) == set(looped)
+    for name, value in looped.items():
+        np.testing.assert_array_equal(np.asarray(per_layer[name]), np.asarray(value), err_msg=name)
 
 
 def test_t5x_checkpoint_of_another_model_names_the_parameter():

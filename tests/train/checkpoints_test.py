@@ -64,6 +64,38 @@ def test_restored_frozen_weights_equal_the_checkpoint(frozen_checkpoint):
             assert not np.array_equal(np.asarray(fresh[name]), want), name
 
 
+def test_a_scanned_model_restores_and_writes_per_layer_checkpoints(frozen_checkpoint, tmp_path):
+    """scan_layers stacks the checkpoint's `layers_i` on the devices, in the model's shardings,
+    and computes the loss the per-layer model computes; a frozen checkpoint written from the
+    scanned params is per-layer again."""
+    from spot_jax.data import synthetic
+    from spot_jax.train import steps
+
+    path, saved = frozen_checkpoint
+    mesh = sharding.make_mesh(2)
+    scanned = _model(scan_layers=True)
+    params, shardings = _build(scanned, mesh, path)
+    assert "encoder/layers/mlp/wi_0/kernel" in params
+    for name, value in params.items():
+        assert value.sharding == shardings[name], name
+    per_layer = prompted.unstack_flat(params)
+    assert set(per_layer) - {PROMPT} == set(saved)
+    for name, value in saved.items():
+        np.testing.assert_array_equal(np.asarray(per_layer[name]), value, err_msg=name)
+    batch = sharding.global_batch(synthetic.make_batch(8, LENGTHS, 512), mesh)
+    looped, _ = _build(_model(), mesh, path)
+    losses = []
+    for model, p in ((scanned, params), (_model(), looped)):
+        trainable, frozen = optim.split_trainable(p, optim.PROMPT_REGEX)
+        with mesh:
+            losses.append(float(steps.eval_step(model, trainable, frozen, batch)["loss"]))
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+    checkpoints.save_frozen(tmp_path / "again", params, scanned.config)
+    again, _ = _build(_model(), mesh, tmp_path / "again")
+    for name, value in saved.items():
+        np.testing.assert_array_equal(np.asarray(again[name]), value, err_msg=name)
+
+
 def test_checkpoint_of_another_size_names_the_field(frozen_checkpoint):
     path, _ = frozen_checkpoint
     wider = _model(emb_dim=16)
