@@ -5,6 +5,7 @@ fixture shapes match the real T5X test checkpoints under `shared/fixtures/t5x/`.
 """
 
 import dataclasses
+import warnings
 from typing import Any
 
 import jax.numpy as jnp
@@ -25,6 +26,9 @@ class T5Config:
       relpos_buckets: relative position buckets (32 in T5).
       relpos_max_distance: distance beyond which buckets saturate (128 in T5).
       dropout_rate: dropout everywhere (0.1 when fine-tuning in T5X).
+      attention_dropout_rate: dropout of the attention probabilities; None (default): the
+        `dropout_rate`, as T5X. 0.0 with `attention_impl='cudnn'` lets training use the fused
+        kernel, which has no dropout (the residual and MLP dropout stay at `dropout_rate`).
       dtype: activation dtype; params are kept in `param_dtype`.
       param_dtype: dtype of params as created (float32 in T5X).
       frozen_dtype: if set, frozen weights are cast to this dtype (e.g. bfloat16) when loaded,
@@ -51,6 +55,7 @@ class T5Config:
     relpos_buckets: int = 32
     relpos_max_distance: int = 128
     dropout_rate: float = 0.0
+    attention_dropout_rate: float | None = None
     dtype: Any = "bfloat16"
     param_dtype: Any = "float32"
     frozen_dtype: Any = None
@@ -70,6 +75,20 @@ class T5Config:
             )
         if self.remat_policy not in ("none", "full", "dots"):
             raise ValueError(f"remat_policy must be none, full or dots, got {self.remat_policy!r}")
+        if self.attention_impl == "cudnn" and self.attention_dropout > 0:
+            warnings.warn(
+                f"attention_impl='cudnn' with attention dropout {self.attention_dropout}: training "
+                "steps use XLA attention (the fused kernel has no dropout; evals still use it). "
+                "Set T5Config.attention_dropout_rate = 0.0 to train with it.",
+                stacklevel=2,
+            )
+
+    @property
+    def attention_dropout(self) -> float:
+        """Dropout rate of the attention probabilities (`dropout_rate` unless set apart)."""
+        if self.attention_dropout_rate is None:
+            return self.dropout_rate
+        return self.attention_dropout_rate
 
     @property
     def activation_dtype(self) -> jnp.dtype:

@@ -47,7 +47,7 @@ class EncoderLayer(nn.Module):
         h = layers.MultiHeadAttention(
             c.num_heads,
             c.head_dim,
-            c.dropout_rate,
+            c.attention_dropout,
             float32_logits=c.float32_attention_logits,
             implementation=c.attention_impl,
             name="attention",
@@ -80,7 +80,7 @@ class DecoderLayer(nn.Module):
             layers.MultiHeadAttention,
             c.num_heads,
             c.head_dim,
-            c.dropout_rate,
+            c.attention_dropout,
             float32_logits=c.float32_attention_logits,
             implementation=c.attention_impl,
             **kw,

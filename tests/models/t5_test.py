@@ -194,3 +194,39 @@ def test_dropout_is_off_without_rng_and_on_with_it(tiny):
 def test_config_rejects_unknown_remat_policy():
     with pytest.raises(ValueError, match="remat_policy"):
         dataclasses.replace(_config(), remat_policy="sometimes")
+
+
+def _dropout_draws(cfg, params, batch) -> int:
+    """How many random draws one training forward pass makes (each dropout mask is one)."""
+    model = prompted.PromptedT5(cfg, prompt_length=PROMPT_LENGTH)
+    jaxpr = jax.make_jaxpr(lambda p, r: model.logits(p, batch, dropout_rng=r))(
+        params, jax.random.PRNGKey(0)
+    )
+    return _count_calls(jaxpr.jaxpr, "random_bits")
+
+
+def _count_calls(jaxpr, primitive: str) -> int:
+    """Call sites of `primitive` in a jaxpr, inside nested calls (pjit, remat, ...) too."""
+    count = 0
+    for eqn in jaxpr.eqns:
+        count += eqn.primitive.name == primitive
+        for value in eqn.params.values():
+            for sub in value if isinstance(value, (list, tuple)) else [value]:
+                inner = getattr(sub, "jaxpr", sub)
+                if hasattr(inner, "eqns"):
+                    count += _count_calls(inner, primitive)
+    return count
+
+
+def test_attention_dropout_can_be_set_apart_from_dropout(tiny):
+    _, params, batch = tiny
+    both = _config(dropout_rate=0.1)
+    apart = dataclasses.replace(both, attention_dropout_rate=0.0)
+    assert (both.attention_dropout, apart.attention_dropout) == (0.1, 0.0)
+    # 2 + 2 layers: 2 encoder self-attentions, 2 decoder self- and 2 cross-attentions.
+    draws = _dropout_draws(both, params, batch)
+    assert draws - _dropout_draws(apart, params, batch) == 6
+    assert _dropout_draws(apart, params, batch) > 0  # residual and MLP dropout stay
+    # The fused kernel has no dropout: asking for it with attention dropout on says so.
+    with pytest.warns(UserWarning, match="attention_dropout_rate = 0.0"):
+        dataclasses.replace(both, attention_impl="cudnn")
