@@ -54,7 +54,13 @@ def build_params(
     }
     rng_init, rng_prompt = jax.random.split(jax.random.PRNGKey(seed))
     if initial_checkpoint_path:
-        model_abstract = {k: v for k, v in abstract.items() if k != PROMPT_PATH}
+        # Read straight into the frozen dtype: a bf16 XXL never holds its float32 weights.
+        dtype = model.config.frozen_dtype
+        model_abstract = {
+            k: jax.ShapeDtypeStruct(v.shape, dtype or v.dtype, sharding=v.sharding)
+            for k, v in abstract.items()
+            if k != PROMPT_PATH
+        }
         params = checkpoints.restore_frozen(initial_checkpoint_path, model_abstract, model.config)
     else:
         # Seeded fresh init, created directly in its shardings.

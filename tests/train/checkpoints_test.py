@@ -96,6 +96,16 @@ def test_a_scanned_model_restores_and_writes_per_layer_checkpoints(frozen_checkp
         np.testing.assert_array_equal(np.asarray(again[name]), value, err_msg=name)
 
 
+def test_frozen_weights_are_read_straight_into_the_frozen_dtype(frozen_checkpoint):
+    path, saved = frozen_checkpoint
+    params, _ = _build(_model(frozen_dtype="bfloat16"), sharding.make_mesh(2), path)
+    for name, value in saved.items():
+        assert params[name].dtype == jnp.bfloat16, name
+        want = np.asarray(jnp.asarray(value).astype(jnp.bfloat16))
+        np.testing.assert_array_equal(np.asarray(params[name]), want, err_msg=name)
+    assert params[PROMPT].dtype == jnp.float32  # the trained prompt stays float32
+
+
 def test_checkpoint_of_another_size_names_the_field(frozen_checkpoint):
     path, _ = frozen_checkpoint
     wider = _model(emb_dim=16)
