@@ -105,22 +105,56 @@ class PromptedT5:
 
     # -- training and scoring ----------------------------------------------------------------
 
-    def logits(self, params, batch: Batch, *, dropout_rng: Array | None = None) -> Array:
+    def encode(self, params, encoder_input_tokens: Array) -> Array:
+        """The encoder's output [B, P + T, H] (no dropout), to share between the evals of a
+        batch: `loss`, `predict` and `score_candidates` take it as `encoded=`."""
+        return self.module.apply(
+            {"params": params}, encoder_input_tokens, method=t5.Transformer.encode
+        )
+
+    def logits(
+        self,
+        params,
+        batch: Batch,
+        *,
+        dropout_rng: Array | None = None,
+        encoded: Array | None = None,
+    ) -> Array:
         """Teacher-forced logits [B, L, V] (float32); dropout on iff `dropout_rng` is given.
 
-        A batch with seqio's packing features (`PACKING_FEATURES`) is run packed.
+        A batch with seqio's packing features (`PACKING_FEATURES`) is run packed. `encoded`
+        (from `encode`, unpacked batches, no dropout) skips the encoder.
         """
-        return self._teacher_forced(params, batch, dropout_rng, hidden_only=False)
+        return self._teacher_forced(params, batch, dropout_rng, False, encoded)
 
-    def hidden(self, params, batch: Batch, *, dropout_rng: Array | None = None) -> Array:
+    def hidden(
+        self,
+        params,
+        batch: Batch,
+        *,
+        dropout_rng: Array | None = None,
+        encoded: Array | None = None,
+    ) -> Array:
         """The decoder's final states [B, L, H] that `logits` projects with the logits kernel."""
-        return self._teacher_forced(params, batch, dropout_rng, hidden_only=True)
+        return self._teacher_forced(params, batch, dropout_rng, True, encoded)
 
-    def _teacher_forced(self, params, batch: Batch, dropout_rng, hidden_only: bool) -> Array:
+    def _teacher_forced(self, params, batch: Batch, dropout_rng, hidden_only, encoded) -> Array:
         packing = {k: batch[k] for k in PACKING_FEATURES if k in batch}
         if packing and len(packing) != len(PACKING_FEATURES):
             missing = sorted(set(PACKING_FEATURES) - set(packing))
             raise ValueError(f"a packed batch needs all of {PACKING_FEATURES}; missing {missing}")
+        if encoded is not None:
+            if packing or dropout_rng is not None:
+                raise ValueError("a shared `encoded` serves unpacked batches without dropout")
+            return self.module.apply(
+                {"params": params},
+                encoded,
+                batch["encoder_input_tokens"],
+                batch["decoder_input_tokens"],
+                batch["decoder_target_tokens"],
+                hidden_only=hidden_only,
+                method=t5.Transformer.decode,
+            )
         return self.module.apply(
             {"params": params},
             batch["encoder_input_tokens"],
@@ -132,11 +166,13 @@ class PromptedT5:
             **packing,
         )
 
-    def loss(self, params, batch: Batch, dropout_rng: Array | None = None):
+    def loss(
+        self, params, batch: Batch, dropout_rng: Array | None = None, encoded: Array | None = None
+    ):
         """(summed loss, metrics) for a batch; metrics are sums, divided when logged."""
         targets, weights = batch["decoder_target_tokens"], batch["decoder_loss_weights"]
         if 0 < self.loss_chunk < targets.shape[1]:
-            hidden = self.hidden(params, batch, dropout_rng=dropout_rng)
+            hidden = self.hidden(params, batch, dropout_rng=dropout_rng, encoded=encoded)
             kernel = params["decoder"]["logits_dense"]["kernel"]
             token_loss, token_z, token_correct = losses.chunked_token_losses(
                 hidden, kernel, targets, self.z_loss, self.loss_chunk
@@ -149,7 +185,7 @@ class PromptedT5:
             )
             correct = jnp.sum(token_correct * w)
         else:
-            logits = self.logits(params, batch, dropout_rng=dropout_rng)
+            logits = self.logits(params, batch, dropout_rng=dropout_rng, encoded=encoded)
             loss, z_loss, weight_sum = losses.weighted_cross_entropy(
                 logits, targets, weights, self.z_loss
             )
@@ -199,7 +235,9 @@ class PromptedT5:
             self.max_segments,
         )
 
-    def score_candidates(self, params, encoder_input_tokens: Array, candidates: Array) -> Array:
+    def score_candidates(
+        self, params, encoder_input_tokens: Array, candidates: Array, encoded: Array | None = None
+    ) -> Array:
         """Log-likelihood of every candidate target for every example [b, C].
 
         Rank classification as T5X's `score_batch` over (example, label) pairs computes it, but
@@ -211,11 +249,11 @@ class PromptedT5:
           params: the model's params.
           encoder_input_tokens: [b, T] int.
           candidates: [C, L] int label token ids, EOS-terminated, 0-padded.
+          encoded: the encoder's output for these tokens when already computed (`encode`).
         """
         b, num = encoder_input_tokens.shape[0], candidates.shape[0]
-        encoded = self.module.apply(
-            {"params": params}, encoder_input_tokens, method=t5.Transformer.encode
-        )
+        if encoded is None:
+            encoded = self.encode(params, encoder_input_tokens)
         targets = jnp.tile(candidates.astype(jnp.int32), (b, 1))
         decoder_inputs = jnp.pad(targets[:, :-1], ((0, 0), (1, 0)))  # shifted right, BOS 0
         logits = self.module.apply(
@@ -232,9 +270,18 @@ class PromptedT5:
     # -- decoding ---------------------------------------------------------------------------
 
     def predict(
-        self, params, batch: Batch, *, max_decode_length: int, rng: Array | None = None
+        self,
+        params,
+        batch: Batch,
+        *,
+        max_decode_length: int,
+        rng: Array | None = None,
+        encoded: Array | None = None,
     ) -> tuple[Array, Array]:
-        """Decodes with a KV cache. Returns (tokens [B, D, L], scores [B, D]), best last."""
+        """Decodes with a KV cache. Returns (tokens [B, D, L], scores [B, D]), best last.
+
+        `encoded`: the encoder's output for the batch when already computed (`encode`).
+        """
         cfg = self.decoding
         module, params = self.module, params
         if self.config.scan_layers:
@@ -247,7 +294,8 @@ class PromptedT5:
             params = unstack_layers(params)
         enc_tokens = batch["encoder_input_tokens"]
         batch_size = enc_tokens.shape[0]
-        encoded = module.apply({"params": params}, enc_tokens, method=t5.Transformer.encode)
+        if encoded is None:
+            encoded = module.apply({"params": params}, enc_tokens, method=t5.Transformer.encode)
 
         def decode_call(tokens, cache, index, encoded, enc_tokens, mutable):
             return module.apply(

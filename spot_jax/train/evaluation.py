@@ -37,6 +37,12 @@ class _Counts:
     exact: int = 0
     sequences: int = 0
 
+    def add_sums(self, sums) -> None:
+        """Adds one batch's metric sums (`PromptedT5.loss`)."""
+        self.loss += float(sums["loss"])
+        self.correct_tokens += float(sums["correct_tokens"])
+        self.weight_sum += float(sums["weight_sum"])
+
     def add(self, other: _Counts) -> None:
         for field in dataclasses.fields(self):
             setattr(self, field.name, getattr(self, field.name) + getattr(other, field.name))
@@ -59,7 +65,8 @@ class _Part:
     name: str | None
     data: DatasetConfig
     scorer: object | None  # data.scoring.TaskScorer
-    score_fn: object | None  # jitted rank-classification scores, classification tasks only
+    step: object  # jitted `steps.eval_predict_step` (with this task's labels when ranking)
+    ranks: bool  # whether `step` scores the task's labels (rank classification)
 
 
 class Evaluator:
@@ -68,7 +75,8 @@ class Evaluator:
     With `task_metrics`, also each task's own metrics on the decoded predictions (e.g.
     'eval/accuracy', 'eval/f1'; `data.make_task_scorer`); with `rank_classification`, on a
     classification task, the same metrics when each example answers its likeliest label
-    ('eval/rank_accuracy', ...; `PromptedT5.score_candidates`).
+    ('eval/rank_accuracy', ...; `PromptedT5.score_candidates`). Decoding, task and rank metrics
+    come with `predict` (the default); one encoder pass per batch serves all of them.
     """
 
     def __init__(
@@ -103,23 +111,23 @@ class Evaluator:
             else {None: eval_data}
         )
         target_len = eval_data.task_feature_lengths["targets"]
+        # Loss, greedy decode and label scores share one encoder pass per batch
+        # (`steps.eval_predict_step`); without decoding, the loss step alone.
         self._eval_fn = jax.jit(functools.partial(steps.eval_step, model))
-        self._predict_fn = jax.jit(
-            functools.partial(steps.predict_step, model, max_decode_length=target_len)
-        )
+        step = functools.partial(steps.eval_predict_step, model, max_decode_length=target_len)
+        self._eval_predict_fn = jax.jit(step)
         self._parts = []
         for name, cfg in configs.items():
             scorer = data.make_task_scorer(cfg) if task_metrics else None
             candidates = (
                 scorer.candidate_ids(target_len) if scorer and rank_classification else None
             )
-            score_fn = None
-            if candidates is not None:
+            if candidates is None:
+                self._parts.append(_Part(name, cfg, scorer, self._eval_predict_fn, False))
+            else:
                 # The candidates are a constant of the program (every host holds the same labels).
-                score_fn = jax.jit(
-                    functools.partial(steps.candidate_score_step, model, candidates=candidates)
-                )
-            self._parts.append(_Part(name, cfg, scorer, score_fn))
+                ranked = jax.jit(functools.partial(step, candidates=candidates))
+                self._parts.append(_Part(name, cfg, scorer, ranked, True))
 
     def __call__(self, trainable, frozen, predict: bool = True) -> dict[str, float]:
         """The metrics of `trainable` (the prompt) with `frozen` weights on the eval split(s)."""
@@ -145,23 +153,20 @@ class Evaluator:
                 if self.max_batches is not None and i >= self.max_batches:
                     break
                 batch = sharding.global_batch(local, self.mesh)
-                sums = jax.device_get(self._eval_fn(trainable, frozen, batch))
-                counts.loss += float(sums["loss"])
-                counts.correct_tokens += float(sums["correct_tokens"])
-                counts.weight_sum += float(sums["weight_sum"])
-                if not (predict or part.score_fn):
+                if not predict:
+                    counts.add_sums(jax.device_get(self._eval_fn(trainable, frozen, batch)))
                     continue
+                sums, tokens, _, ranked = part.step(trainable, frozen, batch, jax.random.PRNGKey(0))
+                counts.add_sums(jax.device_get(sums))
                 target = sharding.to_host(batch["decoder_target_tokens"], self.mesh)
                 real = target[:, 0] != 0
-                if predict:
-                    tokens, _ = self._predict_fn(trainable, frozen, batch, jax.random.PRNGKey(0))
-                    pred = sharding.to_host(tokens, self.mesh)[:, -1]
-                    counts.exact += int(np.sum(np.all(pred == target, axis=-1) & real))
-                    counts.sequences += int(np.sum(real))
-                    if part.scorer is not None:
-                        predicted.extend(pred[real])
-                if part.score_fn is not None:
-                    scores = sharding.to_host(part.score_fn(trainable, frozen, batch), self.mesh)
+                pred = sharding.to_host(tokens, self.mesh)[:, -1]
+                counts.exact += int(np.sum(np.all(pred == target, axis=-1) & real))
+                counts.sequences += int(np.sum(real))
+                if part.scorer is not None:
+                    predicted.extend(pred[real])
+                if part.ranks:
+                    scores = sharding.to_host(ranked, self.mesh)
                     chosen.extend(np.argmax(scores, axis=-1)[real])
         out = counts.metrics(predict)
         if predicted:

@@ -53,6 +53,26 @@ def eval_step(model: PromptedT5, trainable, frozen, batch):
     return metrics
 
 
+def eval_predict_step(
+    model: PromptedT5, trainable, frozen, batch, rng, max_decode_length: int, candidates=None
+):
+    """`eval_step`, `predict_step` and (with `candidates`) `candidate_score_step` on one batch,
+    sharing one encoder pass. Returns (metric sums, tokens [B, D, L], scores [B, D],
+    candidate log-likelihoods [B, C] or None)."""
+    params = state_lib.merge_params(trainable, frozen)
+    encoded = model.encode(params, batch["encoder_input_tokens"])
+    _, metrics = model.loss(params, batch, encoded=encoded)
+    tokens, scores = model.predict(
+        params, batch, max_decode_length=max_decode_length, rng=rng, encoded=encoded
+    )
+    ranked = None
+    if candidates is not None:
+        ranked = model.score_candidates(
+            params, batch["encoder_input_tokens"], candidates, encoded=encoded
+        )
+    return metrics, tokens, scores, ranked
+
+
 def score_step(model: PromptedT5, trainable, frozen, batch):
     """Per-sequence log-likelihood [B]."""
     return model.score(state_lib.merge_params(trainable, frozen), batch)

@@ -87,10 +87,12 @@ def test_steps_compile_once_across_evals(setup):
     evaluator = evaluation.Evaluator(model, cfg, mesh, rules, max_batches=1, progress=True)
     first, second = evaluator(trainable, frozen), evaluator(trainable, frozen)
     assert first == second
+    assert evaluator._eval_predict_fn._cache_size() == 1
+    # Without decoding: loss and token accuracy only, the same as with it.
+    without = evaluator(trainable, frozen, predict=False)
+    assert set(without) == {"eval/loss", "eval/token_accuracy"}
+    assert without["eval/loss"] == pytest.approx(first["eval/loss"], rel=1e-6)
     assert evaluator._eval_fn._cache_size() == 1
-    assert evaluator._predict_fn._cache_size() == 1
-    # Without decoding: loss and token accuracy only.
-    assert set(evaluator(trainable, frozen, predict=False)) == {"eval/loss", "eval/token_accuracy"}
 
 
 def test_a_mixture_without_the_split_says_which_splits_it_has(setup):

@@ -1,6 +1,7 @@
 """train_step invariants: only trainable leaves change, the optimizer holds only them, and a
 non-finite step leaves the state untouched."""
 
+import dataclasses
 import functools
 
 import jax
@@ -135,3 +136,34 @@ def test_a_chunked_loss_trains_as_the_whole_logits_do(setup, trainable_regex):
         )
     with pytest.raises(ValueError, match="loss_chunk must be >= 0"):
         prompted.PromptedT5(model.config, model.prompt_length, loss_chunk=-1)
+
+
+@pytest.mark.parametrize("scan", [False, True])
+def test_the_shared_encoder_eval_step_equals_the_separate_steps(setup, scan):
+    """One encoder pass for loss, greedy decode and label scores gives what the three steps
+    give with an encoder pass each (scanned layers too: decoding unstacks them)."""
+    model, _, params, _, batch = setup
+    if scan:
+        cfg = dataclasses.replace(model.config, scan_layers=True)
+        model = prompted.PromptedT5(cfg, model.prompt_length)
+        params = state.flatten_params(prompted.stack_layers(state.merge_params(params, {})))
+    trainable, frozen = optim.split_trainable(params, optim.PROMPT_REGEX)
+    candidates = jnp.asarray([[5, 6, 1, 0], [7, 1, 0, 0], [9, 9, 9, 1]], jnp.int32)
+    rng = jax.random.PRNGKey(3)
+    shared = jax.jit(
+        functools.partial(
+            steps.eval_predict_step, model, max_decode_length=8, candidates=candidates
+        )
+    )(trainable, frozen, batch, rng)
+    metrics = jax.jit(functools.partial(steps.eval_step, model))(trainable, frozen, batch)
+    tokens, scores = jax.jit(functools.partial(steps.predict_step, model, max_decode_length=8))(
+        trainable, frozen, batch, rng
+    )
+    ranked = jax.jit(functools.partial(steps.candidate_score_step, model, candidates=candidates))(
+        trainable, frozen, batch
+    )
+    for key, value in metrics.items():
+        np.testing.assert_allclose(float(shared[0][key]), float(value), rtol=1e-6, err_msg=key)
+    np.testing.assert_array_equal(np.asarray(shared[1]), np.asarray(tokens))
+    np.testing.assert_allclose(np.asarray(shared[2]), np.asarray(scores), rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(shared[3]), np.asarray(ranked), rtol=1e-5)
