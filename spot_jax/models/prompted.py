@@ -127,18 +127,9 @@ class PromptedT5:
         """
         return self._teacher_forced(params, batch, dropout_rng, False, encoded)
 
-    def hidden(
-        self,
-        params,
-        batch: Batch,
-        *,
-        dropout_rng: Array | None = None,
-        encoded: Array | None = None,
-    ) -> Array:
-        """The decoder's final states [B, L, H] that `logits` projects with the logits kernel."""
-        return self._teacher_forced(params, batch, dropout_rng, True, encoded)
-
     def _teacher_forced(self, params, batch: Batch, dropout_rng, hidden_only, encoded) -> Array:
+        """Logits [B, L, V], or with `hidden_only` the decoder's final states [B, L, H] that
+        the logits kernel projects (for the chunked loss)."""
         packing = {k: batch[k] for k in PACKING_FEATURES if k in batch}
         if packing and len(packing) != len(PACKING_FEATURES):
             missing = sorted(set(PACKING_FEATURES) - set(packing))
@@ -172,7 +163,7 @@ class PromptedT5:
         """(summed loss, metrics) for a batch; metrics are sums, divided when logged."""
         targets, weights = batch["decoder_target_tokens"], batch["decoder_loss_weights"]
         if 0 < self.loss_chunk < targets.shape[1]:
-            hidden = self.hidden(params, batch, dropout_rng=dropout_rng, encoded=encoded)
+            hidden = self._teacher_forced(params, batch, dropout_rng, True, encoded)
             kernel = params["decoder"]["logits_dense"]["kernel"]
             token_loss, token_z, token_correct = losses.chunked_token_losses(
                 hidden, kernel, targets, self.z_loss, self.loss_chunk
