@@ -16,6 +16,7 @@ works on machines without them (the TF fence of DESIGN.md).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 
 import numpy as np
@@ -25,6 +26,7 @@ from spot_jax.data.config import SYNTHETIC, DatasetConfig
 __all__ = [
     "SYNTHETIC",
     "DatasetConfig",
+    "eval_task_configs",
     "eval_task_names",
     "make_detokenizer",
     "make_eval_iterator",
@@ -149,6 +151,15 @@ def eval_task_names(cfg: DatasetConfig) -> list[str] | None:
     from spot_jax.data import pipeline
 
     return pipeline.eval_task_names(cfg)
+
+
+def eval_task_configs(cfg: DatasetConfig) -> dict[str | None, DatasetConfig]:
+    """What an eval or infer job reads: `{task: cfg for that task}` for each task a mixture
+    is evaluated on (`eval_task_names`), or `{None: cfg}` for a task."""
+    names = eval_task_names(cfg)
+    if names is None:
+        return {None: cfg}
+    return {name: dataclasses.replace(cfg, mixture_or_task_name=name) for name in names}
 
 
 def make_detokenizer(cfg: DatasetConfig):

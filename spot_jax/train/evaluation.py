@@ -104,12 +104,8 @@ class Evaluator:
         """
         self.mesh, self.rules, self.max_batches = mesh, rules, max_batches
         self.progress = progress and jax.process_index() == 0
-        self.is_mixture = (names := data.eval_task_names(eval_data)) is not None
-        configs = (
-            {name: dataclasses.replace(eval_data, mixture_or_task_name=name) for name in names}
-            if self.is_mixture
-            else {None: eval_data}
-        )
+        configs = data.eval_task_configs(eval_data)
+        self.is_mixture = None not in configs
         target_len = eval_data.task_feature_lengths["targets"]
         # Loss, greedy decode and label scores share one encoder pass per batch
         # (`steps.eval_predict_step`); without decoding, the loss step alone.

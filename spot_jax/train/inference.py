@@ -4,7 +4,6 @@ The prompt comes from PROMPT_FILE when given, else from MODEL_DIR's newest numpy
 the frozen weights from INITIAL_CHECKPOINT_PATH, as in training.
 """
 
-import dataclasses
 import functools
 import json
 
@@ -139,14 +138,8 @@ def infer_job(
     )
     length = eval_data.task_feature_lengths["targets"]
     predict = jax.jit(functools.partial(steps.predict_step, model, max_decode_length=length))
-    names = data.eval_task_names(eval_data)
-    configs = (
-        [dataclasses.replace(eval_data, mixture_or_task_name=name) for name in names]
-        if names
-        else [eval_data]
-    )
     rows = []
-    for cfg in configs:
+    for cfg in data.eval_task_configs(eval_data).values():
         rows += _decode(cfg, predict, trainable, frozen, mesh, eval_steps, seed)
     out = epath.Path(model_dir)
     out.mkdir(parents=True, exist_ok=True)
