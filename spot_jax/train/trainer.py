@@ -53,11 +53,12 @@ def build_params(
         for k, v in abstract.items()
     }
     rng_init, rng_prompt = jax.random.split(jax.random.PRNGKey(seed))
+    # Both branches make the frozen weights in this dtype directly (read or created in it),
+    # so a bf16 XXL never holds all its float32 weights at once.
+    frozen_dtype = model.config.frozen_dtype
     if initial_checkpoint_path:
-        # Read straight into the frozen dtype: a bf16 XXL never holds its float32 weights.
-        dtype = model.config.frozen_dtype
         model_abstract = {
-            k: jax.ShapeDtypeStruct(v.shape, dtype or v.dtype, sharding=v.sharding)
+            k: jax.ShapeDtypeStruct(v.shape, frozen_dtype or v.dtype, sharding=v.sharding)
             for k, v in abstract.items()
             if k != PROMPT_PATH
         }
@@ -70,20 +71,15 @@ def build_params(
             "decoder_input_tokens": ids(feature_lengths["targets"]),
             "decoder_target_tokens": ids(feature_lengths["targets"]),
         }
-        frozen_dtype = model.config.frozen_dtype
 
         def init(rng):
             flat = state_lib.flatten_params(nn.unbox(model.init(rng, fake)))
             flat.pop(PROMPT_PATH, None)
-            # Cast inside the jit so a bf16 XXL never holds all its float32 weights at once.
             return {k: v.astype(frozen_dtype) if frozen_dtype else v for k, v in flat.items()}
 
         out_shardings = {k: v for k, v in shardings.items() if k != PROMPT_PATH}
         with mesh:
             params = jax.jit(init, out_shardings=out_shardings)(rng_init)
-    if model.config.frozen_dtype is not None:
-        dtype = jnp.dtype(model.config.frozen_dtype)
-        params = {k: v.astype(dtype) if v.dtype != dtype else v for k, v in params.items()}
     if model.prompt_length:
         params[PROMPT_PATH] = initial_prompt(model, params, rng_prompt, shardings[PROMPT_PATH])
     return params, shardings
