@@ -104,6 +104,8 @@ def test_frozen_weights_are_read_straight_into_the_frozen_dtype(frozen_checkpoin
         want = np.asarray(jnp.asarray(value).astype(jnp.bfloat16))
         np.testing.assert_array_equal(np.asarray(params[name]), want, err_msg=name)
     assert params[PROMPT].dtype == jnp.float32  # the trained prompt stays float32
+    fresh, _ = _build(_model(frozen_dtype="bfloat16"), sharding.make_mesh(2))  # seeded init
+    assert {v.dtype for k, v in fresh.items() if k != PROMPT} == {jnp.dtype(jnp.bfloat16)}
 
 
 def test_checkpoint_of_another_size_names_the_field(frozen_checkpoint):
