@@ -91,14 +91,21 @@ def test_train_writes_the_model_dir_layout(resumed):
     assert json.loads((model_dir / "model.json").read_text())["prompt_length"] == 5
 
 
-def test_rerun_resumes_and_matches_an_uninterrupted_run(resumed, reference):
+def test_rerun_resumes_and_matches_an_uninterrupted_run(resumed, reference, read_tensorboard):
     model_dir, _, second, after_20 = resumed
     output = second.stdout + second.stderr
     assert "Resuming" in output and "step 20" in output
     # It ended at 30: the Orbax checkpoint, the numpy prompt and the last metrics line.
     assert sorted(p.name for p in (model_dir / "checkpoints").iterdir()) == ["30"]
-    steps = [json.loads(line)["step"] for line in (model_dir / "metrics.jsonl").open()]
+    records = [json.loads(line) for line in (model_dir / "metrics.jsonl").open()]
+    steps = [r["step"] for r in records]
     assert steps[-1] == 30 and steps == sorted(steps) and len(steps) == len(set(steps))
+    # TensorBoard shows the same curves: run 'train' (both jobs' files), run 'eval'.
+    train = read_tensorboard(model_dir / "train")
+    assert train["loss"] == [(r["step"], pytest.approx(r["train/loss"])) for r in records]
+    assert {"token_accuracy", "grad_norm", "steps_per_s"} <= set(train)
+    evals = [(r["step"], pytest.approx(r["eval/loss"])) for r in records if "eval/loss" in r]
+    assert evals and read_tensorboard(model_dir / "eval")["loss"] == evals
     np.testing.assert_array_equal(prompt_at(model_dir, 20), after_20["prompt"])
     assert not np.array_equal(prompt_at(model_dir, 30), after_20["prompt"])
     np.testing.assert_allclose(prompt_at(model_dir, 20), prompt_at(reference, 20), rtol=1e-6)
@@ -137,12 +144,15 @@ def test_sigkill_then_rerun_matches_an_uninterrupted_run(tmp_path, reference, si
     np.testing.assert_allclose(prompt_at(tmp_path, 40), prompt_at(reference, 40), rtol=1e-5)
 
 
-def test_eval_and_infer_on_the_trained_model_dir(resumed):
+def test_eval_and_infer_on_the_trained_model_dir(resumed, read_tensorboard):
     model_dir, *_ = resumed
     train_config = (model_dir / "config.gin").read_text()
     result = run(command("eval", model_dir, gin_file="test/tiny_eval.gin"))
     metrics = json.loads((model_dir / "eval_metrics.json").read_text())
     assert set(metrics) >= {"eval/loss", "eval/token_accuracy"}
+    # TensorBoard run '<split>_eval' at the step of the prompt checkpoint it evaluated.
+    scalars = read_tensorboard(model_dir / "validation_eval")
+    assert scalars["loss"] == [(30, pytest.approx(metrics["eval/loss"]))]
     assert np.isfinite(metrics["eval/loss"]) and metrics["eval/loss"] > 0
     assert 0 <= metrics["eval/token_accuracy"] <= 1
     assert json.loads(result.stdout.strip().splitlines()[-1]) == metrics

@@ -61,3 +61,22 @@ def _sigkill_at_marker(proc: subprocess.Popen, marker: Path, timeout: float) -> 
 def sigkill_at_marker():
     """`sigkill_at_marker(proc, marker, timeout)`: kill -9 a subprocess once `marker` exists."""
     return _sigkill_at_marker
+
+
+def _read_tensorboard(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    """{tag: [(step, value), ...]} from every event file of a TensorBoard run, in file-name
+    order, read by TensorFlow's own reader (which checks each record's CRCs)."""
+    import tensorflow as tf
+
+    scalars: dict[str, list[tuple[int, float]]] = {}
+    for path in sorted(Path(run_dir).glob("events.out.tfevents.*")):
+        for event in tf.compat.v1.train.summary_iterator(str(path)):
+            for value in event.summary.value:
+                scalars.setdefault(value.tag, []).append((event.step, value.simple_value))
+    return scalars
+
+
+@pytest.fixture
+def read_tensorboard():
+    """`read_tensorboard(run_dir)`: the scalars TensorBoard would show for that run."""
+    return _read_tensorboard

@@ -6,6 +6,7 @@ the frozen weights from INITIAL_CHECKPOINT_PATH, as in training.
 
 import functools
 import json
+import re
 
 import jax
 import numpy as np
@@ -15,7 +16,7 @@ from spot_jax import axes, data
 from spot_jax.data.config import DatasetConfig
 from spot_jax.models import prompts
 from spot_jax.models.prompted import PROMPT_PATH, PromptedT5
-from spot_jax.train import evaluation, sharding, steps, trainer
+from spot_jax.train import evaluation, sharding, steps, summaries, trainer
 from spot_jax.train import optim as optim_lib
 
 
@@ -29,6 +30,13 @@ def latest_numpy_prompt(model_dir: epath.PathLike) -> epath.Path:
     if not found:
         raise FileNotFoundError(f"no numpy prompt checkpoints in {root}; set PROMPT_FILE")
     return found[-1][1] / PROMPT_PATH.replace("/", ".")
+
+
+def _checkpoint_step(prompt_path) -> int:
+    """N for a prompt read from `numpy_checkpoints/checkpoint_N/`, else 0."""
+    parent = epath.Path(prompt_path).parent.name if prompt_path else ""
+    number = parent.removeprefix("checkpoint_")
+    return int(number) if parent.startswith("checkpoint_") and number.isdigit() else 0
 
 
 def _load(
@@ -112,6 +120,12 @@ def evaluate_job(
         }
         with (out / "metrics.jsonl").open("a") as f:
             f.write(json.dumps(record) + "\n")
+        # TensorBoard run `<split>_eval`, at the step of the prompt checkpoint evaluated.
+        run = re.sub(r"[^\w.-]", "_", eval_data.split) + "_eval"  # 'validation[:50]'
+        summaries.Summaries(out).write(
+            _checkpoint_step(prompt),
+            {f"{run}/{k.split('/', 1)[-1]}": v for k, v in metrics.items()},
+        )
     print(json.dumps(metrics), flush=True)
     return metrics
 

@@ -20,7 +20,7 @@ from etils import epath
 from spot_jax import axes, data
 from spot_jax.data.config import DatasetConfig
 from spot_jax.models.prompted import PROMPT_PATH, PromptedT5
-from spot_jax.train import checkpoints, evaluation, sharding, steps
+from spot_jax.train import checkpoints, evaluation, sharding, steps, summaries
 from spot_jax.train import optim as optim_lib
 from spot_jax.train import state as state_lib
 
@@ -242,6 +242,7 @@ def train(
         train_data, shard_index=shard_index, num_shards=num_shards, start_step=data_position
     )
     metrics_file = model_dir / "metrics.jsonl"
+    tensorboard = summaries.Summaries(model_dir)
     pending: list[dict[str, jax.Array]] = []
     last: dict[str, Any] = {}
     tokens_per_step = train_data.batch_size * (
@@ -289,6 +290,7 @@ def train(
                     eval_metrics = run_eval(step) if is_eval else {}
                     last.update(eval_metrics)
                     _append_jsonl(metrics_file, last)
+                    tensorboard.write(step, last)
                     bar.set_postfix(loss=f"{last['train/loss']:.4f}", refresh=False)
                     logging.info("step %d %s", step, last)
                     if not progress:
