@@ -272,7 +272,7 @@ def train_task(
         return optax.apply_updates(proj, updates), opt_state, loss
 
     opt_state, losses = opt.init(proj), []
-    with mesh, nn.logical_axis_rules(list(rules)):
+    with sharding.active(mesh), nn.logical_axis_rules(list(rules)):
         for i in range(steps):
             k = i % len(targets)
             batch = sharding.global_batch(next(streams[k]), mesh)

@@ -170,7 +170,7 @@ def _decode(cfg: DatasetConfig, predict, trainable, frozen, mesh, eval_steps, se
     shard_index, num_shards = sharding.data_shard_info(mesh)
     detokenize = data.make_detokenizer(cfg)
     rows = []
-    with mesh:
+    with sharding.active(mesh):
         it = data.make_eval_iterator(cfg, shard_index=shard_index, num_shards=num_shards)
         for i, local in enumerate(it):
             if eval_steps is not None and i >= eval_steps:

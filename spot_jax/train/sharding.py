@@ -35,6 +35,15 @@ def make_mesh(model_parallel: int = 1, devices: Sequence[jax.Device] | None = No
     return Mesh(grid, axes.MESH_AXES)
 
 
+def active(mesh: Mesh):
+    """The context that makes `mesh` current for sharding constraints inside jitted code.
+
+    `jax.set_mesh` where JAX has it (the `with mesh:` form is deprecated since jax 0.10),
+    else the mesh itself as the context.
+    """
+    return jax.set_mesh(mesh) if hasattr(jax, "set_mesh") else mesh
+
+
 def logical_shardings(boxed_tree, mesh: Mesh, rules: Rules):
     """Tree of NamedShardings for a tree of `nn.LogicallyPartitioned` (boxed) values."""
     specs = nn.get_partition_spec(boxed_tree)

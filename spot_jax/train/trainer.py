@@ -78,7 +78,7 @@ def build_params(
             return {k: v.astype(frozen_dtype) if frozen_dtype else v for k, v in flat.items()}
 
         out_shardings = {k: v for k, v in shardings.items() if k != PROMPT_PATH}
-        with mesh:
+        with sharding.active(mesh):
             params = jax.jit(init, out_shardings=out_shardings)(rng_init)
     if model.prompt_length:
         params[PROMPT_PATH] = initial_prompt(model, params, rng_prompt, shardings[PROMPT_PATH])
@@ -169,7 +169,7 @@ def train(
     )
     trainable_params, frozen = optim_lib.split_trainable(params, trainable)
     frozen_shardings = {k: param_shardings[k] for k in frozen}
-    with mesh:
+    with sharding.active(mesh):
         state = jax.jit(functools.partial(state_lib.create, optimizer=optimizer))(trainable_params)
     state_shardings = jax.tree.map(lambda x: x.sharding, state)
     logging.info(
@@ -261,7 +261,7 @@ def train(
     # Close the bar (its line ends) and the checkpointer on every exit, so an error is
     # reported on a line of its own.
     try:
-        with mesh, nn.logical_axis_rules(list(rules)):
+        with sharding.active(mesh), nn.logical_axis_rules(list(rules)):
             if start_step == 0 and latest is None:
                 save(0)
             for step in range(start_step + 1, train_steps + 1):

@@ -87,7 +87,7 @@ def test_a_scanned_model_restores_and_writes_per_layer_checkpoints(frozen_checkp
     losses = []
     for model, p in ((scanned, params), (_model(), looped)):
         trainable, frozen = optim.split_trainable(p, optim.PROMPT_REGEX)
-        with mesh:
+        with sharding.active(mesh):
             losses.append(float(steps.eval_step(model, trainable, frozen, batch)["loss"]))
     assert losses[0] == pytest.approx(losses[1], rel=1e-5)
     checkpoints.save_frozen(tmp_path / "again", params, scanned.config)

@@ -31,7 +31,7 @@ def _one_step(setup, trainable_regex, frozen_override=None, learning_rate=0.3):
     trainable, frozen = optim.split_trainable(params, trainable_regex)
     if frozen_override:
         frozen = {**frozen, **frozen_override}
-    with mesh:
+    with sharding.active(mesh):
         train_state = jax.jit(functools.partial(state.create, optimizer=optimizer))(trainable)
         state_shardings = jax.tree.map(lambda x: x.sharding, train_state)
         before = {k: np.array(v) for k, v in {**frozen, **train_state.trainable}.items()}
