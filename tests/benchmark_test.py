@@ -1,8 +1,11 @@
 """tools/benchmark.py runs every mode end to end on the tiny model (no timing assertions)."""
 
+import gzip
 import importlib.util
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -89,3 +92,72 @@ def test_train_mode_with_a_chunked_loss_reports_step_memory(benchmark, tmp_path)
     (r,) = _run(benchmark, tmp_path, "--mode=train", "--loss-chunk=3")
     assert r["impl"] == "spot_jax" and r["loss_chunk"] == 3
     assert r["step_s"] > 0 and r["step_memory_gb"] > 0
+
+
+def _op_profile():
+    spec = importlib.util.spec_from_file_location("op_profile", TOOL.parent / "op_profile.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_profile_sums_the_steps_xla_op_time(tmp_path):
+    # A subprocess: XLA:CPU's per-op trace events need a flag read when the backend starts.
+    env = {**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"}
+    args = [arg for arg in COMMON if arg != "--batch=8"]
+    cmd = [sys.executable, str(TOOL), *args, "--batch=2", f"--profile={tmp_path}"]
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "op profile (/host:CPU)" in result.stdout
+    summary = json.loads((tmp_path / "op_profile.json").read_text())
+    assert summary["per"] == "step" and summary["wall_ms"] > 0
+    ops = summary["ops"]
+    assert ops and [r["ms"] for r in ops] == sorted((r["ms"] for r in ops), reverse=True)
+    assert sum(r["ms"] for r in ops) == pytest.approx(summary["total_ms"])
+    assert sum(summary["categories"].values()) == pytest.approx(summary["total_ms"])
+    assert summary["categories"]["matmul"] > 0  # the tiny T5's projections
+    assert list(tmp_path.glob("plugins/profile/*/perfetto_trace.json.gz"))
+
+
+def test_summary_reads_device_kernels_and_counts_nested_events_once(tmp_path):
+    op_profile = _op_profile()
+
+    def x(pid, tid, ts, dur, name, op):
+        return {"ph": "X", "pid": pid, "tid": tid, "ts": ts, "dur": dur, "name": name,
+                "args": {"hlo_op": op, "hlo_module": "jit_step"}}  # fmt: skip
+
+    meta = [
+        {"ph": "M", "pid": 1, "name": "process_name", "args": {"name": "/device:GPU:0"}},
+        {"ph": "M", "pid": 2, "name": "process_name", "args": {"name": "/host:CPU"}},
+    ]
+    gpu = [  # two calls of one program on a GPU stream
+        x(1, 7, 0, 100, "nvjet_tst_192x192_64x4_bf16", "dot.1"),
+        x(1, 7, 100, 30, "cudnn_generated_fort_native_sdpa_sm90", "custom-call.3"),
+        x(1, 7, 130, 50, "loop_add_fusion", "fusion.2"),
+        x(1, 7, 200, 100, "nvjet_tst_192x192_64x4_bf16", "dot.1"),
+        x(1, 7, 300, 30, "cudnn_generated_fort_native_sdpa_sm90", "custom-call.3"),
+        x(1, 7, 330, 50, "loop_add_fusion", "fusion.2"),
+    ]
+    host = [x(2, 9, 0, 500, "dot.1", "dot.1")]  # a launch on the host: not device time
+    trace = tmp_path / "gpu.json.gz"
+    with gzip.open(trace, "wt") as f:
+        json.dump({"traceEvents": meta + gpu + host}, f)
+    summary = op_profile.summarize(trace, calls=2)
+    assert summary["device"] == "/device:GPU:0" and summary["total_ms"] == pytest.approx(0.18)
+    assert summary["categories"] == pytest.approx(
+        {"matmul": 0.1, "fusion": 0.05, "attention": 0.03}
+    )
+    assert [(r["op"], r["count"]) for r in summary["ops"]] == [
+        ("dot.1", 1), ("fusion.2", 1), ("custom-call.3", 1)
+    ]  # fmt: skip
+
+    # XLA:CPU: a while thunk's event spans its body's events; only the body counts.
+    cpu = [x(2, 9, 0, 100, "while.1", "while.1"), x(2, 9, 10, 40, "dot.5", "dot.5")]
+    cpu += [x(2, 9, 60, 30, "reduce.6", "reduce.6"), x(2, 9, 120, 5, "copy.7", "copy.7")]
+    trace = tmp_path / "cpu.json.gz"
+    with gzip.open(trace, "wt") as f:
+        json.dump({"traceEvents": meta[1:] + cpu}, f)
+    summary = op_profile.summarize(trace)
+    assert [r["op"] for r in summary["ops"]] == ["dot.5", "reduce.6", "copy.7"]
+    assert summary["total_ms"] == pytest.approx(0.075)
+    assert "matmul" in op_profile.format_summary(summary)

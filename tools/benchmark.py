@@ -31,9 +31,12 @@ Synthetic batches (no TF). Modes:
 `num_transformer_submodules=1`) on the same shapes in the same process (HF `generate` for
 decode, a teacher-forced forward for score) and prints the ratio. `--repeats N` interleaves N
 rounds of the implementations and reports medians (use it on a shared machine).
+`--profile DIR` traces one more spot_jax run and prints its device time by XLA op and
+category (matmul, attention, fusion, copy, ...): `tools/op_profile.py`.
 """
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
@@ -53,6 +56,7 @@ runtime_flags.set_default_xla_flags()
 import bench_spot  # noqa: E402
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
+import op_profile  # noqa: E402
 
 from spot_jax.data import synthetic  # noqa: E402
 from spot_jax.models import config as config_lib  # noqa: E402
@@ -255,7 +259,20 @@ def main(argv=None) -> int:
         "cross_projection=projected), interleaved with the default; repeatable",
     )
     p.add_argument("--json", default=None, help="append results as a JSON line to this file")
+    p.add_argument(
+        "--profile",
+        default=None,
+        metavar="DIR",
+        help="after timing, trace one more run of spot_jax into DIR and print its device time "
+        "by XLA op and category (DIR/op_profile.json; the trace stays for Perfetto)",
+    )
     args = p.parse_args(argv)
+    if args.profile and importlib.util.find_spec("jax_plugins") is None:
+        # XLA:CPU emits per-thunk trace events only with this flag (read when the backend
+        # starts, which is later). GPU kernels are traced without it, so where a GPU/TPU
+        # plugin is installed the flags are left alone.
+        flags = os.environ.get("XLA_FLAGS", "")
+        os.environ["XLA_FLAGS"] = f"{flags} --xla_cpu_enable_xprof_traceme=true".strip()
 
     cfg = config_lib.named_config(args.size)
     runners, finishers, mode_info = _runners(args, cfg)
@@ -312,7 +329,27 @@ def main(argv=None) -> int:
         with open(args.json, "a") as f:
             for r in results:
                 f.write(json.dumps(r) + "\n")
+    if args.profile:
+        _profile(args, runners)
     return 0
+
+
+def _profile(args, runners) -> None:
+    """One more run of spot_jax under the profiler; a failure here loses no timing above."""
+    name = "spot_jax" if "spot_jax" in runners else next(k for k in runners if "spot" in k)
+    try:
+        trace, seconds = op_profile.capture(runners[name], args.profile)
+        calls = args.steps if args.mode == "train" else 1
+        summary = {"impl": name, "mode": args.mode, "size": args.size}
+        summary["per"] = "step" if args.mode == "train" else "call"
+        summary["wall_ms"] = float(seconds) * 1e3 / calls
+        summary.update(op_profile.summarize(trace, calls=calls))
+    except Exception as e:  # noqa: BLE001 - report and keep the benchmark's results
+        print(f"profile failed: {type(e).__name__}: {e}", flush=True)
+        return
+    Path(args.profile, "op_profile.json").write_text(json.dumps(summary, indent=1))
+    print(f"{name} ({summary['per']}), trace {trace}", flush=True)
+    print(op_profile.format_summary(summary), flush=True)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,8 @@
 # All with bf16 frozen weights, batch 32, inputs 512 + 100 prompt tokens.
 # FULL=1 adds xxl at batch 32 (memory goal; another ~3.5 minutes).
 # cuDNN attention is tried first (large) and XLA attention used if it fails.
-# Results go to ${OUT:-/tmp}/bench.jsonl and the log to ${OUT:-/tmp}/bench.log.
+# Results go to ${OUT:-/tmp}/bench.jsonl, the log to ${OUT:-/tmp}/bench.log, and the large and
+# xl steps' device time by XLA op to ${OUT:-/tmp}/{large,xl}_profile/op_profile.json.
 set -u
 OUT=${OUT:-/tmp}
 BUDGET=${BUDGET:-540}
@@ -30,16 +31,18 @@ run() {  # run LIMIT_S ARGS...: one benchmark, within both its limit and what is
 }
 ATT=cudnn
 big="--targets 32 --steps 5 --repeats 2 --compare-peft"
-run 170 --size large --scan $big --attention cudnn || { ATT=xla; echo "cudnn attention failed; using xla"; }
+# Did a size's timing land in bench.jsonl? (A run can fail after it: its --profile, say.)
+timed() { grep -q "\"size\": \"$1\"" "$OUT/bench.jsonl" 2>/dev/null; }
+# --profile: one more traced run, device time by XLA op and category (op_profile.json).
+run 170 --size large --scan $big --attention cudnn --profile "$OUT/large_profile"
+timed large || { ATT=xla; echo "cudnn attention failed; using xla"; }
 # XL without remat first where it fits (no recomputed elementwise work; ~97 GB: an H200 once
 # PEFT's cache is emptied, not an H100's 80 GB); dots remat (32 GB) otherwise or on failure.
 GPU_MIB=$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits | head -1)
 if [ "${GPU_MIB:-0}" -gt 110000 ]; then
-  run 170 --size xl --scan --remat none $big --attention $ATT \
-    || run 200 --size xl --scan --remat dots $big --attention $ATT
-else
-  run 200 --size xl --scan --remat dots $big --attention $ATT
+  run 170 --size xl --scan --remat none $big --attention $ATT --profile "$OUT/xl_profile"
 fi
+timed xl || run 200 --size xl --scan --remat dots $big --attention $ATT --profile "$OUT/xl_profile"
 run 60 --mode decode --targets 32 --repeats 3 --attention $ATT --compare-peft
 run 60 --mode rank --targets 4 --candidates 3 --repeats 3 --attention $ATT --compare-peft
 run 60 --mode packing --targets 4 --examples 512 --max-segments 4 --packed-inputs 256 \
