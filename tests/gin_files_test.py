@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from spot_jax.data import config as data_config
-from spot_jax.models import config, prompted
+from spot_jax.models import config, prompted, prompts
 from spot_jax.train import inference, optim, trainer
 
 GIN_DIR = Path(__file__).resolve().parents[1] / "gin"
@@ -25,6 +25,7 @@ STUBS = {
     "INITIAL_CHECKPOINT_PATH": "None",
     "PROMPT_FILE": "None",
     "CLASS_LABELS": "['positive', 'negative']",
+    "PROMPT_TEXT": "'Classify if the review is positive or negative:'",
     "LIBRARY_DIR": "'/tmp/spot_jax_lib'",
 }
 # What must be parsed before a file of each folder (a run file needs a model's T5_CONFIG,
@@ -171,6 +172,17 @@ def test_prompt_class_labels_gin_tokenises_the_labels():
     table = np.random.default_rng(0).normal(size=(32128, 8)).astype(np.float32)
     prompt = np.asarray(model.prompt_init(jax.random.PRNGKey(0), (4, 8), embeddings=table))
     assert prompt.shape == (4, 8) and not np.allclose(prompt[0], prompt[1])
+
+
+@pytest.mark.skipif(not VOCAB_MODEL.exists(), reason="shared fixtures not present")
+def test_prompt_from_text_gin_repeats_the_tokenised_text():
+    _parse("prompts/from_text.gin", VOCABULARY_PATH=repr(str(VOCAB_MODEL)))
+    model = gin.get_configurable(prompted.PromptedT5)()
+    ids = prompts.text_ids(STUBS["PROMPT_TEXT"].strip("'"), str(VOCAB_MODEL), add_eos=True)
+    assert ids[-1] == 1 and len(ids) < 30  # T5's EOS, as a Hugging Face tokenizer adds it
+    table = np.random.default_rng(0).normal(size=(32128, 8)).astype(np.float32)
+    prompt = np.asarray(model.prompt_init(jax.random.PRNGKey(0), (30, 8), embeddings=table))
+    np.testing.assert_array_equal(prompt, table[np.resize(ids, 30)])
 
 
 def test_the_one_gpu_file_sets_the_measured_speed_options_on_any_size():

@@ -138,7 +138,7 @@ def class_labels(
         for i, ids in enumerate(label_ids[: shape[0]]):
             if len(ids) == 0:
                 raise ValueError(f"class label {i} tokenises to no ids")
-            prompt[i] = embeddings[np.asarray(ids)].mean(axis=0)
+            prompt[i] = _rows(embeddings, ids).mean(axis=0)
         return jnp.asarray(prompt, dtype)
 
     init.needs_embeddings = embeddings is None
@@ -146,16 +146,34 @@ def class_labels(
 
 
 def from_text(
-    token_ids: Sequence[int], embeddings=None, population_size: int = 5000
+    token_ids: Sequence[int],
+    embeddings=None,
+    population_size: int = 5000,
+    fill: str = "sampled_vocab",
 ) -> Initializer:
-    """The first rows are the embeddings of `token_ids` (a tokenised text), truncated to P;
-    the rest sampled vocab."""
+    """The embeddings of a tokenised text, row by row.
+
+    Args:
+      token_ids: the text's ids (`text_ids`).
+      embeddings: [V, H] token embedding table; None means the frozen model's own.
+      population_size: population of sampled-vocab rows.
+      fill: what follows a text shorter than P: 'sampled_vocab' rows, or 'repeat' the text
+        until P rows (PEFT's `PromptTuningInit.TEXT`). A longer text is truncated to P.
+    """
+    if not len(token_ids):
+        raise ValueError("the prompt init text tokenises to no ids")
+    if fill not in ("sampled_vocab", "repeat"):
+        raise ValueError(f"fill must be 'sampled_vocab' or 'repeat', not {fill!r}")
 
     def init(rng, shape, dtype=jnp.float32, *, embeddings=embeddings):
         embeddings = _table(embeddings, shape)
+        ids = np.asarray(token_ids, np.int64)
+        if fill == "repeat":
+            ids = np.resize(ids, shape[0])  # tiles the text, then truncates
+            return jnp.asarray(_rows(embeddings, ids), dtype)
         prompt = np.array(sampled_vocab(embeddings, population_size)(rng, shape))
-        ids = np.asarray(token_ids[: shape[0]], np.int64)
-        prompt[: len(ids)] = embeddings[ids]
+        ids = ids[: shape[0]]
+        prompt[: len(ids)] = _rows(embeddings, ids)
         return jnp.asarray(prompt, dtype)
 
     init.needs_embeddings = embeddings is None
@@ -256,8 +274,21 @@ def _table(embeddings, shape) -> np.ndarray:
     return embeddings
 
 
-def tokenize(texts: Sequence[str], vocabulary_path: str) -> list[list[int]]:
-    """Tokenises class labels with a SentencePiece model (no TensorFlow needed)."""
+def _rows(embeddings: np.ndarray, ids) -> np.ndarray:
+    ids = np.asarray(ids, np.int64)
+    if ids.size and (ids.min() < 0 or ids.max() >= len(embeddings)):
+        raise ValueError(
+            f"token id {int(ids.max())} is outside the model's vocabulary of {len(embeddings)}; "
+            "VOCABULARY_PATH must be the frozen model's vocabulary"
+        )
+    return embeddings[ids]
+
+
+def tokenize(texts: Sequence[str], vocabulary_path: str, add_eos: bool = False) -> list[list[int]]:
+    """Tokenises texts (class labels, an init text) with a SentencePiece model, no TensorFlow.
+
+    `add_eos` appends T5's EOS (id 1), as a Hugging Face T5 tokenizer does.
+    """
     import sentencepiece
     from etils import epath
 
@@ -265,4 +296,9 @@ def tokenize(texts: Sequence[str], vocabulary_path: str) -> list[list[int]]:
     if not path.exists():
         raise FileNotFoundError(f"VOCABULARY_PATH {vocabulary_path} does not exist")
     sp = sentencepiece.SentencePieceProcessor(model_proto=path.read_bytes())
-    return [list(sp.encode(t)) for t in texts]
+    return [list(sp.encode(t)) + ([sp.eos_id()] if add_eos else []) for t in texts]
+
+
+def text_ids(text: str, vocabulary_path: str, add_eos: bool = False) -> list[int]:
+    """One text's ids (`tokenize` of one text), for `from_text`."""
+    return tokenize([text], vocabulary_path, add_eos)[0]

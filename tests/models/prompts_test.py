@@ -89,6 +89,48 @@ def test_from_text_uses_token_rows_first(embeddings):
     np.testing.assert_array_equal(prompt[:2], embeddings[[5, 9]])
 
 
+def test_from_text_repeat_tiles_the_text_to_the_prompt_length(embeddings):
+    rng = jax.random.PRNGKey(0)
+    prompt = np.asarray(prompts.from_text([5, 9, 3], embeddings, fill="repeat")(rng, (7, 6)))
+    np.testing.assert_array_equal(prompt, embeddings[[5, 9, 3, 5, 9, 3, 5]])
+    short = np.asarray(prompts.from_text([5, 9, 3], embeddings, fill="repeat")(rng, (2, 6)))
+    np.testing.assert_array_equal(short, embeddings[[5, 9]])
+    with pytest.raises(ValueError, match="no ids"):
+        prompts.from_text([], embeddings)
+    with pytest.raises(ValueError, match="fill"):
+        prompts.from_text([5], embeddings, fill="zeros")
+    with pytest.raises(ValueError, match="token id 70 is outside the model's vocabulary of 50"):
+        prompts.from_text([5, 70], embeddings)(rng, (4, 6))
+
+
+@pytest.mark.skipif(not VOCAB_MODEL.exists(), reason="shared fixtures not present")
+def test_text_init_equals_pefts_text_init(tmp_path):
+    peft = pytest.importorskip("peft")
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    from peft.tuners.prompt_tuning import PromptEmbedding
+
+    # PEFT tokenises with a Hugging Face tokenizer loaded by path: the same SentencePiece model.
+    (tmp_path / "spm").mkdir()
+    (tmp_path / "spm" / "spiece.model").write_bytes(VOCAB_MODEL.read_bytes())
+    transformers.T5Tokenizer.from_pretrained(tmp_path / "spm").save_pretrained(tmp_path / "tok")
+    text, length = "Classify if the review is positive or negative:", 25
+    table = np.random.default_rng(0).normal(size=(32128, 8)).astype(np.float32)
+    cfg = peft.PromptTuningConfig(
+        task_type="SEQ_2_SEQ_LM",
+        num_virtual_tokens=length,
+        token_dim=8,
+        num_transformer_submodules=1,
+        prompt_tuning_init=peft.PromptTuningInit.TEXT,
+        prompt_tuning_init_text=text,
+        tokenizer_name_or_path=str(tmp_path / "tok"),
+    )
+    theirs = PromptEmbedding(cfg, torch.nn.Embedding.from_pretrained(torch.from_numpy(table)))
+    ids = prompts.text_ids(text, str(VOCAB_MODEL), add_eos=True)
+    ours = prompts.from_text(ids, table, fill="repeat")(jax.random.PRNGKey(0), (length, 8))
+    np.testing.assert_array_equal(np.asarray(ours), theirs.embedding.weight.detach().numpy())
+
+
 def test_from_array_returns_the_array_and_names_both_shapes():
     fixed = np.arange(12, dtype=np.float32).reshape(3, 4)
     init = prompts.from_array(fixed, source="my.npy")
