@@ -103,7 +103,7 @@ def test_rerun_resumes_and_matches_an_uninterrupted_run(resumed, reference, read
     # TensorBoard shows the same curves: run 'train' (both jobs' files), run 'eval'.
     train = read_tensorboard(model_dir / "train")
     assert train["loss"] == [(r["step"], pytest.approx(r["train/loss"])) for r in records]
-    assert {"token_accuracy", "grad_norm", "steps_per_s"} <= set(train)
+    assert {"token_accuracy", "grad_norm", "param_rms", "steps_per_s"} <= set(train)
     evals = [(r["step"], pytest.approx(r["eval/loss"])) for r in records if "eval/loss" in r]
     assert evals and read_tensorboard(model_dir / "eval")["loss"] == evals
     np.testing.assert_array_equal(prompt_at(model_dir, 20), after_20["prompt"])

@@ -44,6 +44,11 @@ def train_step(
     new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
     metrics = dict(metrics, nonfinite=jnp.logical_not(finite).astype(jnp.int32))
     metrics["grad_norm"] = optax.global_norm(grads)
+    # The trained params' RMS after the step: a prompt's scale against the embeddings' (~1
+    # for T5) is what decides how well it transfers as an init (README, RESCALE_PROMPT_RMS).
+    leaves = jax.tree.leaves(new_state.trainable)
+    squares = sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in leaves)
+    metrics["param_rms"] = jnp.sqrt(squares / sum(x.size for x in leaves))
     return new_state, metrics
 
 

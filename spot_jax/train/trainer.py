@@ -327,6 +327,7 @@ def _train_log(summed, num_steps: int, elapsed: float, tokens_per_step: int) -> 
         "train/z_loss": float(summed["z_loss"]) / weights,
         "train/token_accuracy": float(summed["correct_tokens"]) / weights,
         "train/grad_norm": float(summed["grad_norm"]) / num_steps,
+        "train/param_rms": float(summed["param_rms"]) / num_steps,
         "train/steps_per_s": num_steps / max(elapsed, 1e-9),
         "train/tokens_per_s": num_steps * tokens_per_step / max(elapsed, 1e-9),
     }

@@ -66,6 +66,8 @@ def test_prompt_tuning_step_changes_only_the_prompt(setup):
     after = {**frozen, **new_state.trainable}
     assert set(after) == set(before) and len(after) == 53
     assert not np.array_equal(np.asarray(after[PROMPT]), before[PROMPT])
+    rms = np.sqrt(np.mean(np.square(np.asarray(after[PROMPT], np.float64))))
+    np.testing.assert_allclose(float(metrics["param_rms"]), rms, rtol=1e-6)
     for name, value in frozen.items():
         # Bitwise: the frozen arrays are read, never updated, donated or re-cast.
         assert value.dtype == before[name].dtype
