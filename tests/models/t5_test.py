@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from spot_jax.data import synthetic
-from spot_jax.models import config, prompted, prompts
+from spot_jax.models import config, layers, prompted, prompts
 from spot_jax.train import state as state_lib
 
 LENGTHS = {"inputs": 12, "targets": 8}
@@ -115,6 +115,26 @@ def test_remat_gives_same_loss_and_gradients(tiny):
     np.testing.assert_allclose(got_loss, want_loss, rtol=1e-6)
     assert float(jnp.abs(want["encoder"]["prompt"]["prompt"]["prompt"]).sum()) > 0
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), got, want)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_attention_softmax_has_jax_softmaxs_values_and_gradient(dtype):
+    logits = jax.random.normal(jax.random.PRNGKey(0), (2, 3, 5, 7), jnp.float32) * 4
+    # A masked key column and a fully masked row, as attention biases make them.
+    logits = logits.at[..., 2].add(layers.NEG_INF).at[0, 0, 1].set(layers.NEG_INF)
+    logits = logits.astype(dtype)
+    cotangent = jax.random.normal(jax.random.PRNGKey(1), logits.shape, dtype)
+
+    def pullback(fn):
+        return jax.vjp(fn, logits)[1](cotangent)[0]
+
+    tol = 1e-6 if dtype == jnp.float32 else 1e-2
+    np.testing.assert_array_equal(layers.softmax(logits), jax.nn.softmax(logits))
+    got, want = pullback(layers.softmax), pullback(jax.nn.softmax)
+    np.testing.assert_allclose(
+        np.asarray(got, np.float32), np.asarray(want, np.float32), rtol=tol, atol=tol
+    )
+    assert float(jnp.abs(got.astype(jnp.float32)).sum()) > 0
 
 
 def test_prompt_changes_encoder_output(tiny):
