@@ -124,6 +124,13 @@ class Protocol:
         # Sampled vocabulary: the world's real pieces (not pad/EOS/UNK, sentinels or padding).
         self.embeddings = table[3 : backbone.tokenizer.get_piece_size()]
         self.library = library_lib.Library(out / "library")
+        earlier = self.library.model()
+        if earlier is not None and earlier["frozen"] != str(backbone.path):
+            # This demo's own output from a run on another backbone (another --cache-dir, say):
+            # its prompts belong to that model, and the library would refuse this one's.
+            print(f"{self.library.root}: prompts of another backbone ({earlier['frozen']}); "
+                  "starting the library afresh", flush=True)  # fmt: skip
+            self.library.root.rmtree()
 
     def init_prompts(self, seeds) -> np.ndarray:
         return runs.sampled_vocab_prompts(

@@ -2,6 +2,7 @@
 pieces: masked encoding, PPT's few-shot splits, the opt-in flag."""
 
 import dataclasses
+import json
 import re
 
 import numpy as np
@@ -154,3 +155,17 @@ def test_a_task_loss_projector_learns_from_the_sources_only(finished):
     assert res["projected_library"] != results["projection"]["projected_library"]
     lib = library_lib.Library(res["projected_library"])
     assert lib.get(protocol.world.names("target")[0]).prompt().shape[1] == 24
+
+
+def test_a_rerun_on_another_backbone_starts_the_library_afresh(finished, tmp_path):
+    protocol = finished[0]
+    # An --out holding an earlier demo's library, of a backbone cached elsewhere.
+    stale = library_lib.Library(tmp_path / "library")
+    stale.root.mkdir(parents=True)
+    record = {**protocol.library.model(), "frozen": "/elsewhere/backbone-x/checkpoint"}
+    (stale.root / library_lib.LIBRARY_META).write_text(json.dumps(record))
+    again = experiment.Protocol(protocol.backbone, protocol.world, DEMO, epath.Path(tmp_path))
+    assert again.library.model() is None and not stale.root.exists()
+    # The library of this backbone itself is kept (its entries are replaced one by one).
+    same = experiment.Protocol(protocol.backbone, protocol.world, DEMO, protocol.out)
+    assert same.library.model()["frozen"] == str(protocol.backbone.path)
