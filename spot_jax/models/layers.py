@@ -32,7 +32,8 @@ def softmax(logits: Array) -> Array:
     Same values and gradient as `jax.nn.softmax`. With that one, XLA:CPU rebuilt the
     probabilities in each attention backward from the exponentials and a broadcast copy of the
     reciprocal row sums ([B, heads, Q, K] per layer); reading the saved output is 3-4% faster
-    for the float32 small train step (docs/benchmarks.md).
+    for the float32 small train step (docs/benchmarks.md). As a `custom_vjp` it has no
+    forward-mode derivative (`jax.jvp`); reverse mode (`grad`, `vjp`) is what training uses.
     """
     return jax.nn.softmax(logits)
 
