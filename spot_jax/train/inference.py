@@ -20,12 +20,18 @@ from spot_jax.train import evaluation, sharding, steps, summaries, trainer
 from spot_jax.train import optim as optim_lib
 
 
+def _numpy_step(folder: str) -> int | None:
+    """N for a numpy checkpoint folder `checkpoint_N`; None for its temp/backup folders."""
+    number = folder.removeprefix("checkpoint_")
+    return int(number) if folder.startswith("checkpoint_") and number.isdigit() else None
+
+
 def latest_numpy_prompt(model_dir: epath.PathLike) -> epath.Path:
     root = epath.Path(model_dir) / "numpy_checkpoints"
     found = sorted(
-        (int(p.name.split("_")[-1]), p)
+        (step, p)
         for p in (root.glob("checkpoint_*") if root.exists() else [])
-        if p.name.split("_")[-1].isdigit()
+        if (step := _numpy_step(p.name)) is not None
     )
     if not found:
         raise FileNotFoundError(f"no numpy prompt checkpoints in {root}; set PROMPT_FILE")
@@ -34,9 +40,8 @@ def latest_numpy_prompt(model_dir: epath.PathLike) -> epath.Path:
 
 def _checkpoint_step(prompt_path) -> int:
     """N for a prompt read from `numpy_checkpoints/checkpoint_N/`, else 0."""
-    parent = epath.Path(prompt_path).parent.name if prompt_path else ""
-    number = parent.removeprefix("checkpoint_")
-    return int(number) if parent.startswith("checkpoint_") and number.isdigit() else 0
+    step = _numpy_step(epath.Path(prompt_path).parent.name) if prompt_path else None
+    return step or 0
 
 
 def _load(
