@@ -104,6 +104,9 @@ def test_rerun_resumes_and_matches_an_uninterrupted_run(resumed, reference, read
     train = read_tensorboard(model_dir / "train")
     assert train["loss"] == [(r["step"], pytest.approx(r["train/loss"])) for r in records]
     assert {"token_accuracy", "grad_norm", "param_rms", "steps_per_s"} <= set(train)
+    # tiny_prompt.gin's constant LEARNING_RATE, at every logged step of both jobs.
+    assert train["learning_rate"] == [(r["step"], pytest.approx(0.003)) for r in records]
+    assert all(r["train/learning_rate"] == pytest.approx(0.003) for r in records)
     evals = [(r["step"], pytest.approx(r["eval/loss"])) for r in records if "eval/loss" in r]
     assert evals and read_tensorboard(model_dir / "eval")["loss"] == evals
     np.testing.assert_array_equal(prompt_at(model_dir, 20), after_20["prompt"])

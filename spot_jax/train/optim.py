@@ -7,6 +7,7 @@ as in T5X), and a constant learning rate of 0.3.
 
 import re
 from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -60,6 +61,24 @@ def learning_rate_schedule(
     return schedule
 
 
+class Optimizer(NamedTuple):
+    """An optax transformation that also says its learning rate: a float or a schedule of the
+    0-based update count. The trainer logs it as `train/learning_rate` (T5X's summary); any
+    optax transformation still works as an optimizer, without that line."""
+
+    init: Callable[..., Any]
+    update: Callable[..., Any]
+    learning_rate: float | Callable[[jax.Array], jax.Array]
+
+
+def learning_rate_at(optimizer, step: int) -> float | None:
+    """The rate `optimizer` used for its update number `step` (0-based); None if unknown."""
+    lr = getattr(optimizer, "learning_rate", None)
+    if lr is None:
+        return None
+    return float(lr(step)) if callable(lr) else float(lr)
+
+
 def _decoupled_weight_decay(rate: float) -> optax.GradientTransformation:
     """Adds `-rate * param` to the update, unscaled by the learning rate (T5X Adafactor)."""
 
@@ -84,7 +103,7 @@ def adafactor(
     epsilon1: float = 1e-30,
     epsilon2: float = 1e-3,
     beta1: float | None = None,
-) -> optax.GradientTransformation:
+) -> Optimizer:
     """T5X's Adafactor. A [100, H] prompt (both dims < 128 at P=100) gets an unfactored v."""
     chain = [
         optax.scale_by_factored_rms(
@@ -104,17 +123,19 @@ def adafactor(
         chain.append(optax.ema(beta1, debias=False))
     if weight_decay_rate:
         chain.append(_decoupled_weight_decay(weight_decay_rate))
-    return optax.chain(*chain)
+    transform = optax.chain(*chain)
+    return Optimizer(transform.init, transform.update, learning_rate)
 
 
 def adamw(
     learning_rate: float | Callable = 1e-3, weight_decay: float = 0.0, clip_norm: float = 1.0
-) -> optax.GradientTransformation:
+) -> Optimizer:
     """AdamW with global-norm clipping (PEFT's usual prompt-tuning optimizer)."""
-    return optax.chain(
+    transform = optax.chain(
         optax.clip_by_global_norm(clip_norm),
         optax.adamw(learning_rate, weight_decay=weight_decay),
     )
+    return Optimizer(transform.init, transform.update, learning_rate)
 
 
 def split_trainable(

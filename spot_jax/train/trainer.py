@@ -287,6 +287,10 @@ def train(
                     elapsed = time.perf_counter() - t0
                     last = _train_log(summed, steps_since, elapsed, tokens_per_step)
                     last["step"] = step
+                    # The rate of this step's update (optax counts updates from 0).
+                    lr = optim_lib.learning_rate_at(optimizer, step - 1)
+                    if lr is not None:
+                        last["train/learning_rate"] = lr
                     eval_metrics = run_eval(step) if is_eval else {}
                     last.update(eval_metrics)
                     _append_jsonl(metrics_file, last)

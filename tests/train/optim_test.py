@@ -117,6 +117,25 @@ def test_learning_rate_schedules():
         optim.learning_rate_schedule("linear_decay")
 
 
+def test_learning_rate_at_is_the_rate_each_update_used():
+    # Update k of Adafactor under a schedule is lr(k) times the update at rate 1: the rate the
+    # trainer logs after step k + 1 is the one that step applied.
+    schedule = optim.learning_rate_schedule("constant * linear_warmup", 2.0, warmup_steps=4)
+    scheduled = optim.adafactor(schedule, clipping_threshold=None, weight_decay_rate=None)
+    unit = optim.adafactor(1.0, clipping_threshold=None, weight_decay_rate=None)
+    params = {"p": jnp.ones((3, 5))}
+    s_state, u_state = scheduled.init(params), unit.init(params)
+    for k in range(6):
+        grads = {"p": jnp.full((3, 5), 0.1 * (k + 1))}
+        s_upd, s_state = scheduled.update(grads, s_state, params)
+        u_upd, u_state = unit.update(grads, u_state, params)
+        rate = optim.learning_rate_at(scheduled, k)
+        assert rate == pytest.approx(max(2.0 * min(1.0, k / 4), 1e-8))
+        np.testing.assert_allclose(s_upd["p"], rate * u_upd["p"], rtol=1e-6)
+    assert optim.learning_rate_at(optim.adamw(1e-3), 7) == pytest.approx(1e-3)
+    assert optim.learning_rate_at(optax.sgd(0.1), 7) is None  # a plain optax optimizer
+
+
 def test_split_trainable_by_fullmatch():
     flat = {
         "encoder/prompt/prompt/prompt": 1,
