@@ -101,17 +101,29 @@ def mean_multiclass_f1(num_classes: int):
 
 
 def matthews_corrcoef(targets: Sequence[int], predictions: Sequence[int]) -> dict[str, float]:
-    """CoLA's metric, x100: (tp*tn - fp*fn) / sqrt((tp+fp)(tp+fn)(tn+fp)(tn+fn)); 0 if undefined.
+    """CoLA's metric x100: multiclass Matthews correlation (Gorodkin 2004), 0 if undefined.
 
-    Predictions other than 1 count as class 0, as sklearn's binary case does for two labels.
+    T5 calls sklearn's `matthews_corrcoef` on raw class ids, so an invalid prediction (-1) is
+    a class of its own that no target has: always wrong, and it also lowers the prediction
+    marginals. With C the confusion matrix over the union of target and predicted labels,
+    t_k / p_k its row / column sums, c its trace and s its total:
+
+        MCC = (c*s - sum_k t_k p_k) / sqrt((s^2 - sum_k p_k^2) (s^2 - sum_k t_k^2))
+
+    For two labels this is the binary (tp*tn - fp*fn) / sqrt(...) formula.
     """
     _check_lengths(targets, predictions)
-    t = np.asarray(targets) == 1
-    p = np.asarray(predictions) == 1
-    tp, tn = float(np.sum(t & p)), float(np.sum(~t & ~p))
-    fp, fn = float(np.sum(~t & p)), float(np.sum(t & ~p))
-    denominator = np.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
-    value = 0.0 if denominator == 0 else (tp * tn - fp * fn) / denominator
+    t, p = np.asarray(targets), np.asarray(predictions)
+    labels, index = np.unique(np.concatenate([t, p]), return_inverse=True)
+    confusion = np.zeros((len(labels), len(labels)))
+    np.add.at(confusion, (index[: len(t)], index[len(t) :]), 1.0)
+    true_sums, predicted_sums = confusion.sum(axis=1), confusion.sum(axis=0)
+    correct, total = np.trace(confusion), confusion.sum()
+    covariance = correct * total - true_sums @ predicted_sums
+    denominator = np.sqrt(
+        (total**2 - predicted_sums @ predicted_sums) * (total**2 - true_sums @ true_sums)
+    )
+    value = 0.0 if denominator == 0 else covariance / denominator
     return {"matthews_corrcoef": 100.0 * float(value)}
 
 
@@ -307,20 +319,34 @@ def mean_label_f1(label_names: Sequence[str]):
     return fn
 
 
-ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
+ROUGE_TYPES = ("rouge1", "rouge2", "rougeLsum")
+
+
+def prepare_summary_for_rouge(summary: str) -> str:
+    """T5's `_prepare_summary_rouge`: ' . ' ends a line, so rougeLsum sees the sentences."""
+    return summary.replace(" . ", " .\n")
 
 
 def rouge(targets: Sequence[str], predictions: Sequence[str]) -> dict[str, float]:
-    """ROUGE-1/2/L F-measure (x100, mean over examples, Porter-stemmed as in T5).
+    """ROUGE-1, ROUGE-2 and ROUGE-Lsum F-measure x100, with T5's settings (as SPoT reports).
 
-    Uses Google's `rouge-score` package (the `data` extra), the implementation T5 reports.
+    Like `t5.evaluation.metrics.rouge`: Google's `rouge-score` (the `data` extra), no
+    stemmer, ' . ' turned into ' .\n' on both sides first (rougeLsum splits summaries into
+    sentences at newlines). T5 reports the bootstrap aggregator's mid (median of 1,000
+    resampled means), which is random; we report the plain mean over examples (T5's
+    `rouge_mean`), which is deterministic and what the bootstrap median estimates: the two
+    differ by resampling noise only (well under 0.1 point on a few hundred examples).
     """
     _check_lengths(targets, predictions)
     from rouge_score import rouge_scorer
 
-    scorer = rouge_scorer.RougeScorer(list(ROUGE_TYPES), use_stemmer=True)
+    scorer = rouge_scorer.RougeScorer(list(ROUGE_TYPES), use_stemmer=False)
     totals = dict.fromkeys(ROUGE_TYPES, 0.0)
     for target, prediction in zip(targets, predictions, strict=True):
-        for key, score in scorer.score(target, prediction).items():
+        scores = scorer.score(
+            target=prepare_summary_for_rouge(target),
+            prediction=prepare_summary_for_rouge(prediction),
+        )
+        for key, score in scores.items():
             totals[key] += score.fmeasure
     return {key: 100.0 * total / len(targets) for key, total in totals.items()}

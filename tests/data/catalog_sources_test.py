@@ -106,12 +106,25 @@ def test_summarization_strings_use_each_sets_features():
 
 def test_rouge_on_hand_computed_values():
     # 'the cat on the mat' vs 'the cat sat on the mat': unigrams P 5/5 R 5/6 -> F 10/11;
-    # bigrams 3 of 4 predicted, 3 of 5 reference -> F 2/3; LCS 5 -> F 10/11.
+    # bigrams 3 of 4 predicted, 3 of 5 reference -> F 2/3; LCS 5 -> F 10/11 (one sentence,
+    # so rougeLsum is rougeL).
     scores = metrics.rouge(["the cat sat on the mat", "a b"], ["the cat on the mat", "a b"])
+    assert set(scores) == {"rouge1", "rouge2", "rougeLsum"}  # T5's score keys
     assert scores["rouge1"] == pytest.approx(100 * (10 / 11 + 1) / 2)
     assert scores["rouge2"] == pytest.approx(100 * (2 / 3 + 1) / 2)
-    assert scores["rougeL"] == pytest.approx(100 * (10 / 11 + 1) / 2)
-    assert metrics.rouge(["dogs"], ["cats"]) == {"rouge1": 0.0, "rouge2": 0.0, "rougeL": 0.0}
+    assert scores["rougeLsum"] == pytest.approx(100 * (10 / 11 + 1) / 2)
+    assert metrics.rouge(["dogs"], ["cats"]) == {"rouge1": 0.0, "rouge2": 0.0, "rougeLsum": 0.0}
+
+
+def test_rouge_has_no_stemmer_and_splits_sentences_at_spaced_periods():
+    # T5 scores without a stemmer: 'cats running' shares no token with 'cat run'.
+    assert metrics.rouge(["cat run"], ["cats running"])["rouge1"] == 0.0
+    # ' . ' becomes ' .\n', so rougeLsum takes the union LCS per reference sentence: both
+    # sentences are found (F 1). One unsplit sequence would have LCS 3 of 6 (F 1/2).
+    swapped = metrics.rouge(["the cat sat . the dog ran"], ["the dog ran . the cat sat"])
+    assert swapped["rougeLsum"] == pytest.approx(100.0)
+    assert swapped["rouge1"] == pytest.approx(100.0)
+    assert metrics.prepare_summary_for_rouge("A b . C d .") == "A b .\nC d ."
 
 
 @pytest.mark.skipif(not SPM.exists(), reason="T5 SentencePiece model not available")

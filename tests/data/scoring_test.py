@@ -74,7 +74,7 @@ def test_squad_scores_against_all_answers_and_rouge_on_summaries(registered):
     assert squad(_ids(squad, predictions)) == {"eval/em": 100.0, "eval/f1": 100.0}
     summaries = _scorer("spot_cnn_dailymail_v340")
     result = summaries(_ids(summaries, _targets(summaries)))
-    assert set(result) == {"eval/rouge1", "eval/rouge2", "eval/rougeL"}
+    assert set(result) == {"eval/rouge1", "eval/rouge2", "eval/rougeLsum"}
     assert result["eval/rouge1"] == pytest.approx(100.0)
 
 
