@@ -70,11 +70,16 @@ def qa(answer: Any, example: Any = None, is_target: bool = False) -> Any:
     return _text(answer)
 
 
+# SPoT's `preprocess_goemotions` joins the emotion names with ' \\n ' (a backslash and an
+# 'n', not a newline), which T5's vocabulary can spell and decode back.
+LABEL_SEPARATOR = " \\n "
+
+
 def label_set(text: Any, example: Any = None, is_target: bool = False) -> frozenset[str]:
-    """Multi-label targets ('joy, love') as a set of label names; '<unk>' is the empty set."""
+    """Multi-label targets ('joy \\n love') as a set of label names; '' is the empty set."""
     del example, is_target
-    labels = {label.strip() for label in _text(text).split(",")}
-    return frozenset(labels - {"", "<unk>"})
+    labels = {label.strip() for label in _text(text).split(LABEL_SEPARATOR.strip())}
+    return frozenset(labels - {""})
 
 
 def text(value: Any, example: Any = None, is_target: bool = False) -> str:

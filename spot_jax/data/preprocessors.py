@@ -10,7 +10,9 @@ prompts trained with T5X:
     record:  'record query: q entities: e1, e2 passage: p' -> one example per answer
     squad / mrqa:   '<benchmark> question: q context: c' -> first answer (SPoT's `mrqa`)
     summarization:  '<benchmark> summarize: source' -> summary (`preprocess_text_generation`)
-    text_classification / multilabel_classification: SPoT's '<benchmark> key: text' forms
+    text_classification / multilabel_classification: SPoT's '<benchmark> key: text' forms,
+                    joined with T5's `_string_join` (whitespace runs collapsed; T5's own
+                    glue/stsb/wsc/record formats above do not collapse)
 
 Besides those, `remove_task_prefix` (prompt tuning's "taskless" variant) and `few_shot`
 (seeded k-shot subsets) work on any of the tasks, and `span_corruption` / `prefix_lm` are T5's
@@ -23,6 +25,8 @@ from collections.abc import Mapping, Sequence
 
 import seqio
 import tensorflow as tf
+
+from spot_jax.data import postprocessors
 
 UNK_LABEL = "<unk>"
 
@@ -220,6 +224,15 @@ def drop_unlabeled(dataset: tf.data.Dataset, label_key: str = "label") -> tf.dat
     return dataset.filter(lambda x: tf.cast(x[label_key], tf.int64) >= 0)
 
 
+def join_collapsing_whitespace(pieces: Sequence) -> tf.Tensor:
+    """T5's `_string_join`: pieces joined by spaces, each whitespace run then one space.
+
+    SPoT's own formats (classification, sentiment140, goemotions) join this way; T5's
+    GLUE/SuperGLUE formats (`glue`, `stsb`, `wsc`, `record`) join without collapsing.
+    """
+    return tf.strings.regex_replace(tf.strings.join(list(pieces), separator=" "), r"\s+", " ")
+
+
 def text_classification(
     dataset: tf.data.Dataset,
     *,
@@ -230,8 +243,9 @@ def text_classification(
 ) -> tf.data.Dataset:
     """'<benchmark> key1: v1 key2: v2' -> label_names[label] ('<unk>' for label -1).
 
-    SPoT's `preprocess_text_classification`: the keys written in the input may differ from
-    the TFDS feature names (IMDB's `text` is written 'sentence:').
+    SPoT's `preprocess_text_classification`, which joins with T5's `_string_join`: every run
+    of whitespace in the input (newlines in DocNLI's documents, double spaces) becomes one
+    space. The keys written in the input may differ from the TFDS feature names.
 
     Args:
         dataset: TFDS examples with the text features and an integer `label`.
@@ -248,7 +262,7 @@ def text_classification(
         for key, feature in features:
             pieces += [f"{key}:", x[feature]]
         return {
-            "inputs": tf.strings.join(pieces, separator=" "),
+            "inputs": join_collapsing_whitespace(pieces),
             "targets": _label_text(x["label"], label_names),
         }
 
@@ -382,16 +396,16 @@ def summarization(x: dict, benchmark_name: str, source_key: str, target_key: str
 
 @seqio.map_over_dataset
 def multilabel_classification(
-    x: dict, benchmark_name: str, text_key: str, label_names: Sequence[str]
+    x: dict, benchmark_name: str, text_key: str, label_names: Sequence[str], text_word: str
 ) -> dict:
-    """'<benchmark> sentence: <text>' -> the true labels of boolean features, ', '-joined.
+    """'<benchmark> <text_word>: <text>' -> the set boolean features, ' \\n '-joined.
 
-    GoEmotions keeps one bool feature per emotion; the target lists those that are set, in
-    `label_names` order ('<unk>' when none is).
+    SPoT's `preprocess_goemotions`: 'goemotions comment: <comment>' (whitespace collapsed)
+    -> e.g. 'confusion \\n sadness', the emotions in the TFDS feature order (`label_names`);
+    an example with none set gets the empty target, as SPoT's join gives.
     """
     flags = tf.stack([tf.cast(x[name], tf.bool) for name in label_names])
     chosen = tf.boolean_mask(tf.constant(list(label_names)), flags)
-    joined = tf.strings.reduce_join(chosen, separator=", ")
-    targets = tf.cond(tf.size(chosen) > 0, lambda: joined, lambda: tf.constant(UNK_LABEL))
-    inputs = tf.strings.join([benchmark_name, "sentence:", x[text_key]], separator=" ")
+    targets = tf.strings.reduce_join(chosen, separator=postprocessors.LABEL_SEPARATOR)
+    inputs = join_collapsing_whitespace([benchmark_name, f"{text_word}:", x[text_key]])
     return {"inputs": inputs, "targets": targets}

@@ -41,33 +41,40 @@ def test_every_new_task_and_its_twin_is_registered():
 
 
 def test_sentiment140_polarity_and_goemotions_label_lists():
-    tweets = {"text": ["ugh.", "meh", "yay!", "odd"], "polarity": [0, 2, 4, 7]}
+    # SPoT fbfab63 `preprocess_sentiment140` / `preprocess_goemotions` strings.
+    tweets = {"text": ["ugh.", "meh", "yay!  so\n\tgood", "odd"], "polarity": [0, 2, 4, 7]}
     assert _run("spot_sentiment140_v100", tweets) == [
-        ("sentiment140 sentence: ugh.", "negative"),
-        ("sentiment140 sentence: meh", "neutral"),
-        ("sentiment140 sentence: yay!", "positive"),
-        ("sentiment140 sentence: odd", "<unk>"),
+        ("sentiment140 text: ugh.", "negative"),
+        ("sentiment140 text: meh", "neutral"),
+        ("sentiment140 text: yay! so good", "positive"),  # T5's _string_join collapses
+        ("sentiment140 text: odd", "<unk>"),
     ]
-    comments = {"comment_text": ["So sweet", "Hm"]}
+    comments = {"comment_text": ["So  sweet\n", "Hm", "Wow?"]}
     for emotion in sentiment.EMOTIONS:
-        comments[emotion] = [emotion in ("love", "joy"), False]
+        comments[emotion] = [emotion in ("love", "joy"), False, emotion == "neutral"]
+    # Emotions in TFDS feature order, joined by a backslash-n between spaces (not a newline).
     assert _run("spot_goemotions_v010", comments) == [
-        ("goemotions sentence: So sweet", "joy, love"),
-        ("goemotions sentence: Hm", "<unk>"),
+        ("goemotions comment: So sweet ", "joy \\n love"),
+        ("goemotions comment: Hm", ""),
+        ("goemotions comment: Wow?", "neutral"),
     ]
 
 
 def test_doc_nli_strings():
-    examples = {"premise": ["A long document."], "hypothesis": ["A claim."], "label": [1]}
+    examples = {
+        "premise": ["A long\n\ndocument.  Two  spaces."],
+        "hypothesis": ["A claim."],
+        "label": [1],
+    }
     assert _run("spot_doc_nli_v100", examples) == [
-        ("doc_nli hypothesis: A claim. premise: A long document.", "entailment")
+        ("doc_nli hypothesis: A claim. premise: A long document. Two spaces.", "entailment")
     ]
 
 
 def test_goemotions_metrics_compare_label_sets():
     parse = postprocessors.label_set
-    targets = [parse("joy, love"), parse("anger"), parse("<unk>")]
-    predictions = [parse("love,joy"), parse("anger, fear"), parse("")]
+    targets = [parse("joy \\n love"), parse("anger"), parse("")]
+    predictions = [parse("love \\n joy"), parse("anger \\n fear"), parse("")]
     assert metrics.accuracy(targets, predictions)["accuracy"] == pytest.approx(200 / 3)
     # joy 1, love 1, anger 1, fear 0 (one false positive); the other 24 labels never occur.
     f1 = metrics.mean_label_f1(sentiment.EMOTIONS)(targets, predictions)["mean_label_f1"]

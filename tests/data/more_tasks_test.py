@@ -55,21 +55,23 @@ def test_snli_strings_and_unlabeled_pairs_dropped():
 
 @pytest.mark.parametrize("round_", ["r1", "r2", "r3"])
 def test_anli_strings(round_):
-    examples = {"uid": ["u"], "context": ["C."], "hypothesis": ["H."], "label": [1]}
+    # SPoT registers each round with task_name=dataset: the round's name is the task word.
+    examples = {"uid": ["u"], "context": ["C.\n\nMore."], "hypothesis": ["H."], "label": [1]}
     assert _run(nli.anli_task_name(round_), examples) == [
-        ("anli hypothesis: H. context: C.", "neutral")
+        (f"anli_{round_} hypothesis: H. context: C. More.", "neutral")
     ]
 
 
 def test_sentiment_strings():
-    examples = {"text": ["Great film!", "Dull."], "label": [1, 0]}
+    # SPoT fbfab63 `spot/data/sentiment.py`: the TFDS name, then 'text:'; whitespace collapsed.
+    examples = {"text": ["Great  film!<br /><br />Go.", "Dull.\n"], "label": [1, 0]}
     assert _run("spot_imdb_reviews_v100", examples) == [
-        ("imdb sentence: Great film!", "positive"),
-        ("imdb sentence: Dull.", "negative"),
+        ("imdb_reviews text: Great film!<br /><br />Go.", "positive"),
+        ("imdb_reviews text: Dull. ", "negative"),
     ]
     assert _run("spot_yelp_polarity_reviews_v020", examples) == [
-        ("yelp_polarity sentence: Great film!", "positive"),
-        ("yelp_polarity sentence: Dull.", "negative"),
+        ("yelp_polarity_reviews text: Great film!<br /><br />Go.", "positive"),
+        ("yelp_polarity_reviews text: Dull. ", "negative"),
     ]
 
 
@@ -139,9 +141,10 @@ def test_every_new_task_yields_examples_under_mock_data(mock_data, name):
     assert examples, name
     assert all(isinstance(x["inputs"], str) and x["targets"] for x in examples), name
     if not name.endswith("_taskless"):
-        word = {"squad": "squad", "imdb": "imdb", "yelp": "yelp_polarity"}
-        first = name.split("_")[1]
-        assert examples[0]["inputs"].startswith(word.get(first, first) + " "), name
+        # The task word is the dataset name between 'spot_' and the version.
+        word = name.removeprefix("spot_").rsplit("_v", 1)[0]
+        word = {"squad_v11": "squad", "snli": "snli"}.get(word, word)
+        assert examples[0]["inputs"].startswith(word + " "), name
 
 
 def test_few_shot_resolves_for_snli(mock_data):

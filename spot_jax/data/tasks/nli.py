@@ -2,13 +2,15 @@
 
     spot_snli_v110       'snli hypothesis: <h> premise: <p>' -> entailment | neutral | contradiction
                          (tfds `snli:1.1.0`; pairs without a gold label (-1) are dropped)
-    spot_anli_r1_v010    'anli hypothesis: <h> context: <c>' -> the same three labels
-                         (tfds `anli/r1:0.1.0`; likewise r2, r3)
+    spot_anli_r1_v010    'anli_r1 hypothesis: <h> context: <c>' -> the same three labels
+                         (tfds `anli/r1:0.1.0`; likewise r2, r3, each named by its round)
     spot_doc_nli_v100    'doc_nli hypothesis: <h> premise: <document>' -> not_entailment |
                          entailment (tfds `doc_nli:1.0.0`)
 
 As in SPoT's `spot/data/nli.py` (and T5's MNLI) the hypothesis comes first; ANLI keeps its
-TFDS feature name `context` for the premise. Metric: accuracy.
+TFDS feature name `context` for the premise. SPoT writes each dataset's own name as the task
+word (`task_name=dataset`, so 'anli_r1', not 'anli') and joins with T5's `_string_join`, which
+collapses whitespace runs (DocNLI's multi-line documents become one line). Metric: accuracy.
 """
 
 from __future__ import annotations
@@ -76,7 +78,9 @@ def snli_spec() -> base.TaskSpec:
 
 
 def anli_spec(round_: str) -> base.TaskSpec:
-    return _spec(anli_task_name(round_), f"anli/{round_}:{ANLI_VERSION}", "anli", "context", False)
+    return _spec(
+        anli_task_name(round_), f"anli/{round_}:{ANLI_VERSION}", f"anli_{round_}", "context", False
+    )
 
 
 def doc_nli_spec() -> base.TaskSpec:

@@ -1,20 +1,27 @@
 """Sentiment source tasks (SPoT's sentiment family, as far as TFDS has it).
 
-    spot_imdb_reviews_v100           'imdb sentence: <review>' -> negative | positive
+    spot_imdb_reviews_v100           'imdb_reviews text: <review>' -> negative | positive
                                      (tfds `imdb_reviews/plain_text:1.0.0`)
-    spot_yelp_polarity_reviews_v020  'yelp_polarity sentence: <review>' -> negative | positive
-                                     (tfds `yelp_polarity_reviews:0.2.0`)
-    spot_sentiment140_v100           'sentiment140 sentence: <tweet>' -> negative | neutral |
+    spot_yelp_polarity_reviews_v020  'yelp_polarity_reviews text: <review>' -> negative |
+                                     positive (tfds `yelp_polarity_reviews:0.2.0`)
+    spot_sentiment140_v100           'sentiment140 text: <tweet>' -> negative | neutral |
                                      positive (tfds `sentiment140:1.0.0`, polarity 0/2/4; train
                                      has no neutral tweets, test does)
-    spot_goemotions_v010             'goemotions sentence: <comment>' -> the comment's emotions
-                                     in GoEmotions' order, ', '-joined ('joy, love')
+    spot_goemotions_v010             'goemotions comment: <comment>' -> the comment's emotions
+                                     in TFDS feature order, ' \\n '-joined ('joy \\n love')
                                      (tfds `goemotions:0.1.0`, 28 bool features)
 
+The strings are those of SPoT's published sentiment code (google-research/prompt-tuning
+fbfab63, `spot/data/sentiment.py` and `spot/data/preprocessors.py`): the task word is the TFDS
+dataset name, the key is the TFDS feature name ('comment' for GoEmotions), and inputs are
+joined with T5's `_string_join` (whitespace runs collapsed; IMDB's '<br />' markup stays).
+One deliberate difference: that commit's `preprocess_text_classification` also appended
+'None:' to single-text inputs (`f'{text_b_key}:'` with no second text), which its own tests
+contradict and the repository's later version removed; we write no 'None:'.
+
 IMDB, Yelp and Sentiment140 have no validation split: `validation` (and `test`) read TFDS's
-`test`. Texts are kept as TFDS gives them (IMDB's '<br />' markup included). Metrics:
-accuracy; GoEmotions exact-set accuracy and per-emotion macro F1. SST-2 is GLUE's
-(`spot_glue_sst2_v200`); CR is not in TFDS.
+`test`. Metrics: accuracy; GoEmotions exact-set accuracy and per-emotion macro F1. SST-2 is
+GLUE's (`spot_glue_sst2_v200`); CR is not in TFDS.
 """
 
 from __future__ import annotations
@@ -29,8 +36,8 @@ from spot_jax.data.tasks import base
 LABEL_NAMES = ("negative", "positive")
 # task -> (tfds name, version, word the input starts with)
 TASKS = {
-    "imdb_reviews": ("imdb_reviews/plain_text", "1.0.0", "imdb"),
-    "yelp_polarity_reviews": ("yelp_polarity_reviews", "0.2.0", "yelp_polarity"),
+    "imdb_reviews": ("imdb_reviews/plain_text", "1.0.0", "imdb_reviews"),
+    "yelp_polarity_reviews": ("yelp_polarity_reviews", "0.2.0", "yelp_polarity_reviews"),
 }
 _SPLITS = {"train": "train", "validation": "test", "test": "test"}
 
@@ -61,7 +68,7 @@ def spec(task: str) -> base.TaskSpec:
             preprocessors.text_classification,
             benchmark_name=word,
             label_names=LABEL_NAMES,
-            features=(("sentence", "text"),),
+            features=(("text", "text"),),
         ),
         postprocess_fn=functools.partial(
             postprocessors.string_label_to_class_id, label_classes=LABEL_NAMES
@@ -89,7 +96,7 @@ def sentiment140_preprocessor(dataset):
         dataset,
         benchmark_name="sentiment140",
         label_names=SENTIMENT140_LABELS,
-        features=(("sentence", "text"),),
+        features=(("text", "text"),),
     )
 
 
@@ -119,6 +126,7 @@ def goemotions_spec() -> base.TaskSpec:
             benchmark_name="goemotions",
             text_key="comment_text",
             label_names=EMOTIONS,
+            text_word="comment",
         ),
         postprocess_fn=postprocessors.label_set,
         metric_fns=[metrics.accuracy, metrics.mean_label_f1(EMOTIONS)],
