@@ -70,6 +70,7 @@ def build(args) -> Path:
             "",
             "| statistic | value | p-value |",
             "|---|---|---|",
+            f"| Pearson r | {s['pearson_r']:.4f} | {s['pearson_p']:.3g} |",
             f"| Spearman rho | {s['spearman_rho']:.4f} | {s['spearman_p']:.3g} |",
             f"| Kendall tau | {s['kendall_tau']:.4f} | {s['kendall_p']:.3g} |",
             "",

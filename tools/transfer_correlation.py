@@ -1,12 +1,13 @@
-"""Rank correlation between task similarity and transfer gain (does similarity predict
+"""Correlation between task similarity and transfer gain (does similarity predict
 transfer?).
 
     python tools/transfer_correlation.py results.csv [--x similarity] [--y gain]
         [--plot scatter.png] [--json out.json] [--per-target]
 
-The CSV has a header with at least source,target,similarity,gain. Prints Spearman's rho and
-Kendall's tau with two-sided p-values over all rows (and, with --per-target, within each
-target, as SPoT's retrieval evaluation ranks sources per target).
+The CSV has a header with at least source,target,similarity,gain. Prints Pearson's r (SPoT's
+Fig. 5/8), Spearman's rho and Kendall's tau (Su et al.'s) with two-sided p-values over all
+rows (and, with --per-target, within each target, as SPoT's retrieval evaluation ranks sources
+per target).
 """
 
 import argparse
@@ -49,7 +50,8 @@ def main(argv=None):
     x, y, stats = analyse(rows, args.x, args.y, args.per_target)
     for group, s in stats.items():
         print(
-            f"{group}: n={s['n']} spearman_rho={s['spearman_rho']:.6g} "
+            f"{group}: n={s['n']} pearson_r={s['pearson_r']:.6g} (p={s['pearson_p']:.4g}) "
+            f"spearman_rho={s['spearman_rho']:.6g} "
             f"(p={s['spearman_p']:.4g}) kendall_tau={s['kendall_tau']:.6g} "
             f"(p={s['kendall_p']:.4g})"
         )

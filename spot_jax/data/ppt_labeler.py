@@ -63,11 +63,12 @@ class PromptLabeler:
 
         from spot_jax.data import vocab
         from spot_jax.models.prompted import PROMPT_PATH
-        from spot_jax.spot import library, neurons
+        from spot_jax.spot import neurons
+        from spot_jax.spot import runs as runs_lib
 
         model, params = neurons.frozen_model(self.run_dir)
-        step, _ = library.select_step(self.run_dir, self.checkpoint)
-        params[PROMPT_PATH] = np.load(library.prompt_file(self.run_dir, step))
+        step, _ = runs_lib.select_step(self.run_dir, self.checkpoint)
+        params[PROMPT_PATH] = np.load(runs_lib.prompt_file(self.run_dir, step))
         nested = flax.traverse_util.unflatten_dict(
             {k: jnp.asarray(v) for k, v in params.items()}, sep="/"
         )

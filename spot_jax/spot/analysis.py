@@ -113,21 +113,33 @@ def read_results(path: epath.PathLike) -> list[dict[str, str]]:
 
 
 def correlation(x: Sequence[float], y: Sequence[float]) -> dict[str, float]:
-    """Spearman's rho and Kendall's tau (tau-b) with two-sided p-values (scipy)."""
+    """Pearson's r (SPoT's Fig. 5/8 statistic), Spearman's rho and Kendall's tau (tau-b; Su et
+    al.'s), each with its two-sided p-value (scipy)."""
     from scipy import stats
 
     x, y = np.asarray(x, float), np.asarray(y, float)
     if len(x) != len(y) or len(x) < 2:
         raise ValueError(f"need two equal-length series of at least 2 values, not {len(x)}")
+    r, r_p = stats.pearsonr(x, y)
     rho, rho_p = stats.spearmanr(x, y)
     tau, tau_p = stats.kendalltau(x, y)
     return {
         "n": int(len(x)),
+        "pearson_r": float(r),
+        "pearson_p": float(r_p),
         "spearman_rho": float(rho),
         "spearman_p": float(rho_p),
         "kendall_tau": float(tau),
         "kendall_p": float(tau_p),
     }
+
+
+def relative_error_reduction(score: float, baseline: float, best: float = 100.0) -> float:
+    """SPoT's transfer gain: the share of the baseline's error that transfer removes,
+    (score - baseline) / (best - baseline), scores on a 0-`best` scale."""
+    if baseline >= best:
+        raise ValueError(f"baseline {baseline} leaves no error to reduce (best {best})")
+    return (score - baseline) / (best - baseline)
 
 
 def scatter(

@@ -1,6 +1,8 @@
 """`spot-jax library ...`: manage a prompt library, compare prompts, retrieve, transfer.
 
     spot-jax library add --library L RUN_DIR [--name N] [--checkpoint best|latest|STEP]
+    spot-jax library add-file --library L --prompt P.npy --embedding E.npy --embedding-step S
+        --task T [--name N] [--like RUN_DIR]          (a prompt from outside spot_jax)
     spot-jax library list|show|remove --library L [NAME]
     spot-jax library similarity --library L --metric M [--plot out.png] [--out m.csv]
     spot-jax library similarity --library L --metric M --target PROMPT.npy   (ranking CSV)
@@ -48,8 +50,17 @@ def _parser() -> argparse.ArgumentParser:
         "--embedding-step",
         type=int,
         default=None,
-        help="task-embedding checkpoint step (closest kept; default earliest non-zero)",
+        help="task-embedding checkpoint step (closest kept; default the library's, and for "
+        "a first entry SPoT's 10000, or the earliest non-zero in a shorter run)",
     )
+    s = cmd("add-file", "add a prompt file (e.g. prompt-tuning's released prompts)")
+    s.add_argument("--prompt", required=True, help="[P, H] prompt .npy / numpy checkpoint")
+    s.add_argument("--embedding", required=True, help="[P, H] task embedding (early prompt)")
+    s.add_argument("--embedding-step", type=int, required=True, help="its training step")
+    s.add_argument("--task", required=True, help="the task the prompt was trained on")
+    s.add_argument("--name", default=None, help="entry name (default: the file's folder)")
+    s.add_argument("--step", type=int, default=None, help="the prompt's training step")
+    s.add_argument("--like", default=None, help="a new library: a run (or library) of the model")
     cmd("list", "list entries")
     s = cmd("show", "show an entry's metadata")
     s.add_argument("name")
@@ -92,7 +103,15 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--target", required=True, help="target MODEL_DIR or early prompt .npy")
     s.add_argument("--k", type=int, default=3)
     s.add_argument("--metric", default=retrieval.DEFAULT_METRIC, choices=list(similarity.METRICS))
-    s.add_argument("--with-task", default=None, help="also mix this task (e.g. the target's)")
+    s.add_argument("--exclude", nargs="*", default=[], help="entries never retrieved")
+    s.add_argument(
+        "--with-task", default=None, help="also mix this task (the target's, for a .npy target)"
+    )
+    s.add_argument(
+        "--no-target-task",
+        action="store_true",
+        help="leave out a target run's own task (SPoT mixes it in)",
+    )
 
     s = cmd("zero-shot", "evaluate every library prompt on every target task, no training")
     s.add_argument(
@@ -146,7 +165,9 @@ def _mixture(lib, args):
     The name (`spot_mix__<task>__...`) is registered by the data pipeline on first use, so
     the source run needs nothing else (spot_jax.data.mixtures).
     """
-    tasks = transfer.mixture_sources(lib, args.target, args.k, args.metric)
+    tasks = transfer.mixture_sources(
+        lib, args.target, args.k, args.metric, tuple(args.exclude), not args.no_target_task
+    )
     if args.with_task and args.with_task not in tasks:
         tasks.append(args.with_task)
     if not tasks:
@@ -172,6 +193,23 @@ def _add(lib, args):
     print(
         f"added {entry.name}: task {m['task']}, step {m['step']} ({m['selected']}), "
         f"embedding step {m['embedding_step']}, prompt [{m['prompt_length']}, {m['emb_dim']}]"
+    )
+
+
+def _add_file(lib, args):
+    entry = lib.add_file(
+        args.prompt,
+        task=args.task,
+        embedding=args.embedding,
+        embedding_step=args.embedding_step,
+        name=args.name,
+        like=args.like,
+        step=args.step,
+    )
+    m = entry.meta
+    print(
+        f"added {entry.name}: task {m['task']}, embedding step {m['embedding_step']}, "
+        f"prompt [{m['prompt_length']}, {m['emb_dim']}]"
     )
 
 
@@ -207,7 +245,7 @@ def _similarity(lib, args):
     if args.metric == "on":
         return _similarity_on(lib, args)
     if args.target:
-        ranked = retrieval.rank(lib, args.target, args.metric)
+        ranked = retrieval.rank(lib, args.target, args.metric, use=args.use)
         _emit(retrieval.to_csv(ranked), args.out)
         return
     names, arrays = _arrays(lib, args.use)
@@ -224,14 +262,17 @@ def _similarity_on(lib, args):
     from spot_jax.spot import neurons
 
     names, arrays = _arrays(lib, args.use)
-    model, params = neurons.frozen_model(lib.get(names[0]).meta["run_dir"])
+    run = lib.get(names[0]).meta.get("run_dir")
+    if not run:
+        raise library_lib.LibraryError(
+            f"--metric on rebuilds the frozen model from an entry's run, but {names[0]} records "
+            "none (a projected library made without --to-model, or an added file)"
+        )
+    model, params = neurons.frozen_model(run)
     inputs = np.load(args.on_inputs) if args.on_inputs else None
-    layers = None
-    if args.on_layers:
-        start, stop = (int(x) if x else None for x in args.on_layers.split(":"))
-        layers = slice(start, stop)
+    layers = _layer_window(args.on_layers) if args.on_layers else None
     if args.target:
-        target = retrieval.target_embedding(args.target)
+        target = retrieval.target_embedding(args.target, lib.embedding_step())
         acts = neurons.activations(model, params, target, inputs)
         scores = [
             (n, neurons.overlap(neurons.activations(model, params, a, inputs), acts, layers))
@@ -246,6 +287,20 @@ def _similarity_on(lib, args):
     if args.plot:
         similarity.plot_heatmap(sim, names, args.plot, f"ON ({args.use})")
         print(f"wrote {args.plot}", file=sys.stderr)
+
+
+def _layer_window(text: str) -> slice:
+    """--on-layers START:STOP (either may be empty) as a slice of layers."""
+    parts = text.split(":")
+    try:
+        if len(parts) != 2:
+            raise ValueError
+        start, stop = (int(x) if x.strip() else None for x in parts)
+    except ValueError:
+        raise ValueError(
+            f"--on-layers takes START:STOP (e.g. 0:3, Su et al.'s 3-layer windows), not {text!r}"
+        ) from None
+    return slice(start, stop)
 
 
 def _matrix_csv(names, sim) -> str:

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 from etils import epath
 
-from spot_jax.spot import library as library_lib
+from spot_jax.spot import runs as runs_lib
 
 DEFAULT_SEEDS = (0, 1, 2, 3, 4)
 DEFAULT_METRIC = "eval/sequence_accuracy"
@@ -131,7 +131,7 @@ def run_protocol(
                 f"--gin.SEED={seed}",
             ]
         )
-        step, why = library_lib.select_step(run_dir, "best", select_metric)
+        step, why = runs_lib.select_step(run_dir, "best", select_metric)
         runs.append(
             {"seed": seed, "task": name, "model_dir": str(run_dir), "step": step, "selected": why}
         )
@@ -145,7 +145,7 @@ def run_protocol(
     evaluate = zero_shot_lib.Evaluator(target, model_parallel)
 
     def test(run_dir, step) -> dict[str, float]:
-        return evaluate(np.load(library_lib.prompt_file(run_dir, step)))
+        return evaluate(np.load(runs_lib.prompt_file(run_dir, step)))
 
     report: dict[str, Any] = {
         "task": task,
@@ -172,7 +172,7 @@ def run_protocol(
                 f"--gin.TRAIN_STEPS={full_data_steps}",
             ]
         )
-        step = library_lib.numpy_steps(run_dir)[-1]
+        step = runs_lib.numpy_steps(run_dir)[-1]
         report["full_data"] = {"model_dir": str(run_dir), "step": step, "test": test(run_dir, step)}
     (out / "results.json").write_text(json.dumps(report, indent=2))
     (out / "results.md").write_text(to_markdown(report))

@@ -13,10 +13,8 @@ so readers never see half an entry; `library.json` is written once, under a lock
 first add, and every later add is checked against it.
 """
 
-import ast
 import contextlib
 import dataclasses
-import hashlib
 import json
 import os
 import re
@@ -27,25 +25,12 @@ from typing import Any
 import numpy as np
 from etils import epath
 
-PROMPT_FILE = "encoder.prompt.prompt.prompt"
+from spot_jax.spot import runs as runs_lib
+from spot_jax.spot.runs import PROMPT_FILE, LibraryError  # noqa: F401  (the library's API)
+
 LIBRARY_META = "library.json"
 LOCK_FILE = ".lock"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._=+-]*")
-# The model.json keys that decide whether two prompts live in the same space.
-_SHAPE_KEYS = (
-    "vocab_size",
-    "emb_dim",
-    "num_heads",
-    "num_encoder_layers",
-    "num_decoder_layers",
-    "head_dim",
-    "mlp_dim",
-    "relpos_buckets",
-)
-
-
-class LibraryError(ValueError):
-    """Bad library input: an incompatible prompt, a missing run or entry, a bad name."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,158 +49,24 @@ class Entry:
 
     def prompt(self) -> np.ndarray:
         """The source prompt, float32 [P, H]."""
-        return _load(self.path / "prompt.npy")
+        return _load(self.path / "prompt.npy", self._shape())
 
     def embedding(self) -> np.ndarray:
         """The task embedding (early-checkpoint prompt), float32 [P, H]."""
-        return _load(self.path / "embedding.npy")
+        return _load(self.path / "embedding.npy", self._shape())
 
-
-# ---------------------------------------------------------------------------------------------
-# Reading a training run (MODEL_DIR).
-
-
-def read_macros(config_gin: str) -> dict[str, Any]:
-    """Top-level macro values (`NAME = literal`) of an operative config.gin.
-
-    Values that are not Python literals (gin references, multi-line values) are skipped.
-    """
-    macros = {}
-    for line in config_gin.splitlines():
-        m = re.fullmatch(r"([A-Z][A-Z0-9_]*)\s*=\s*(.+)", line.strip())
-        if m:
-            with contextlib.suppress(ValueError, SyntaxError):
-                macros[m.group(1)] = ast.literal_eval(m.group(2))
-    return macros
-
-
-def numpy_steps(model_dir: epath.PathLike) -> list[int]:
-    """Steps with a complete numpy prompt checkpoint, ascending (temp/backup folders skipped)."""
-    root = epath.Path(model_dir) / "numpy_checkpoints"
-    if not root.exists():
-        return []
-    steps = []
-    for d in root.iterdir():
-        m = re.fullmatch(r"checkpoint_(\d+)", d.name)
-        if m and (d / PROMPT_FILE).exists():
-            steps.append(int(m.group(1)))
-    return sorted(steps)
-
-
-def prompt_file(model_dir: epath.PathLike, step: int) -> epath.Path:
-    return epath.Path(model_dir) / "numpy_checkpoints" / f"checkpoint_{step}" / PROMPT_FILE
-
-
-def read_metrics(model_dir: epath.PathLike) -> dict[int, dict[str, float]]:
-    """Eval metrics by step from metrics.jsonl (only records with eval/* keys)."""
-    path = epath.Path(model_dir) / "metrics.jsonl"
-    out: dict[int, dict[str, float]] = {}
-    if not path.exists():
-        return out
-    for line in path.read_text().splitlines():
-        if not line.strip():
-            continue
-        record = json.loads(line)
-        evals = {k: v for k, v in record.items() if k.startswith("eval/")}
-        if evals and "step" in record:
-            out.setdefault(int(record["step"]), {}).update(evals)
-    return out
-
-
-def fingerprint(model_shape: dict[str, Any], initial_checkpoint: str | None, seed: Any) -> str:
-    """Identifies the frozen model: its checkpoint path (or seeded init) hashed with its shape.
-
-    Prompts are only comparable, and only transfer, within one frozen model; two seeded inits
-    with different SEEDs are different models.
-    """
-    frozen = initial_checkpoint if initial_checkpoint else f"seeded-init:{seed}"
-    shape = {k: model_shape.get(k) for k in _SHAPE_KEYS}
-    blob = json.dumps({"frozen": frozen, "shape": shape}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-def select_step(
-    model_dir: epath.PathLike, checkpoint: str | int = "best", metric: str = "eval/loss"
-) -> tuple[int, str]:
-    """The numpy checkpoint step to take as a run's prompt, and why.
-
-    Args:
-      model_dir: the run.
-      checkpoint: 'best' (best `metric` among evaluated checkpoints; the latest when nothing
-        was evaluated), 'latest', or a step number.
-      metric: eval metric for 'best'; minimised when its name contains 'loss', else maximised.
-
-    Returns:
-      (step, reason) where reason is recorded in the entry's metadata.
-    """
-    steps = numpy_steps(model_dir)
-    if not steps:
-        raise LibraryError(f"{model_dir} has no numpy prompt checkpoints; is it a prompt run?")
-    if str(checkpoint) == "latest":
-        return steps[-1], "latest"
-    if str(checkpoint) != "best":
-        try:
-            step = int(checkpoint)
-        except ValueError:
-            raise LibraryError(
-                f"checkpoint must be best, latest or a step, not {checkpoint!r}"
-            ) from None
-        if step not in steps:
-            raise LibraryError(f"{model_dir} has no numpy checkpoint at step {step} (has {steps})")
-        return step, f"step {step}"
-    scored = {
-        s: m[metric] for s, m in read_metrics(model_dir).items() if s in steps and metric in m
-    }
-    if not scored:
-        return steps[-1], f"latest (no {metric} recorded at a checkpoint)"
-    sign = 1 if "loss" in metric else -1
-    # Ties go to the later step: more training for the same validation score.
-    step = min(scored, key=lambda s: (sign * scored[s], -s))
-    return step, f"best {metric}={scored[step]:.6g}"
-
-
-def embedding_step(model_dir: epath.PathLike, target: int | None = None) -> int:
-    """The checkpoint closest to `target` (ties: the earlier); default the earliest non-zero.
-
-    SPoT's task embedding is an early checkpoint (10K steps), the same step for every task.
-    """
-    steps = numpy_steps(model_dir)
-    if not steps:
-        raise LibraryError(f"{model_dir} has no numpy prompt checkpoints; is it a prompt run?")
-    if target is None:
-        nonzero = [s for s in steps if s > 0]
-        return nonzero[0] if nonzero else steps[0]
-    return min(steps, key=lambda s: (abs(s - target), s))
-
-
-def run_info(model_dir: epath.PathLike) -> dict[str, Any]:
-    """Task, model shape, fingerprint and train steps of a run, from its MODEL_DIR files."""
-    model_dir = epath.Path(model_dir)
-    for f in ("model.json", "config.gin"):
-        if not (model_dir / f).exists():
-            raise LibraryError(f"{model_dir} is not a spot_jax run: {f} is missing")
-    model = json.loads((model_dir / "model.json").read_text())
-    macros = read_macros((model_dir / "config.gin").read_text())
-    shape = {k: v for k, v in model.items() if k != "prompt_length"}
-    ckpt, seed = macros.get("INITIAL_CHECKPOINT_PATH"), macros.get("SEED", 0)
-    return {
-        "task": macros.get("MIXTURE_OR_TASK_NAME"),
-        "model": shape,
-        "prompt_length": int(model.get("prompt_length", 0)),
-        "emb_dim": int(model["emb_dim"]),
-        "fingerprint": fingerprint(shape, ckpt, seed),
-        "frozen": ckpt if ckpt else f"seeded-init:{seed}",
-        "train_steps": macros.get("TRAIN_STEPS"),
-        "seed": seed,
-    }
-
-
-# ---------------------------------------------------------------------------------------------
-# The library.
+    def _shape(self) -> tuple[int, int] | None:
+        if "prompt_length" not in self.meta or "emb_dim" not in self.meta:
+            return None  # a hand-made entry: nothing to check the shape against
+        return int(self.meta["prompt_length"]), int(self.meta["emb_dim"])
 
 
 class Library:
     """A directory of prompt entries of one frozen model (see the module docstring).
+
+    Every entry's task embedding is taken at one step (SPoT: 10K steps for every task, source
+    and target alike), recorded in `library.json` by the first add and required of later adds
+    and of target runs.
 
     Args:
       root: the library directory (created by the first add).
@@ -230,6 +81,15 @@ class Library:
         """The library's model record (fingerprint, emb_dim, prompt_length, ...), or None."""
         path = self.root / LIBRARY_META
         return json.loads(path.read_text()) if path.exists() else None
+
+    def embedding_step(self) -> int | None:
+        """The step of every entry's task embedding; None for an empty library (or one written
+        before the step was recorded whose entries disagree)."""
+        model = self.model()
+        if model is not None and model.get("embedding_step") is not None:
+            return int(model["embedding_step"])
+        steps = {e.meta.get("embedding_step") for e in self.entries()}
+        return int(steps.pop()) if len(steps) == 1 and None not in steps else None
 
     def names(self) -> list[str]:
         """Entry names, sorted; hidden (temporary) folders and half entries are skipped."""
@@ -272,9 +132,9 @@ class Library:
         Args:
           model_dir: the training run's MODEL_DIR.
           name: entry name; default the run directory's name.
-          checkpoint: 'best', 'latest' or a step (see `select_step`).
-          embedding_at: step of the task embedding (closest checkpoint); default the earliest
-            non-zero one.
+          checkpoint: 'best', 'latest' or a step (see `runs_lib.select_step`).
+          embedding_at: step of the task embedding (closest checkpoint); default the library's
+            step, and for the first entry SPoT's 10K (see `runs_lib.embedding_step`).
           best_metric: eval metric that picks the 'best' checkpoint.
 
         Returns:
@@ -282,43 +142,103 @@ class Library:
 
         Raises:
           LibraryError: the run is of another model than the library's (prompt length, width or
-            frozen checkpoint), the name is taken or invalid, or the run is incomplete. The
+            frozen checkpoint), has no checkpoint at the library's embedding step, holds a
+            non-finite prompt, the name is taken or invalid, or the run is incomplete. The
             library is left unchanged.
         """
         model_dir = epath.Path(model_dir)
-        name = name or model_dir.name
+        info = runs_lib.run_info(model_dir)
+        step, why = runs_lib.select_step(model_dir, checkpoint, best_metric)
+        if embedding_at is None:
+            embedding_at = self.embedding_step()
+        emb_step = runs_lib.embedding_step(model_dir, embedding_at)
+        metrics = runs_lib.read_metrics(model_dir)
+        meta = {
+            **info,
+            "step": step,
+            "selected": why,
+            "embedding_step": emb_step,
+            "embedding_source": str(runs_lib.prompt_file(model_dir, emb_step)),
+            "validation": metrics.get(step, {}),
+            "validation_history": [{"step": s, **m} for s, m in sorted(metrics.items())],
+            "run_dir": str(model_dir),
+            "prompt_source": str(runs_lib.prompt_file(model_dir, step)),
+        }
+        prompt = _load(runs_lib.prompt_file(model_dir, step))
+        embedding = _load(runs_lib.prompt_file(model_dir, emb_step))
+        return self.write(name or model_dir.name, prompt, embedding, meta, str(model_dir))
+
+    def add_file(
+        self,
+        prompt: epath.PathLike,
+        *,
+        task: str,
+        embedding: epath.PathLike,
+        embedding_step: int,
+        name: str | None = None,
+        like: epath.PathLike | None = None,
+        step: int | None = None,
+    ) -> Entry:
+        """Adds a bare prompt file (a .npy or prompt-tuning numpy checkpoint, e.g. a released
+        pretrained prompt or a T5X run's), with its task embedding taken at `embedding_step`.
+
+        Args:
+          prompt: the [P, H] prompt file.
+          task: the task it was trained on (SeqIO name).
+          embedding: the [P, H] task-embedding file (the prompt at `embedding_step`).
+          embedding_step: the step the embedding was taken at; must be the library's.
+          name: entry name; default the prompt file's parent folder name.
+          like: for a new library, a spot_jax run dir (or a library) of the same frozen model.
+          step: the prompt's training step, if known.
+        """
+        prompt, embedding = epath.Path(prompt), epath.Path(embedding)
+        if like is not None:
+            like = epath.Path(like)
+            record = (
+                json.loads((like / LIBRARY_META).read_text())
+                if (like / LIBRARY_META).exists()
+                else runs_lib.run_info(like)
+            )
+        elif (record := self.model()) is None:
+            raise LibraryError(
+                f"library {self.root} is new: pass --like RUN_DIR (a run of the prompt's frozen "
+                "model) so the library knows which model its prompts belong to"
+            )
+        info = {k: record.get(k) for k in ("fingerprint", "frozen", "model")}
+        info.update(prompt_length=int(record["prompt_length"]), emb_dim=int(record["emb_dim"]))
+        meta = {
+            **info,
+            "task": task,
+            "step": step,
+            "selected": "given file",
+            "embedding_step": int(embedding_step),
+            "embedding_source": str(embedding),
+            "validation": {},
+            "validation_history": [],
+            "run_dir": str(like) if like is not None and (like / "model.json").exists() else None,
+            "prompt_source": str(prompt),
+        }
+        arrays = [_load(p) for p in (prompt, embedding)]
+        return self.write(name or prompt.parent.name, *arrays, meta, str(prompt))
+
+    def write(
+        self, name: str, prompt: np.ndarray, embedding: np.ndarray, meta: dict, source: str
+    ) -> Entry:
+        """Writes one entry: checks it against the library (model, shape, embedding step,
+        finite values), then a hidden temporary folder renamed into place, under the lock.
+        The first entry writes `library.json` from its meta."""
         if not _NAME.fullmatch(name):
             raise LibraryError(
                 f"entry name {name!r} must be letters, digits and ._=+- (not starting with one "
                 "of ._=+-); pass --name"
             )
-        info = run_info(model_dir)
-        step, why = select_step(model_dir, checkpoint, best_metric)
-        emb_step = embedding_step(model_dir, embedding_at)
-        prompt = _load(prompt_file(model_dir, step))
-        embedding = _load(prompt_file(model_dir, emb_step))
-        if prompt.shape != (info["prompt_length"], info["emb_dim"]):
-            raise LibraryError(
-                f"prompt of {model_dir} has shape {list(prompt.shape)} but model.json says "
-                f"[{info['prompt_length']}, {info['emb_dim']}]"
-            )
-        metrics = read_metrics(model_dir)
-        meta = {
-            "name": name,
-            **info,
-            "step": step,
-            "selected": why,
-            "embedding_step": emb_step,
-            "embedding_source": str(prompt_file(model_dir, emb_step)),
-            "validation": metrics.get(step, {}),
-            "validation_history": [{"step": s, **m} for s, m in sorted(metrics.items())],
-            "run_dir": str(model_dir),
-            "prompt_source": str(prompt_file(model_dir, step)),
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        }
+        shape = (meta["prompt_length"], meta["emb_dim"])
+        for what, array in (("prompt", prompt), ("task embedding", embedding)):
+            _check_array(array, shape, f"the {what} of {source}")
+        meta = {"name": name, **meta, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         self.root.mkdir(parents=True, exist_ok=True)
         with self._lock():
-            self._check_compatible(info, model_dir)
+            self._check_compatible(meta, source)
             if (self.root / name).exists():
                 raise LibraryError(
                     f"entry {name!r} already exists in {self.root}; remove it first or pass --name"
@@ -330,8 +250,9 @@ class Library:
                 _save(tmp / "embedding.npy", embedding)
                 (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
                 if self.model() is None:
-                    record = {k: info[k] for k in ("fingerprint", "frozen", "model")}
-                    record.update(prompt_length=info["prompt_length"], emb_dim=info["emb_dim"])
+                    keys = ("fingerprint", "frozen", "model", "prompt_length", "emb_dim")
+                    record = {k: meta.get(k) for k in keys}
+                    record["embedding_step"] = meta["embedding_step"]
                     _write_atomic(self.root / LIBRARY_META, json.dumps(record, indent=2))
                 tmp.rename(self.root / name)
             except BaseException:
@@ -348,19 +269,27 @@ class Library:
             entry.path.rename(trash)
             trash.rmtree()
 
-    def _check_compatible(self, info: dict[str, Any], model_dir: epath.Path) -> None:
+    def _check_compatible(self, meta: dict[str, Any], source: str) -> None:
         have = self.model()
         if have is None:
             return
         diffs = []
         for key in ("emb_dim", "prompt_length", "fingerprint"):
-            if have[key] != info[key]:
-                diffs.append(f"{key} {info[key]} (run) vs {have[key]} (library)")
+            if have[key] != meta[key]:
+                diffs.append(f"{key} {meta[key]} (new) vs {have[key]} (library)")
         if diffs:
             raise LibraryError(
-                f"{model_dir} is a prompt of another model than library {self.root}: "
-                f"{'; '.join(diffs)} (library frozen model: {have['frozen']}, run's: "
-                f"{info['frozen']}); use a library of that model"
+                f"{source} is a prompt of another model than library {self.root}: "
+                f"{'; '.join(diffs)} (library frozen model: {have['frozen']}, new prompt's: "
+                f"{meta['frozen']}); use a library of that model"
+            )
+        want = self.embedding_step()
+        if want is not None and meta["embedding_step"] != want:
+            raise LibraryError(
+                f"the task embedding of {source} is from step {meta['embedding_step']}, but every "
+                f"entry of {self.root} has its embedding from step {want}: SPoT compares task "
+                f"embeddings taken at one step. Keep a checkpoint at step {want} in that run "
+                "(CHECKPOINT_PERIOD), or build another library"
             )
 
     @contextlib.contextmanager
@@ -398,11 +327,28 @@ def _is_local(path: epath.Path) -> bool:
     return "://" not in os.fspath(path) or os.fspath(path).startswith("file://")
 
 
-def _load(path: epath.Path) -> np.ndarray:
+def _load(path: epath.Path, shape: tuple[int, int] | None = None) -> np.ndarray:
+    """A float32 prompt from a .npy file; a missing, unreadable, misshapen or non-finite file is
+    a LibraryError that names it."""
     if not path.exists():
         raise LibraryError(f"{path} does not exist")
     with path.open("rb") as f:
-        return np.asarray(np.load(f), np.float32)
+        try:
+            array = np.asarray(np.load(f), np.float32)
+        except Exception as e:  # np.load raises several types on garbage
+            raise LibraryError(f"{path} is not a numpy prompt file ({e})") from e
+    _check_array(array, shape, str(path))
+    return array
+
+
+def _check_array(array: np.ndarray, shape: tuple[int, int] | None, what: str) -> None:
+    if shape is not None and array.shape != tuple(shape):
+        raise LibraryError(f"{what} has shape {list(array.shape)}, not [P, H] = {list(shape)}")
+    if not np.all(np.isfinite(array)):
+        raise LibraryError(
+            f"{what} holds {int(np.sum(~np.isfinite(array)))} non-finite values (NaN or inf); "
+            "a diverged run's prompt cannot be compared or transferred"
+        )
 
 
 def _save(path: epath.Path, array: np.ndarray) -> None:

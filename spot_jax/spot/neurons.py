@@ -126,13 +126,13 @@ def frozen_model(model_dir: epath.PathLike) -> tuple[PromptedT5, dict]:
 
     from spot_jax import axes
     from spot_jax.models import config as config_lib
-    from spot_jax.spot import library
+    from spot_jax.spot import runs as runs_lib
     from spot_jax.train import sharding, trainer
 
     model_dir = epath.Path(model_dir)
-    info = library.run_info(model_dir)
+    info = runs_lib.run_info(model_dir)
     text = (model_dir / "config.gin").read_text()
-    macros = library.read_macros(text)
+    macros = runs_lib.read_macros(text)
     gin.clear_config()
     # The file, not the text: gin registers `from __gin__ import dynamic_registration` imports
     # only when parsing files.

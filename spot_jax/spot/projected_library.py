@@ -15,8 +15,6 @@ and, in every entry's meta, `projected_from` (A's fingerprint, shape, library, e
 """
 
 import json
-import os
-import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -25,6 +23,7 @@ from etils import epath
 
 from spot_jax.spot import library as library_lib
 from spot_jax.spot import projection
+from spot_jax.spot import runs as runs_lib
 
 
 def train_projector(
@@ -93,7 +92,7 @@ def resolve_model(ref: str) -> dict[str, Any]:
     if (path / library_lib.LIBRARY_META).exists():
         return json.loads((path / library_lib.LIBRARY_META).read_text())
     if (path / "model.json").exists():
-        info = library_lib.run_info(path)
+        info = runs_lib.run_info(path)
         return {k: info[k] for k in ("fingerprint", "frozen", "model", "prompt_length", "emb_dim")}
     if path.exists():
         raise projection.ProjectionError(f"{ref} is neither a prompt library nor a spot_jax run")
@@ -168,26 +167,7 @@ def project_library(
                 "run_dir": entry.meta.get("run_dir"),
             },
             "projector": str(projector),
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
-        _write_entry(dst, entry.name, arrays[0], arrays[1], meta, spec.target)
+        dst.write(entry.name, arrays[0], arrays[1], meta, f"{src.root}/{entry.name} (projected)")
         names.append(entry.name)
     return names
-
-
-def _write_entry(lib, name, prompt, embedding, meta, record) -> None:
-    # The library's own protocol: a hidden temporary folder renamed into place, under its lock.
-    lib.root.mkdir(parents=True, exist_ok=True)
-    with lib._lock():
-        tmp = lib.root / f".tmp-{name}-{os.getpid()}-{time.time_ns()}"
-        tmp.mkdir(parents=True)
-        for file, array in (("prompt.npy", prompt), ("embedding.npy", embedding)):
-            with (tmp / file).open("wb") as f:
-                np.save(f, np.asarray(array, np.float32))
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
-        if lib.model() is None:
-            keys = ("fingerprint", "frozen", "model", "prompt_length", "emb_dim")
-            (lib.root / library_lib.LIBRARY_META).write_text(
-                json.dumps({k: record.get(k) for k in keys}, indent=2)
-            )
-        tmp.rename(lib.root / name)

@@ -32,6 +32,7 @@ import optax
 from etils import epath
 
 from spot_jax.spot import library as library_lib
+from spot_jax.spot import runs as runs_lib
 
 PARAMS_FILE = "projector.npz"
 META_FILE = "projector.json"
@@ -100,7 +101,7 @@ def model_record(t5_config, prompt_length: int, initial_checkpoint: str | None, 
     """A model's record as `library.json` writes it (for a model known by its config)."""
     shape = t5_config.shape_dict()
     return {
-        "fingerprint": library_lib.fingerprint(shape, initial_checkpoint, seed),
+        "fingerprint": runs_lib.fingerprint(shape, initial_checkpoint, seed),
         "frozen": initial_checkpoint or f"seeded-init:{seed}",
         "model": shape,
         "prompt_length": int(prompt_length),

@@ -12,6 +12,7 @@ import numpy as np
 from etils import epath
 
 from spot_jax.spot import library as library_lib
+from spot_jax.spot import runs as runs_lib
 from spot_jax.spot import similarity
 
 DEFAULT_METRIC = "avg_tokens"  # SPoT's main metric (its Fig. 4 and Table 3)
@@ -30,16 +31,24 @@ def target_embedding(target: epath.PathLike, embedding_at: int | None = None) ->
     """The target's task embedding [P, H].
 
     Args:
-      target: a .npy / numpy-checkpoint prompt file, or a MODEL_DIR of a (short) target run, whose
-        numpy checkpoint closest to `embedding_at` is used (default the earliest non-zero).
-      embedding_at: step for a MODEL_DIR target; use the library's embedding step.
+      target: a .npy / numpy-checkpoint prompt file, or a MODEL_DIR of a (short) target run.
+      embedding_at: for a MODEL_DIR target, the step its embedding must be from (the library's
+        embedding step; a run without a checkpoint there is refused). None: the run's default
+        embedding checkpoint (`runs_lib.embedding_step`).
     """
     path = epath.Path(target)
     if not path.exists():
         raise library_lib.LibraryError(f"target {target} does not exist")
     if path.is_dir():
-        step = library_lib.embedding_step(path, embedding_at)
-        path = library_lib.prompt_file(path, step)
+        step = runs_lib.embedding_step(path, embedding_at)
+        if embedding_at is not None and step != embedding_at:
+            raise library_lib.LibraryError(
+                f"target run {path} has no prompt checkpoint at step {embedding_at}, the step of "
+                f"the library's task embeddings (it has {runs_lib.numpy_steps(path)}); train the "
+                f"target to step {embedding_at} with a checkpoint there, or pass that "
+                "checkpoint's prompt file as the target"
+            )
+        path = runs_lib.prompt_file(path, step)
     with path.open("rb") as f:
         try:
             prompt = np.asarray(np.load(f), np.float32)
@@ -47,7 +56,16 @@ def target_embedding(target: epath.PathLike, embedding_at: int | None = None) ->
             raise library_lib.LibraryError(f"target {path} is not a numpy file ({e})") from e
     if prompt.ndim != 2:
         raise library_lib.LibraryError(f"target {path} is not a [P, H] prompt: {prompt.shape}")
+    _check_finite(prompt, f"target {path}")
     return prompt
+
+
+def _check_finite(embedding: np.ndarray, what: str) -> None:
+    if not np.all(np.isfinite(embedding)):
+        raise library_lib.LibraryError(
+            f"{what} holds non-finite values (NaN or inf): its similarities would be NaN and "
+            "the ranking meaningless; use a prompt from before the run diverged"
+        )
 
 
 def check_target(lib: library_lib.Library, target: epath.PathLike, embedding: np.ndarray) -> None:
@@ -62,7 +80,7 @@ def check_target(lib: library_lib.Library, target: epath.PathLike, embedding: np
         )
     path = epath.Path(target)
     if path.is_dir() and (path / "model.json").exists() and (path / "config.gin").exists():
-        info = library_lib.run_info(path)
+        info = runs_lib.run_info(path)
         if info["fingerprint"] != model["fingerprint"]:
             raise library_lib.LibraryError(
                 f"target run {path} uses frozen model {info['frozen']} but library {lib.root} "
@@ -76,19 +94,25 @@ def rank(
     metric: str = DEFAULT_METRIC,
     k: int | None = None,
     exclude: tuple[str, ...] = (),
+    use: str = "embedding",
 ) -> list[Ranked]:
     """Library entries ranked by similarity of their task embeddings to the target's.
 
     Args:
       lib: the library.
-      target: a target embedding [P, H], a prompt file, or a target MODEL_DIR.
+      target: a target embedding [P, H], a prompt file, or a target MODEL_DIR (its prompt at
+        the library's embedding step).
       metric: a `similarity.METRICS` name.
       k: keep the top k (None: all).
       exclude: entry names left out (e.g. the target task's own entry).
+      use: compare the target with the entries' task embeddings ('embedding', SPoT's keys) or
+        their source prompts ('prompt').
 
     Returns:
       The top-k, best first.
     """
+    if use not in ("embedding", "prompt"):
+        raise ValueError(f"use must be 'embedding' or 'prompt', not {use!r}")
     if isinstance(target, np.ndarray):
         embedding = np.asarray(target, np.float32)
         model = lib.model()
@@ -96,10 +120,15 @@ def rank(
             raise library_lib.LibraryError(
                 f"target embedding width {embedding.shape[-1]} != library's {model['emb_dim']}"
             )
+        _check_finite(embedding, "the target embedding")
     else:
-        embedding = target_embedding(target)
+        embedding = target_embedding(target, lib.embedding_step())
         check_target(lib, target, embedding)
-    keys = {e.name: e.embedding() for e in lib.entries() if e.name not in exclude}
+    keys = {
+        e.name: e.embedding() if use == "embedding" else e.prompt()
+        for e in lib.entries()
+        if e.name not in exclude
+    }
     if not keys:
         raise library_lib.LibraryError(f"library {lib.root} has no entries to rank")
     if k is not None and k < 1:

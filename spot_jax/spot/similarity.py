@@ -125,6 +125,10 @@ def rank(
     """(name, similarity to `target`) of each candidate, most similar first (ties by name)."""
     fn = get(metric)
     scores = [(name, fn(prompt, target)) for name, prompt in candidates.items()]
+    # sorted() has no order with a NaN among the keys: it would silently misplace every score.
+    bad = [name for name, score in scores if not np.isfinite(score)]
+    if bad:
+        raise ValueError(f"{metric} is not finite for {', '.join(bad)}: a NaN/inf prompt?")
     return sorted(scores, key=lambda x: (-x[1], x[0]))
 
 

@@ -29,6 +29,7 @@ from etils import epath
 from spot_jax.models import prompts
 from spot_jax.spot import library as library_lib
 from spot_jax.spot import retrieval
+from spot_jax.spot import runs as runs_lib
 
 STRATEGIES = ("single", "weighted_average")
 
@@ -139,8 +140,8 @@ def _strategy_init(library, strategy, target, k, metric, entry, exclude) -> prom
     if strategy in ("best_of_top_k", "mixture"):
         raise ValueError(
             f"STRATEGY {strategy!r} is several runs, not one initialisation: use "
-            "`spot-jax library transfer --strategy best_of_top_k` (or, for a mixture, a source "
-            "run with gin/spot/source_mixture.gin)"
+            "`spot-jax library transfer` (best of top-k), or for a mixture `spot-jax library "
+            "mixture` and a source run with gin/spot/source_mixture.gin"
         )
     raise ValueError(f"unknown STRATEGY {strategy!r}; choose one of {', '.join(STRATEGIES)}")
 
@@ -192,9 +193,7 @@ def pick_best(
     sign = 1 if "loss" in metric else -1
     results = []
     for run in runs:
-        values = [
-            m[metric] for m in library_lib.read_metrics(run.model_dir).values() if metric in m
-        ]
+        values = [m[metric] for m in runs_lib.read_metrics(run.model_dir).values() if metric in m]
         score = (min if sign == 1 else max)(values) if values else None
         results.append({**dataclasses.asdict(run), "score": score})
     scored = [(r, x["score"]) for r, x in zip(runs, results, strict=True) if x["score"] is not None]
@@ -207,17 +206,27 @@ def mixture_sources(
     target: Any,
     k: int = 3,
     metric: str = retrieval.DEFAULT_METRIC,
+    exclude: tuple[str, ...] = (),
+    with_target_task: bool = True,
 ) -> list[str]:
-    """Task names of the top-k sources (deduplicated, rank order), for a top-k mixture.
+    """Task names of SPoT's top-k mixture: the top-k sources' tasks (deduplicated, rank order)
+    and then the target's own task (Vu et al. §3.3 mix the top-k source tasks' data plus the
+    target's).
 
-    Register a mixture of these tasks plus the target task (examples-proportional), train a
-    source prompt on it with gin/spot/source_mixture.gin, and start the target run from its
-    final checkpoint.
+    The target's task is read from a target MODEL_DIR's config.gin; a target given as a prompt
+    file names no task, so add it yourself. Register the mixture (or name it
+    `spot_mix__<task>__...`), train a source prompt on it with gin/spot/source_mixture.gin, and
+    start the target run from its final checkpoint.
     """
     lib = _library(lib)
     tasks: list[str] = []
-    for r in retrieval.rank(lib, target, metric, k):
+    for r in retrieval.rank(lib, target, metric, k, exclude):
         task = lib.get(r.name).meta.get("task")
+        if task and task not in tasks:
+            tasks.append(task)
+    path = epath.Path(target) if not isinstance(target, np.ndarray) else None
+    if with_target_task and path is not None and (path / "config.gin").exists():
+        task = runs_lib.run_info(path)["task"]
         if task and task not in tasks:
             tasks.append(task)
     return tasks

@@ -32,6 +32,7 @@ import numpy as np
 from etils import epath
 
 from spot_jax.spot import library as library_lib
+from spot_jax.spot import runs as runs_lib
 
 DEFAULT_METRIC = "eval/sequence_accuracy"
 # Metrics the evaluator computes without decoding (decoding is skipped for them).
@@ -144,7 +145,7 @@ def load_target(
     finally:
         gin.clear_config()
     if prompt_length is None and run_dir is not None:
-        prompt_length = library_lib.run_info(run_dir)["prompt_length"]
+        prompt_length = runs_lib.run_info(run_dir)["prompt_length"]
     if not prompt_length:
         raise ValueError(f"target {name}: no PROMPT_LENGTH in {path}")
     return Target(
@@ -280,9 +281,9 @@ def _own_prompt(
         if e.name == target.name:
             return f"entry {e.name}", None
     if target.run_dir is not None:
-        steps = library_lib.numpy_steps(target.run_dir)
+        steps = runs_lib.numpy_steps(target.run_dir)
         if steps:
-            path = library_lib.prompt_file(target.run_dir, steps[-1])
+            path = runs_lib.prompt_file(target.run_dir, steps[-1])
             return str(path), library_lib._load(epath.Path(path))
     return "", None
 
@@ -292,7 +293,7 @@ def _check_model(lib: library_lib.Library, target: Target) -> None:
     record = lib.model()
     if record is None or target.run_dir is None or "fingerprint" not in record:
         return
-    info = library_lib.run_info(target.run_dir)
+    info = runs_lib.run_info(target.run_dir)
     if info["fingerprint"] != record["fingerprint"]:
         raise library_lib.LibraryError(
             f"target {target.name} ({target.run_dir}) uses frozen model {info['frozen']} "

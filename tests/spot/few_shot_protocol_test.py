@@ -11,7 +11,8 @@ import pytest
 pytestmark = pytest.mark.tf
 pytest.importorskip("seqio")
 
-from spot_jax.spot import few_shot_protocol, library  # noqa: E402
+from spot_jax.spot import few_shot_protocol  # noqa: E402
+from spot_jax.spot import runs as runs_lib  # noqa: E402
 
 SPM = Path(os.environ.get("SPOT_JAX_TEST_SPM", "/work/shared/fixtures/t5_sentencepiece.model"))
 TASK = "spot_glue_rte_v200"
@@ -55,13 +56,13 @@ def test_five_seeds_give_mean_and_std(tmp_path, monkeypatch, capsys):
     for run in runs:
         dev = {
             s: m["eval/sequence_accuracy"]
-            for s, m in library.read_metrics(run["model_dir"]).items()
+            for s, m in runs_lib.read_metrics(run["model_dir"]).items()
             if "eval/sequence_accuracy" in m
         }
         if dev:  # the best dev step (the later one on ties) is the one evaluated
             assert run["step"] == max(dev, key=lambda s: (dev[s], s))
     # Zero-shot is the starting prompt itself: every run's step 0 is PROMPT_FILE.
-    step0 = np.load(library.prompt_file(runs[3]["model_dir"], 0))
+    step0 = np.load(runs_lib.prompt_file(runs[3]["model_dir"], 0))
     np.testing.assert_array_equal(step0, start)
     assert set(report["zero_shot"]) >= {"eval/loss", "eval/sequence_accuracy"}
     assert report["test_split"] == "validation" and report["select_metric"].startswith("eval/")

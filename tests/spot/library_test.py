@@ -133,7 +133,7 @@ def test_prompts_of_other_models_are_refused_and_nothing_changes(runs, tmp_path)
     lib = library.Library(lib_dir)
     lib.add(runs["a"])
     before = _snapshot(lib_dir)
-    with pytest.raises(library.LibraryError, match="prompt_length 6 .run. vs 5"):
+    with pytest.raises(library.LibraryError, match="prompt_length 6 .new. vs 5"):
         lib.add(runs["p6"])
     assert _snapshot(lib_dir) == before
     # Same shape, other frozen model: a seeded init with another SEED.

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from spot_jax.spot import commands, library, projected_library, projection, zero_shot
+from spot_jax.spot import runs as runs_lib
 
 REPO = Path(__file__).resolve().parents[2]
 TIMEOUT = 300
@@ -97,7 +98,7 @@ def test_task_loss_training_lowers_the_target_models_loss(libs):
     record = projection.model_record(
         target.t5_config, target.prompt_length, target.initial_checkpoint_path, target.seed
     )
-    assert record["fingerprint"] == library.run_info(root / "b1")["fingerprint"]
+    assert record["fingerprint"] == runs_lib.run_info(root / "b1")["fingerprint"]
     spec = projection.ProjectorSpec(lib_a.model(), record, hidden=16)
     source = lib_a.get("a1").prompt()
     evaluate = zero_shot.Evaluator(target)

@@ -6,41 +6,13 @@ from pathlib import Path
 import gin
 import numpy as np
 import pytest
+from fake_runs import fake_run  # tests/spot is on sys.path under pytest
 
 from spot_jax.models import prompted
 from spot_jax.spot import commands, library, retrieval, similarity, transfer
+from spot_jax.spot import runs as runs_lib
 
 GIN_DIR = Path(__file__).resolve().parents[2] / "gin"
-MODEL = {
-    "vocab_size": 512,
-    "emb_dim": 8,
-    "num_heads": 4,
-    "num_encoder_layers": 2,
-    "num_decoder_layers": 2,
-    "head_dim": 2,
-    "mlp_dim": 16,
-    "relpos_buckets": 8,
-    "prompt_length": 5,
-}
-
-
-def fake_run(root: Path, name: str, task: str, seed: int, losses=(3.0, 2.0)) -> Path:
-    """A MODEL_DIR as the trainer leaves it: numpy checkpoints 0/10/20, metrics, config."""
-    run = root / name
-    rng = np.random.default_rng(seed)
-    for step in (0, 10, 20):
-        d = run / "numpy_checkpoints" / f"checkpoint_{step}"
-        d.mkdir(parents=True)
-        with open(d / library.PROMPT_FILE, "wb") as f:  # np.save(path) would append .npy
-            np.save(f, rng.normal(size=(5, 8)).astype(np.float32) + seed)
-    (run / "model.json").write_text(json.dumps(MODEL))
-    (run / "config.gin").write_text(
-        f"INITIAL_CHECKPOINT_PATH = None\nMIXTURE_OR_TASK_NAME = {task!r}\nSEED = 0\n"
-        "TRAIN_STEPS = 20\n"
-    )
-    lines = [json.dumps({"step": s, "eval/loss": v}) for s, v in zip((10, 20), losses, strict=True)]
-    (run / "metrics.jsonl").write_text("\n".join(lines) + "\n")
-    return run
 
 
 @pytest.fixture
@@ -55,9 +27,9 @@ def test_best_is_the_lowest_eval_loss_and_embedding_the_earliest(lib, tmp_path):
     entry = lib.get("rte")
     assert entry.meta["step"] == 10 and entry.meta["embedding_step"] == 10
     run = tmp_path / "runs" / "rte"
-    assert library.embedding_step(run, 16) == 20 and library.embedding_step(run, 15) == 10
+    assert runs_lib.embedding_step(run, 16) == 20 and runs_lib.embedding_step(run, 15) == 10
     with pytest.raises(library.LibraryError, match="no numpy checkpoint at step 7"):
-        library.select_step(run, 7)
+        runs_lib.select_step(run, 7)
 
 
 def test_weighted_average_is_sim_over_sum_of_sims(lib):

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from spot_jax.spot import commands, library, zero_shot
+from spot_jax.spot import runs as runs_lib
 
 REPO = Path(__file__).resolve().parents[2]
 CLI = Path(sys.executable).parent / "spot-jax"
@@ -53,7 +54,7 @@ def lib(tmp_path_factory):
 
 def _own_eval(run: Path, metric: str) -> float:
     """The run's own evaluation of its final prompt, as training logged it."""
-    metrics = library.read_metrics(run)
+    metrics = runs_lib.read_metrics(run)
     return metrics[max(metrics)][metric]
 
 
