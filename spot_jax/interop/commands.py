@@ -1,19 +1,22 @@
 """The `spot-jax convert | export | import-prompt` commands.
 
   spot-jax convert --from t5x|hf --input CKPT --output DIR [--config NAME] [--vocab-rows N]
-  spot-jax export --to hf --input DIR --output HF_DIR [--prompt FILE]
+  spot-jax export --to hf --input DIR|MODEL_DIR --output HF_DIR [--prompt FILE]
+      [--frozen DIR] [--vocabulary SPM]
   spot-jax import-prompt --from peft ADAPTER_DIR --output FILE.npy
 
 Each takes argv and returns an exit status; bad input raises an exception whose message is
-the one line the CLI prints.
+the one line the CLI prints, and leaves no partial output behind (a rerun is not refused).
 """
 
 import argparse
+import contextlib
+import shutil
 
 import numpy as np
 from etils import epath
 
-from spot_jax.train.checkpoints import CheckpointError
+from spot_jax.train.checkpoints import CheckpointError, absolute_path
 
 
 def _log(message: str) -> None:
@@ -24,6 +27,29 @@ def _refuse_existing(output: epath.Path) -> None:
     # Never write over what a user already has; a half-overwritten model is worse than none.
     if output.exists() and any(output.iterdir()):
         raise CheckpointError(f"output {output} exists and is not empty; choose a new directory")
+
+
+@contextlib.contextmanager
+def _new_output(output: epath.Path):
+    """Refuses a non-empty `output`; removes what the block wrote there if it fails.
+
+    A failed or interrupted write (e.g. Orbax's `params.orbax-checkpoint-tmp`) would otherwise
+    leave a folder that the rerun refuses as not empty.
+    """
+    _refuse_existing(output)
+    existed = output.exists()
+    try:
+        yield
+    except BaseException:
+        if not existed:
+            shutil.rmtree(output, ignore_errors=True)
+        elif output.is_dir():  # it was empty: everything in it is ours
+            for child in output.iterdir():
+                if child.is_dir():
+                    shutil.rmtree(child, ignore_errors=True)
+                else:
+                    child.unlink(missing_ok=True)
+        raise
 
 
 def convert_main(argv: list[str]) -> int:
@@ -45,7 +71,7 @@ def convert_main(argv: list[str]) -> int:
         "--vocab-rows", type=int, help="pad (zeros) or slice embedding/logits rows to N"
     )
     args = parser.parse_args(argv)
-    output = epath.Path(args.output)
+    output = absolute_path(args.output)
     _refuse_existing(output)
     overrides = {}
     if args.relpos_max_distance:
@@ -53,9 +79,10 @@ def convert_main(argv: list[str]) -> int:
     if args.source == "t5x":
         from spot_jax.interop import t5x
 
-        config = t5x.convert(
-            args.input, output, args.config, vocab_rows=args.vocab_rows, log=_log, **overrides
-        )
+        with _new_output(output):
+            config = t5x.convert(
+                args.input, output, args.config, vocab_rows=args.vocab_rows, log=_log, **overrides
+            )
     else:
         import dataclasses
 
@@ -67,39 +94,67 @@ def convert_main(argv: list[str]) -> int:
             want = named_config(args.config, vocab_size=config.vocab_size, **overrides)
             t5x.check_shapes(t5x.param_shapes(config), want, f"HF model {args.input}")
         config = dataclasses.replace(config, **overrides)
-        t5x.write_frozen_streaming(output, t5x.param_shapes(config), read, config)
+        with _new_output(output):
+            t5x.write_frozen_streaming(output, t5x.param_shapes(config), read, config)
     _log(f"wrote {output} ({_describe(config)})")
     return 0
 
 
 def export_main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
-        prog="spot-jax export", description="spot_jax frozen checkpoint -> HF (+ PEFT prompt)"
+        prog="spot-jax export", description="spot_jax model -> HF (+ PEFT prompt adapter)"
     )
     parser.add_argument("--to", dest="target", choices=("hf",), required=True)
-    parser.add_argument("--input", required=True, help="spot_jax frozen checkpoint dir")
+    parser.add_argument(
+        "--input",
+        required=True,
+        help="a spot_jax frozen checkpoint dir, or a training MODEL_DIR: its latest trained "
+        "params over the frozen weights it started from (model tuning exports the tuned model)",
+    )
     parser.add_argument("--output", required=True, help="new HF model directory")
     parser.add_argument(
         "--prompt",
         help="a [P, H] prompt (np.save file, e.g. numpy_checkpoints/checkpoint_N/"
-        "encoder.prompt.prompt.prompt); also writes a PEFT adapter to OUTPUT/prompt_adapter",
+        "encoder.prompt.prompt.prompt); also writes a PEFT adapter to OUTPUT/prompt_adapter. "
+        "Default for a MODEL_DIR input: its trained prompt, if it has one",
+    )
+    parser.add_argument(
+        "--frozen",
+        help="for a MODEL_DIR input: the frozen checkpoint it started from (default: its "
+        "INITIAL_CHECKPOINT_PATH in config.gin)",
+    )
+    parser.add_argument(
+        "--vocabulary",
+        help="SentencePiece model of the vocabulary, copied as spiece.model so AutoTokenizer "
+        "loads from OUTPUT (default: none written)",
     )
     parser.add_argument("--vocab-rows", type=int, help="pad or slice embedding rows to N")
     args = parser.parse_args(argv)
-    from spot_jax.interop import hf, t5x
+    from spot_jax.interop import hf, runs, t5x
 
-    output = epath.Path(args.output)
+    output = absolute_path(args.output)
     _refuse_existing(output)
-    config, read = hf.iter_frozen(args.input)
+    source = absolute_path(args.input)
+    if not source.exists():
+        raise CheckpointError(f"export --input {args.input} does not exist")
+    if args.vocabulary and not epath.Path(args.vocabulary).is_file():
+        raise CheckpointError(f"--vocabulary {args.vocabulary} is not a file")
     prompt = None
+    kind = t5x.detect_format(source)
+    if kind in ("spot_jax_run", "spot_jax_train"):
+        if kind == "spot_jax_train":
+            source = source.parent.parent  # MODEL_DIR/checkpoints/<step> -> MODEL_DIR
+        config, read, prompt = runs.read_run(source, args.frozen, log=_log)
+    else:
+        config, read = hf.iter_frozen(source)
     if args.prompt:
         # Check the prompt before writing anything.
         prompt = _load_prompt(args.prompt)
-        if prompt.ndim != 2 or prompt.shape[1] != config.emb_dim:
-            raise CheckpointError(
-                f"prompt {args.prompt} has shape {list(prompt.shape)}; the model needs "
-                f"[P, {config.emb_dim}]"
-            )
+    if prompt is not None and (prompt.ndim != 2 or prompt.shape[1] != config.emb_dim):
+        raise CheckpointError(
+            f"prompt {args.prompt or 'of ' + str(source)} has shape {list(prompt.shape)}; "
+            f"the model needs [P, {config.emb_dim}]"
+        )
     if args.vocab_rows and args.vocab_rows != config.vocab_size:
         import dataclasses
 
@@ -111,11 +166,13 @@ def export_main(argv: list[str]) -> int:
         def read(name):
             return t5x.resize_vocab(name, base_read(name), rows)
 
-    hf.export(read, config, output)
-    _log(f"wrote HF model {output} ({_describe(config)})")
-    if prompt is not None:
-        hf.export_prompt(prompt, config, output / "prompt_adapter", base_model=str(output))
-        _log(f"wrote PEFT prompt adapter {output / 'prompt_adapter'} (P={prompt.shape[0]})")
+    with _new_output(output):
+        hf.export(read, config, output, vocabulary=args.vocabulary)
+        _log(f"wrote HF model {output} ({_describe(config)})")
+        if prompt is not None:
+            # An absolute path: PEFT reads a relative one as a Hub model id.
+            hf.export_prompt(prompt, config, output / "prompt_adapter", base_model=str(output))
+            _log(f"wrote PEFT prompt adapter {output / 'prompt_adapter'} (P={prompt.shape[0]})")
     return 0
 
 
@@ -129,8 +186,10 @@ def import_prompt_main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     from spot_jax.interop import hf
 
-    prompt = hf.import_prompt(args.adapter_dir, log=_log)
     output = epath.Path(args.output)
+    if output.exists():
+        raise CheckpointError(f"output {output} exists; choose a new file name")
+    prompt = hf.import_prompt(args.adapter_dir, log=_log)
     output.parent.mkdir(parents=True, exist_ok=True)
     with output.open("wb") as f:
         np.save(f, prompt)

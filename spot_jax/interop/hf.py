@@ -22,12 +22,17 @@ import numpy as np
 from etils import epath
 
 from spot_jax.interop import t5x
+from spot_jax.interop.peft_adapter import (  # noqa: F401 (re-exported: hf.export_prompt, ...)
+    ADAPTER_CONFIG,
+    ADAPTER_WEIGHTS,
+    PEFT_PROMPT_KEY,
+    export_prompt,
+    import_prompt,
+    torch_to_numpy,
+)
 from spot_jax.models.config import T5Config
 from spot_jax.train.checkpoints import CheckpointError
 
-ADAPTER_CONFIG = "adapter_config.json"
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
-PEFT_PROMPT_KEY = "prompt_embeddings"  # PEFT's key for a prompt-learning adapter's table
 _ATTN = {"q": "query", "k": "key", "v": "value", "o": "out"}
 
 
@@ -151,12 +156,8 @@ class HFWeights:
         if path.name.endswith(".safetensors"):
             return _read_safetensor(path, name)
         if str(path) not in self._bin:
-            import torch
-
-            self._bin = {
-                str(path): torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-            }
-        return _torch_to_numpy(self._bin[str(path)][name])
+            self._bin = {str(path): _torch_load(path)}
+        return torch_to_numpy(self._bin[str(path)][name])
 
 
 def _keys(path: epath.Path) -> list[str]:
@@ -165,9 +166,23 @@ def _keys(path: epath.Path) -> list[str]:
 
         with safe_open(str(path), framework="numpy") as f:
             return list(f.keys())
+    return list(_torch_load(path))
+
+
+def _torch_load(path: epath.Path) -> Mapping:
+    """A pytorch_model.bin's tensors, memory-mapped where the file allows it."""
     import torch
 
-    return list(torch.load(path, map_location="cpu", weights_only=True, mmap=True))
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError as e:
+        if "zip" not in str(e).lower():
+            raise CheckpointError(f"cannot read {path}: {str(e)[:200]}") from e
+    # Files from torch < 1.6 are not zip archives and cannot be memory-mapped.
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - a broken file is the same fact for users
+        raise CheckpointError(f"cannot read {path}: {str(e)[:200]}") from e
 
 
 def _read_safetensor(path: epath.Path, name: str) -> np.ndarray:
@@ -179,16 +194,29 @@ def _read_safetensor(path: epath.Path, name: str) -> np.ndarray:
     except (TypeError, ValueError):
         # numpy has no bfloat16 in safetensors' numpy backend; go through torch.
         with safe_open(str(path), framework="pt") as f:
-            return _torch_to_numpy(f.get_tensor(name))
+            return torch_to_numpy(f.get_tensor(name))
 
 
-def _torch_to_numpy(tensor) -> np.ndarray:
-    import ml_dtypes
-    import torch
+# Tensors HF saves that carry nothing of their own: copies of `shared`, and a cross-attention
+# bias that T5 creates but never uses.
+_REDUNDANT = {
+    "encoder.embed_tokens.weight",
+    "decoder.embed_tokens.weight",
+    "decoder.block.0.layer.1.EncDecAttention.relative_attention_bias.weight",
+}
+# mT5 is T5 1.1's architecture under another name (same tensors, gated-gelu, untied head).
+_MODEL_TYPES = ("t5", "mt5")
 
-    if tensor.dtype == torch.bfloat16:
-        return tensor.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
-    return tensor.numpy()
+
+def _check_model_type(weights: "HFWeights") -> None:
+    model_type = weights.config.get("model_type")
+    archs = weights.config.get("architectures") or []
+    if model_type not in _MODEL_TYPES and "T5ForConditionalGeneration" not in archs:
+        what = ", ".join(archs) or "no architectures"
+        raise CheckpointError(
+            f"HF model {weights.dir} is model_type={model_type!r} ({what}); spot_jax converts "
+            "T5 1.1 models (model_type 't5') only"
+        )
 
 
 def read_hf(
@@ -202,6 +230,7 @@ def read_hf(
         slice); None keeps the checkpoint's row count.
     """
     weights = HFWeights(model_dir)
+    _check_model_type(weights)
     rows = weights.read("shared.weight").shape[0]
     if weights.config.get("vocab_size") not in (None, rows):
         log(
@@ -217,6 +246,14 @@ def read_hf(
         )
     config = dataclasses.replace(config_from_hf(weights.config, rows))
     mapping = {ours: (hf, transpose) for hf, ours, transpose in name_map(config)}
+    # A tensor we would not read is a weight of some other architecture (UMT5's relative bias
+    # in every block, extra layers): converting without it would make a different model.
+    unused = sorted(set(weights.files) - {hf for hf, _ in mapping.values()} - _REDUNDANT)
+    if unused:
+        raise CheckpointError(
+            f"HF model {model_dir} has {len(unused)} tensor(s) a T5 1.1 model does not have, "
+            f"e.g. {', '.join(unused[:3])}; it is not a T5 1.1 checkpoint"
+        )
     shapes = t5x.param_shapes(config)
     final = dataclasses.replace(config, vocab_size=vocab_rows or rows)
 
@@ -247,8 +284,8 @@ def convert(
 # spot_jax -> HF / PEFT.
 
 
-def hf_config(config: T5Config) -> dict:
-    """config.json of T5ForConditionalGeneration for a T5 1.1 model."""
+def hf_config(config: T5Config, dtype: str = "float32") -> dict:
+    """config.json of T5ForConditionalGeneration for a T5 1.1 model with `dtype` weights."""
     return {
         "architectures": ["T5ForConditionalGeneration"],
         "model_type": "t5",
@@ -274,8 +311,13 @@ def hf_config(config: T5Config) -> dict:
         "pad_token_id": 0,
         "eos_token_id": 1,
         "decoder_start_token_id": 0,
-        "torch_dtype": "float32",
+        "torch_dtype": dtype,
+        "dtype": dtype,  # transformers >= 5 reads this name; older ones read torch_dtype
     }
+
+
+# generation_config.json: T5's special ids, so `generate` starts and stops as T5X decodes.
+GENERATION_CONFIG = {"decoder_start_token_id": 0, "eos_token_id": 1, "pad_token_id": 0}
 
 
 def export(
@@ -283,18 +325,24 @@ def export(
     config: T5Config,
     output: epath.PathLike,
     max_shard_bytes: int = 5 << 30,
+    vocabulary: epath.PathLike | None = None,
 ) -> None:
-    """Writes config.json + model.safetensors (or shards + index) from a param reader."""
+    """Writes an HF model directory from a param reader.
+
+    config.json (with the weights' dtype), generation_config.json, model.safetensors (or
+    shards + index), and with `vocabulary` (a SentencePiece model) spiece.model, so
+    AutoTokenizer loads from the directory too.
+    """
     from safetensors.numpy import save_file
 
     output = epath.Path(output)
     output.mkdir(parents=True, exist_ok=True)
-    (output / "config.json").write_text(json.dumps(hf_config(config), indent=2))
     shards: list[dict[str, np.ndarray]] = [{}]
     written: list[dict[str, str]] = []
     size = 0
+    dtypes: set[str] = set()
 
-    def flush(final: bool) -> None:
+    def flush() -> None:
         if not shards[-1]:
             return
         shard_name = f"model-{len(written) + 1:05d}.safetensors"
@@ -305,12 +353,19 @@ def export(
     for hf, ours, transpose in name_map(config):
         value = np.asarray(read(ours))
         value = np.ascontiguousarray(value.T if transpose else value)
+        dtypes.add(str(value.dtype))
         if size and size + value.nbytes > max_shard_bytes:
-            flush(False)
+            flush()
             size = 0
         shards[-1][hf] = value
         size += value.nbytes
-    flush(True)
+    flush()
+    # HF loads every weight in config's dtype; with mixed dtypes float32 loses nothing.
+    dtype = dtypes.pop() if len(dtypes) == 1 else "float32"
+    (output / "config.json").write_text(json.dumps(hf_config(config, dtype), indent=2))
+    (output / "generation_config.json").write_text(json.dumps(GENERATION_CONFIG, indent=2))
+    if vocabulary is not None:
+        (output / "spiece.model").write_bytes(epath.Path(vocabulary).read_bytes())
     if len(written) == 1:
         (output / "model-00001.safetensors").rename(output / "model.safetensors")
         return
@@ -318,75 +373,6 @@ def export(
     (output / "model.safetensors.index.json").write_text(
         json.dumps({"metadata": {}, "weight_map": weight_map}, indent=2)
     )
-
-
-def export_prompt(
-    prompt: np.ndarray, config: T5Config, output: epath.PathLike, base_model: str = ""
-) -> None:
-    """Writes a PEFT prompt-tuning adapter (encoder prompt only) for a [P, H] prompt."""
-    from safetensors.numpy import save_file
-
-    prompt = np.asarray(prompt, np.float32)
-    if prompt.ndim != 2 or prompt.shape[1] != config.emb_dim:
-        raise CheckpointError(
-            f"prompt has shape {list(prompt.shape)}; this model needs [P, {config.emb_dim}]"
-        )
-    output = epath.Path(output)
-    output.mkdir(parents=True, exist_ok=True)
-    adapter = {
-        "peft_type": "PROMPT_TUNING",
-        "task_type": "SEQ_2_SEQ_LM",
-        "num_virtual_tokens": int(prompt.shape[0]),
-        "token_dim": config.emb_dim,
-        # T5X prompt tuning prompts the encoder only; PEFT's seq2seq default (2) would also
-        # prefix the decoder.
-        "num_transformer_submodules": 1,
-        "num_attention_heads": config.num_heads,
-        "num_layers": config.num_encoder_layers,
-        "prompt_tuning_init": "RANDOM",
-        "base_model_name_or_path": base_model,
-        "inference_mode": True,
-    }
-    (output / ADAPTER_CONFIG).write_text(json.dumps(adapter, indent=2))
-    save_file({PEFT_PROMPT_KEY: prompt}, str(output / ADAPTER_WEIGHTS), metadata={"format": "pt"})
-
-
-def import_prompt(adapter_dir: epath.PathLike, log=print) -> np.ndarray:
-    """The encoder prompt [P, H] (float32) of a PEFT prompt-tuning adapter directory."""
-    adapter_dir = epath.Path(adapter_dir)
-    if not (adapter_dir / ADAPTER_CONFIG).exists():
-        raise CheckpointError(f"{adapter_dir} is not a PEFT adapter (no {ADAPTER_CONFIG})")
-    cfg = json.loads((adapter_dir / ADAPTER_CONFIG).read_text())
-    if cfg.get("peft_type") != "PROMPT_TUNING":
-        raise CheckpointError(
-            f"{adapter_dir} holds a {cfg.get('peft_type')} adapter; only PROMPT_TUNING has a "
-            "soft prompt to import"
-        )
-    if (adapter_dir / ADAPTER_WEIGHTS).exists():
-        from safetensors.numpy import load_file
-
-        tensors = load_file(str(adapter_dir / ADAPTER_WEIGHTS))
-    elif (adapter_dir / "adapter_model.bin").exists():
-        import torch
-
-        tensors = {
-            k: _torch_to_numpy(v)
-            for k, v in torch.load(
-                adapter_dir / "adapter_model.bin", map_location="cpu", weights_only=True
-            ).items()
-        }
-    else:
-        raise CheckpointError(f"{adapter_dir} has no {ADAPTER_WEIGHTS} or adapter_model.bin")
-    keys = [k for k in tensors if k.endswith(PEFT_PROMPT_KEY)]
-    if not keys:
-        raise CheckpointError(
-            f"{adapter_dir} has no {PEFT_PROMPT_KEY} tensor (has {list(tensors)})"
-        )
-    table = np.asarray(tensors[keys[0]], np.float32)
-    p = int(cfg["num_virtual_tokens"])
-    if cfg.get("num_transformer_submodules", 1) == 2:
-        log("note: the adapter also prompts the decoder; importing the encoder prompt only")
-    return table[:p]
 
 
 def iter_frozen(path: epath.PathLike) -> tuple[T5Config, Callable[[str], np.ndarray]]:

@@ -11,8 +11,7 @@ Legacy layout (t5x `Checkpointer`, format version 3):
   checkpoint_<step>/target.<dotted path>/   one zarr v2 array (gzip chunks) per large leaf.
 Orbax layout (T5X since 2024): checkpoint_<step>/state/ written by a PyTreeCheckpointHandler.
 
-All file access goes through tensorstore key-value stores, so local paths and gs:// URLs work
-alike without TensorFlow or gcsfs.
+File access goes through `storage` (tensorstore key-value stores: local paths and gs:// alike).
 """
 
 import dataclasses
@@ -30,6 +29,8 @@ import numpy as np
 import tensorstore as ts
 from etils import epath
 
+from spot_jax.interop import storage
+from spot_jax.interop.orbax_tree import OrbaxParams  # noqa: F401 (re-exported: t5x.OrbaxParams)
 from spot_jax.interop.shapes import (  # noqa: F401 (re-exported: t5x.param_shapes, ...)
     EMBEDDING,
     LOGITS,
@@ -43,38 +44,6 @@ from spot_jax.train.checkpoints import FROZEN_META, PROMPT_PATH, CheckpointError
 
 # Arrays this large go through a disk-backed buffer while converting; smaller ones stay in RAM.
 MEMMAP_MIN_ELEMENTS = 1 << 20
-
-
-# ---------------------------------------------------------------------------------------------
-# Storage: local paths and gs:// URLs as tensorstore key-value stores.
-
-
-def _kvstore_spec(path: str) -> dict[str, Any]:
-    """The tensorstore kvstore spec of a directory or file path (local or gs://bucket/...)."""
-    path = str(path)
-    if path.startswith("gs://"):
-        bucket, _, rest = path[len("gs://") :].partition("/")
-        return {"driver": "gcs", "bucket": bucket, "path": rest}
-    return {"driver": "file", "path": str(epath.Path(path).absolute())}
-
-
-def _join(base: str, *parts: str) -> str:
-    return "/".join([str(base).rstrip("/"), *parts])
-
-
-def _read_bytes(path: str) -> bytes | None:
-    """The bytes of a file, or None if it does not exist."""
-    spec = _kvstore_spec(path)
-    parent, _, key = spec["path"].rpartition("/")
-    store = ts.KvStore.open({**spec, "path": parent + "/"}).result()
-    result = store.read(key).result()
-    return bytes(result.value) if result.state == "value" else None
-
-
-def _list_keys(directory: str) -> set[str]:
-    spec = _kvstore_spec(directory)
-    store = ts.KvStore.open({**spec, "path": spec["path"].rstrip("/") + "/"}).result()
-    return {k.decode() for k in store.list().result()}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -121,7 +90,7 @@ class _TensorstoreLeaf:
 
     def _open(self):
         try:
-            meta = _read_bytes(_join(self.array_dir, ".zarray"))
+            meta = storage.read_bytes(storage.join(self.array_dir, ".zarray"))
         except Exception as e:  # noqa: BLE001 - any storage error is the same fact for users
             raise CheckpointError(
                 f"cannot read array of {self.name} at {self.array_dir}: {e}"
@@ -132,7 +101,7 @@ class _TensorstoreLeaf:
                 "(an incomplete copy of the checkpoint?)"
             )
         self._check_chunks(json.loads(meta))
-        spec = {"driver": "zarr", "kvstore": _kvstore_spec(self.array_dir)}
+        spec = {"driver": "zarr", "kvstore": storage.kvstore_spec(self.array_dir)}
         return ts.open(spec, read=True, open=True).result()
 
     def _check_chunks(self, zarray: Mapping[str, Any]) -> None:
@@ -142,7 +111,7 @@ class _TensorstoreLeaf:
         want = {sep.join(map(str, i)) for i in itertools.product(*map(range, counts))}
         if not zarray["shape"]:
             want = {"0"}
-        missing = sorted(want - _list_keys(self.array_dir))
+        missing = sorted(want - storage.list_keys(self.array_dir))
         if missing:
             raise CheckpointError(
                 f"array of parameter {self.name} lacks chunk file(s) {missing[:3]} in "
@@ -194,7 +163,7 @@ def _flatten_target(node, ckpt_dir: str, version: int, prefix: str = "") -> dict
         return {
             prefix: _TensorstoreLeaf(
                 prefix,
-                _join(ckpt_dir, rel),
+                storage.join(ckpt_dir, rel),
                 tuple(meta.get("shape", ())),
                 bf16_as_uint16=version < 3 and "u2" in dtype,
             )
@@ -231,14 +200,14 @@ class T5XCheckpoint:
         elif self.kind == "t5x_orbax":
             self._open_orbax()
         else:
-            raise CheckpointError(_format_message(self.path, self.kind))
+            raise CheckpointError(format_message(self.path, self.kind))
         self._cache: tuple[str, np.ndarray] | None = None
 
     def _open_legacy(self) -> None:
-        msgpack_path = _join(self.path, "checkpoint")
-        raw = _read_bytes(msgpack_path)
+        msgpack_path = storage.join(self.path, "checkpoint")
+        raw = storage.read_bytes(msgpack_path)
         if raw is None:  # the path is the msgpack file itself
-            msgpack_path, raw = self.path, _read_bytes(self.path)
+            msgpack_path, raw = self.path, storage.read_bytes(self.path)
         ckpt_dir = msgpack_path.rsplit("/", 1)[0] if "/" in msgpack_path else "."
         try:
             root = msgpack.unpackb(raw, ext_hook=_ext_hook, strict_map_key=False)
@@ -259,7 +228,11 @@ class T5XCheckpoint:
         }
 
     def _open_orbax(self) -> None:
-        state = self.path if _read_bytes(_join(self.path, "_METADATA")) else self.path + "/state"
+        state = (
+            self.path
+            if storage.read_bytes(storage.join(self.path, "_METADATA"))
+            else self.path + "/state"
+        )
         self._orbax = OrbaxParams(state, prefix="target")
         self._leaves = self._orbax.shapes
         self.shapes = dict(self._orbax.shapes)
@@ -289,80 +262,31 @@ class T5XCheckpoint:
         return self.read(name)[index]
 
 
-class OrbaxParams:
-    """The leaves under `prefix` of an Orbax PyTree checkpoint, read one at a time."""
-
-    def __init__(self, directory: epath.PathLike, prefix: str = ""):
-        import orbax.checkpoint as ocp
-
-        self.dir = epath.Path(directory)
-        self.prefix = prefix
-        try:
-            meta = ocp.PyTreeCheckpointer().metadata(self.dir)
-        except Exception as e:  # noqa: BLE001
-            raise CheckpointError(f"cannot read Orbax checkpoint {self.dir}: {e}") from e
-        tree = getattr(meta, "item_metadata", meta)
-        self._tree = getattr(tree, "tree", tree)
-        sub = self._tree[prefix] if prefix else self._tree
-        if prefix and prefix not in self._tree:
-            raise CheckpointError(f"Orbax checkpoint {self.dir} has no `{prefix}` params")
-        self.shapes = {k: tuple(v.shape) for k, v in _flatten_plain(sub).items()}
-
-    def read(self, name: str) -> np.ndarray:
-        import jax
-        import orbax.checkpoint as ocp
-
-        # Every other leaf is a placeholder, so Orbax reads only this one.
-        wanted = f"{self.prefix}/{name}" if self.prefix else name
-        item = jax.tree_util.tree_map_with_path(
-            lambda p, m: m if _key(p) == wanted else ocp.PLACEHOLDER, self._tree
-        )
-        restore_args = jax.tree_util.tree_map_with_path(
-            lambda p, _: ocp.RestoreArgs(restore_type=np.ndarray if _key(p) == wanted else None),
-            self._tree,
-        )
-        try:
-            with ocp.PyTreeCheckpointer() as ckptr:
-                out = ckptr.restore(
-                    self.dir, args=ocp.args.PyTreeRestore(item=item, restore_args=restore_args)
-                )
-        except Exception as e:  # noqa: BLE001
-            raise CheckpointError(
-                f"cannot read parameter {name} from Orbax checkpoint {self.dir}: "
-                f"{type(e).__name__}: {str(e)[:200]}"
-            ) from e
-        # Keys may be nested dicts (T5X) or flat 'a/b' names (our frozen format).
-        found = [
-            leaf for path, leaf in jax.tree_util.tree_leaves_with_path(out) if _key(path) == wanted
-        ]
-        return np.asarray(found[0])
-
-
-def _key(path) -> str:
-    return "/".join(str(getattr(p, "key", p)) for p in path)
-
-
-def _flatten_plain(tree, prefix=""):
-    if isinstance(tree, Mapping):
-        out = {}
-        for k, v in tree.items():
-            out.update(_flatten_plain(v, f"{prefix}/{k}" if prefix else str(k)))
-        return out
-    return {prefix: tree}
-
-
 def detect_format(path: epath.PathLike) -> str | None:
-    """'spot_jax' (our frozen format), 't5x' (legacy msgpack), 't5x_orbax', 'tf' or None."""
+    """'spot_jax' (our frozen format), 't5x' (legacy msgpack), 't5x_orbax', 'tf', None, or
+    what is no frozen model at all: 'spot_jax_train' (a run's `checkpoints/<step>`) and
+    'spot_jax_run' (a training MODEL_DIR)."""
     path = str(path).rstrip("/")
-    if _read_bytes(_join(path, FROZEN_META)) is not None:
+    if storage.read_bytes(storage.join(path, FROZEN_META)) is not None:
         return "spot_jax"
+    # Checked before T5X's Orbax layout: our train checkpoints also have a `state/_METADATA`.
+    # TrainCheckpointer writes the JSON item `meta` beside `state`; T5X writes no such item.
+    if storage.read_bytes(storage.join(path, "_CHECKPOINT_METADATA")) is not None and (
+        storage.read_bytes(storage.join(path, "meta", "metadata")) is not None
+    ):
+        return "spot_jax_train"
+    if storage.read_bytes(storage.join(path, "model.json")) is not None and (
+        storage.read_bytes(storage.join(path, "config.gin")) is not None
+    ):
+        return "spot_jax_run"
     if any(
-        _read_bytes(_join(path, *p)) is not None for p in (("state", "_METADATA"), ("_METADATA",))
+        storage.read_bytes(storage.join(path, *p)) is not None
+        for p in (("state", "_METADATA"), ("_METADATA",))
     ):
         return "t5x_orbax"
-    for candidate in (_join(path, "checkpoint"), path):
+    for candidate in (storage.join(path, "checkpoint"), path):
         try:
-            head = _read_bytes(candidate)
+            head = storage.read_bytes(candidate)
         except Exception:  # noqa: BLE001 - a directory read as a file
             head = None
         if head is None:
@@ -373,11 +297,22 @@ def detect_format(path: epath.PathLike) -> str | None:
     return None
 
 
-def _format_message(path: str, kind: str | None) -> str:
+def format_message(path: str, kind: str | None) -> str:
+    """Why `path` is no T5X checkpoint, and what to pass instead."""
     if kind == "tf":
         return (
             f"{path} is a TensorFlow (Mesh TF) checkpoint; convert it to T5X first "
             "(t5x.checkpoint_importer) and pass that"
+        )
+    if kind in ("spot_jax_train", "spot_jax_run"):
+        what = (
+            "a spot_jax training checkpoint" if kind == "spot_jax_train" else "a training MODEL_DIR"
+        )
+        return (
+            f"{path} is {what}, which holds only the trained params, not a whole model; pass "
+            "the run's own INITIAL_CHECKPOINT_PATH (eval and infer with MODEL_DIR=<the run> "
+            "apply its trained params) or make one model with "
+            "`spot-jax export --to hf --input <the run's MODEL_DIR>`"
         )
     return (
         f"{path} is not a T5X checkpoint: expected a `checkpoint` msgpack file (legacy T5X) or "

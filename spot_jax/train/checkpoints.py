@@ -37,6 +37,16 @@ class CheckpointError(ValueError):
     """A checkpoint that does not fit the configured model, or is missing or broken."""
 
 
+def absolute_path(path: epath.PathLike) -> epath.Path:
+    """A local path made absolute (from the cwd); URLs (gs://...) as they are.
+
+    Orbax refuses relative paths, so every entry point that hands a user's path to Orbax
+    passes it through here first.
+    """
+    text = str(path)
+    return epath.Path(text if "://" in text else os.path.abspath(text))
+
+
 def _model_fingerprint(config: T5Config, prompt_length: int) -> dict[str, Any]:
     return {**config.shape_dict(), "prompt_length": prompt_length}
 
@@ -89,11 +99,7 @@ class TrainCheckpointer:
             # Prompt states are tiny; a synchronous save keeps the kill-and-resume story simple.
             enable_async_checkpointing=False,
         )
-        # Orbax wants absolute paths; a relative local MODEL_DIR is taken from the cwd.
-        root = str(model_dir)
-        self.directory = (
-            epath.Path(root if "://" in root else os.path.abspath(root)) / "checkpoints"
-        )
+        self.directory = absolute_path(model_dir) / "checkpoints"
         self.manager = ocp.CheckpointManager(self.directory, options=options)
 
     def latest_step(self) -> int | None:
@@ -129,6 +135,100 @@ class TrainCheckpointer:
 
     def close(self):
         self.manager.close()
+
+
+def latest_train_step(model_dir: epath.PathLike) -> int | None:
+    """The newest finished Orbax train checkpoint in MODEL_DIR/checkpoints, or None.
+
+    Read from the folder names, without a CheckpointManager, so eval and export never create
+    or lock anything in a run's MODEL_DIR. Orbax's unfinished saves are `<step>.orbax-...`
+    folders and have no _CHECKPOINT_METADATA yet, so they are never picked.
+    """
+    root = absolute_path(model_dir) / "checkpoints"
+    steps = [
+        int(p.name)
+        for p in (root.iterdir() if root.is_dir() else [])
+        if p.name.isdigit() and (p / "_CHECKPOINT_METADATA").exists()
+    ]
+    return max(steps) if steps else None
+
+
+def restore_trained(
+    model_dir: epath.PathLike,
+    abstract_flat: Mapping[str, jax.ShapeDtypeStruct],
+    skip: tuple[str, ...] = (),
+) -> tuple[int, dict[str, jax.Array]] | None:
+    """The trained params of MODEL_DIR's newest train checkpoint, in `abstract_flat`'s shardings.
+
+    Only the trainable params are read; the optimizer state is left on disk. Params named in
+    `skip` are not read either (eval takes the prompt from its numpy files or PROMPT_FILE).
+
+    Returns:
+      (step, {name: array}) or None when MODEL_DIR holds no train checkpoint.
+
+    Raises:
+      CheckpointError: the checkpoint holds a param this model lacks or of another shape.
+    """
+    step = latest_train_step(model_dir)
+    if step is None:
+        return None
+    state_dir = absolute_path(model_dir) / "checkpoints" / str(step) / "state"
+    try:
+        meta = ocp.PyTreeCheckpointer().metadata(state_dir)
+    except Exception as e:  # noqa: BLE001 - any read error is the same fact for users
+        raise CheckpointError(f"cannot read train checkpoint {state_dir}: {e}") from e
+    tree = getattr(meta, "item_metadata", meta)
+    tree = getattr(tree, "tree", tree)
+    stored = tree.get("trainable") if isinstance(tree, Mapping) else None
+    if not isinstance(stored, Mapping):
+        raise CheckpointError(f"{state_dir} is not a spot_jax train state (no trainable params)")
+    wanted = {k: v for k, v in stored.items() if k not in skip}
+    for name, leaf in wanted.items():
+        if name not in abstract_flat:
+            raise CheckpointError(
+                f"train checkpoint {state_dir.parent} holds parameter {name}, which this model "
+                "lacks; evaluate with the model config (T5_CONFIG, PROMPT_LENGTH) it was "
+                "trained with"
+            )
+        if tuple(leaf.shape) != tuple(abstract_flat[name].shape):
+            raise CheckpointError(
+                f"parameter {name} has shape {list(leaf.shape)} in {state_dir.parent} but the "
+                f"model needs {list(abstract_flat[name].shape)}; evaluate with the model "
+                "config it was trained with"
+            )
+    if not wanted:
+        return step, {}
+
+    def is_wanted(path) -> bool:
+        keys = [str(getattr(p, "key", p)) for p in path]
+        return len(keys) == 2 and keys[0] == "trainable" and keys[1] in wanted
+
+    def item(path, leaf):
+        if not is_wanted(path):
+            return ocp.PLACEHOLDER  # the optimizer state and skipped params stay unread
+        spec = abstract_flat[path[1].key]
+        return jax.ShapeDtypeStruct(spec.shape, spec.dtype, sharding=spec.sharding)
+
+    def restore_args(path, _):
+        if not is_wanted(path):
+            return ocp.RestoreArgs()
+        spec = abstract_flat[path[1].key]
+        return ocp.ArrayRestoreArgs(
+            sharding=spec.sharding, dtype=spec.dtype, global_shape=spec.shape
+        )
+
+    args = ocp.args.PyTreeRestore(
+        item=jax.tree_util.tree_map_with_path(item, tree),
+        restore_args=jax.tree_util.tree_map_with_path(restore_args, tree),
+    )
+    try:
+        with ocp.PyTreeCheckpointer() as ckptr:
+            restored = ckptr.restore(state_dir, args=args)
+    except Exception as e:  # noqa: BLE001
+        raise CheckpointError(
+            f"cannot read trained params from {state_dir}: {type(e).__name__}: {str(e)[:300]}"
+        ) from e
+    return step, {k: restored["trainable"][k] for k in wanted}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -209,7 +309,7 @@ def save_frozen(
     Params go to `params/`, `params_1/`, ... (groups of at most `group_bytes`), each an Orbax
     checkpoint of a flat {name: array} dict; `spot_model.json` lists the groups.
     """
-    path = epath.Path(path)
+    path = absolute_path(path)
     params = prompted.unstack_flat({k: v for k, v in flat_params.items() if k != PROMPT_PATH})
     groups = frozen_groups(params, group_bytes or FROZEN_GROUP_BYTES)
     for i, names in enumerate(groups):
@@ -263,6 +363,7 @@ def restore_frozen(
       CheckpointError: the checkpoint is of another model (names the first differing field
         or parameter and both shapes), or files are missing.
     """
+    path = absolute_path(path)
     stacked = {k: v for k, v in abstract_flat.items() if prompted.is_stacked(k)}
     if not stacked:
         return _restore_by_layer(path, abstract_flat, config)
@@ -298,11 +399,17 @@ def _restore_by_layer(
         # A T5X checkpoint named directly: read it straight into the shardings.
         from spot_jax.interop import t5x
 
-        if t5x.detect_format(path) in ("t5x", "t5x_orbax"):
+        kind = t5x.detect_format(path)
+        if kind in ("t5x", "t5x_orbax"):
             return t5x.restore_sharded(path, abstract_flat, config)
+        if kind in ("spot_jax_train", "spot_jax_run"):
+            raise CheckpointError("INITIAL_CHECKPOINT_PATH " + t5x.format_message(str(path), kind))
     path = epath.Path(path)
     have = read_frozen_config(path)
     want = config.shape_dict()
+    if "relpos_max_distance" in have:
+        # Not a shape, so a mismatch would restore silently and change every logit.
+        want["relpos_max_distance"] = config.relpos_max_distance
     diffs = _field_diffs(have, want, "{k}={have} in checkpoint vs {want} configured")
     if diffs:
         raise CheckpointError(

@@ -1,7 +1,9 @@
 """Eval and infer jobs: a saved prompt (or MODEL_DIR's latest) on a split, no training.
 
 The prompt comes from PROMPT_FILE when given, else from MODEL_DIR's newest numpy checkpoint;
-the frozen weights from INITIAL_CHECKPOINT_PATH, as in training.
+the frozen weights from INITIAL_CHECKPOINT_PATH, as in training. When MODEL_DIR holds a train
+checkpoint, its other trained params (model tuning, TRAINABLE beyond the prompt) replace their
+frozen values, so eval scores the model the run trained, not its starting point.
 """
 
 import functools
@@ -16,7 +18,7 @@ from spot_jax import axes, data
 from spot_jax.data.config import DatasetConfig
 from spot_jax.models import prompts
 from spot_jax.models.prompted import PROMPT_PATH, PromptedT5
-from spot_jax.train import evaluation, sharding, steps, summaries, trainer
+from spot_jax.train import checkpoints, evaluation, sharding, steps, summaries, trainer
 from spot_jax.train import optim as optim_lib
 
 
@@ -34,7 +36,10 @@ def latest_numpy_prompt(model_dir: epath.PathLike) -> epath.Path:
         if (step := _numpy_step(p.name)) is not None
     )
     if not found:
-        raise FileNotFoundError(f"no numpy prompt checkpoints in {root}; set PROMPT_FILE")
+        raise FileNotFoundError(
+            f"no numpy prompt checkpoints in {root}; set PROMPT_FILE (or PROMPT_LENGTH=0 for "
+            "a run trained without a prompt, e.g. runs/model_tune.gin)"
+        )
     return found[-1][1] / PROMPT_PATH.replace("/", ".")
 
 
@@ -74,8 +79,22 @@ def _load(
         initial_checkpoint_path=initial_checkpoint_path,
         seed=seed,
     )
+    # The prompt stays as chosen above (PROMPT_FILE or the numpy prompt of the same save).
+    abstract = {
+        k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=v.sharding) for k, v in params.items()
+    }
+    trained = checkpoints.restore_trained(model_dir, abstract, skip=(PROMPT_PATH,))
+    trained_step = None
+    if trained is not None and trained[1]:
+        trained_step, values = trained
+        params.update(values)
+        print(
+            f"Using the {len(values)} trained params of {model_dir}/checkpoints/{trained_step} "
+            "over the frozen weights.",
+            flush=True,
+        )
     trainable, frozen = optim_lib.split_trainable(params, ".*")
-    return model, mesh, rules, trainable, frozen
+    return model, mesh, rules, trainable, frozen, trained_step
 
 
 def evaluate_job(
@@ -98,7 +117,7 @@ def evaluate_job(
     likeliest label ('eval/rank_accuracy', ...). The metrics.jsonl record also names the job,
     split and prompt it evaluated.
     """
-    model, mesh, rules, trainable, frozen = _load(
+    model, mesh, rules, trainable, frozen, trained_step = _load(
         model, eval_data, model_dir, prompt_file, initial_checkpoint_path, model_parallel, seed
     )
     evaluator = evaluation.Evaluator(
@@ -121,14 +140,16 @@ def evaluate_job(
             "task": eval_data.mixture_or_task_name,
             "split": eval_data.split,
             "prompt": str(prompt) if prompt else None,
+            **({"trained_step": trained_step} if trained_step is not None else {}),
             **metrics,
         }
         with (out / "metrics.jsonl").open("a") as f:
             f.write(json.dumps(record) + "\n")
-        # TensorBoard run `<split>_eval`, at the step of the prompt checkpoint evaluated.
+        # TensorBoard run `<split>_eval`, at the step of the prompt checkpoint evaluated (or
+        # of the trained params, for a run without a prompt).
         run = re.sub(r"[^\w.-]", "_", eval_data.split) + "_eval"  # 'validation[:50]'
         summaries.Summaries(out).write(
-            _checkpoint_step(prompt),
+            _checkpoint_step(prompt) if prompt else (trained_step or 0),
             {f"{run}/{k.split('/', 1)[-1]}": v for k, v in metrics.items()},
         )
     print(json.dumps(metrics), flush=True)
@@ -152,7 +173,7 @@ def infer_job(
     as its eval is). For a SeqIO task each row also has the three as text (`inputs_text`,
     `targets_text`, `prediction_text`), detokenized with the task's vocabulary.
     """
-    model, mesh, rules, trainable, frozen = _load(
+    model, mesh, rules, trainable, frozen, _ = _load(
         model, eval_data, model_dir, prompt_file, initial_checkpoint_path, model_parallel, seed
     )
     length = eval_data.task_feature_lengths["targets"]

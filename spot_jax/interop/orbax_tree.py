@@ -1,0 +1,75 @@
+"""Orbax PyTree checkpoints read one leaf at a time (T5X Orbax `state/` and our frozen groups)."""
+
+import os
+from collections.abc import Mapping
+
+import numpy as np
+from etils import epath
+
+from spot_jax.train.checkpoints import CheckpointError
+
+
+class OrbaxParams:
+    """The leaves under `prefix` of an Orbax PyTree checkpoint, read one at a time."""
+
+    def __init__(self, directory: epath.PathLike, prefix: str = ""):
+        import orbax.checkpoint as ocp
+
+        # Orbax refuses relative paths; a local one is taken from the cwd.
+        root = str(directory)
+        self.dir = epath.Path(root if "://" in root else os.path.abspath(root))
+        self.prefix = prefix
+        try:
+            meta = ocp.PyTreeCheckpointer().metadata(self.dir)
+        except Exception as e:  # noqa: BLE001
+            raise CheckpointError(f"cannot read Orbax checkpoint {self.dir}: {e}") from e
+        tree = getattr(meta, "item_metadata", meta)
+        self._tree = getattr(tree, "tree", tree)
+        if prefix and (not isinstance(self._tree, Mapping) or prefix not in self._tree):
+            raise CheckpointError(f"Orbax checkpoint {self.dir} has no `{prefix}` params")
+        sub = self._tree[prefix] if prefix else self._tree
+        self.shapes = {k: tuple(v.shape) for k, v in flatten_plain(sub).items()}
+
+    def read(self, name: str) -> np.ndarray:
+        import jax
+        import orbax.checkpoint as ocp
+
+        # Every other leaf is a placeholder, so Orbax reads only this one.
+        wanted = f"{self.prefix}/{name}" if self.prefix else name
+        item = jax.tree_util.tree_map_with_path(
+            lambda p, m: m if key_of(p) == wanted else ocp.PLACEHOLDER, self._tree
+        )
+        restore_args = jax.tree_util.tree_map_with_path(
+            lambda p, _: ocp.RestoreArgs(restore_type=np.ndarray if key_of(p) == wanted else None),
+            self._tree,
+        )
+        try:
+            with ocp.PyTreeCheckpointer() as ckptr:
+                out = ckptr.restore(
+                    self.dir, args=ocp.args.PyTreeRestore(item=item, restore_args=restore_args)
+                )
+        except Exception as e:  # noqa: BLE001
+            raise CheckpointError(
+                f"cannot read parameter {name} from Orbax checkpoint {self.dir}: "
+                f"{type(e).__name__}: {str(e)[:200]}"
+            ) from e
+        # Keys may be nested dicts (T5X) or flat 'a/b' names (our frozen format).
+        found = [
+            leaf
+            for path, leaf in jax.tree_util.tree_leaves_with_path(out)
+            if key_of(path) == wanted
+        ]
+        return np.asarray(found[0])
+
+
+def key_of(path) -> str:
+    return "/".join(str(getattr(p, "key", p)) for p in path)
+
+
+def flatten_plain(tree, prefix=""):
+    if isinstance(tree, Mapping):
+        out = {}
+        for k, v in tree.items():
+            out.update(flatten_plain(v, f"{prefix}/{k}" if prefix else str(k)))
+        return out
+    return {prefix: tree}

@@ -1,0 +1,108 @@
+"""A training run (MODEL_DIR) as a source of whole-model weights, for `spot-jax export`.
+
+A train checkpoint holds only the trained params (TRAINABLE: every weight for model tuning,
+the prompt for prompt tuning). The whole model is those params over the frozen weights the run
+started from: its INITIAL_CHECKPOINT_PATH (read from MODEL_DIR/config.gin) or one given.
+"""
+
+import ast
+import json
+import re
+from collections.abc import Callable
+
+import numpy as np
+from etils import epath
+
+from spot_jax.interop.orbax_tree import OrbaxParams
+from spot_jax.models import prompted
+from spot_jax.models.config import T5Config
+from spot_jax.train import checkpoints
+from spot_jax.train.checkpoints import PROMPT_PATH, CheckpointError
+
+
+def initial_checkpoint_of(run_dir: epath.PathLike) -> str | None:
+    """The INITIAL_CHECKPOINT_PATH macro of the run's operative config.gin (None if unset)."""
+    config = epath.Path(run_dir) / "config.gin"
+    if not config.exists():
+        return None
+    m = re.search(r"^INITIAL_CHECKPOINT_PATH = (.+)$", config.read_text(), flags=re.M)
+    try:
+        value = ast.literal_eval(m.group(1)) if m else None
+    except (ValueError, SyntaxError):
+        return None  # e.g. a gin reference; the caller asks for --frozen
+    return value if isinstance(value, str) else None
+
+
+def read_run(
+    run_dir: epath.PathLike, frozen: epath.PathLike | None = None, log=print
+) -> tuple[T5Config, Callable[[str], np.ndarray], np.ndarray | None]:
+    """The model a run trained: config, a reader of its params (T5X names), its prompt.
+
+    Args:
+      run_dir: a training MODEL_DIR with an Orbax train checkpoint.
+      frozen: the spot_jax frozen checkpoint the run started from; default its
+        INITIAL_CHECKPOINT_PATH.
+
+    Raises:
+      CheckpointError: no train checkpoint, no frozen weights to start from, or a frozen
+        checkpoint of another model.
+    """
+    from spot_jax.interop import hf
+
+    run_dir = checkpoints.absolute_path(run_dir)
+    step = checkpoints.latest_train_step(run_dir)
+    if step is None:
+        raise CheckpointError(f"{run_dir} holds no train checkpoint (checkpoints/<step>)")
+    frozen = frozen or initial_checkpoint_of(run_dir)
+    if not frozen:
+        raise CheckpointError(
+            f"{run_dir} started from a seeded init (INITIAL_CHECKPOINT_PATH = None), so there "
+            "are no frozen weights to put its trained params on; pass --frozen FROZEN_DIR"
+        )
+    if not (epath.Path(frozen) / checkpoints.FROZEN_META).exists():
+        raise CheckpointError(
+            f"the run's frozen weights {frozen} are not a spot_jax frozen checkpoint; convert "
+            "them with `spot-jax convert` and pass that as --frozen"
+        )
+    config, read_frozen = hf.iter_frozen(frozen)
+    shape = (
+        json.loads((run_dir / "model.json").read_text())
+        if (run_dir / "model.json").exists()
+        else {}
+    )
+    diffs = [
+        f"{k}: {shape[k]} in the run vs {v}"
+        for k, v in config.shape_dict().items()
+        if k in shape and shape[k] != v
+    ]
+    if diffs:
+        raise CheckpointError(
+            f"frozen checkpoint {frozen} is of another model than {run_dir} ({'; '.join(diffs)}); "
+            "pass the one it was trained from as --frozen"
+        )
+    trained = OrbaxParams(run_dir / "checkpoints" / str(step) / "state", prefix="trainable")
+    # A scanned run stores layers stacked (`encoder/layers/...`); export wants `layers_<i>`.
+    owner = {}
+    for name, shape_ in trained.shapes.items():
+        if prompted.is_stacked(name):
+            owner.update({prompted.layer_name(name, i): (name, i) for i in range(shape_[0])})
+        elif name != PROMPT_PATH:
+            owner[name] = (name, None)
+    log(
+        f"exporting {run_dir} at step {step}: {len(owner)} trained params over the frozen "
+        f"weights of {frozen}"
+    )
+    cache: dict[str, np.ndarray] = {}
+
+    def read(name: str) -> np.ndarray:
+        if name not in owner:
+            return read_frozen(name)
+        stored, index = owner[name]
+        if stored not in cache:
+            cache.clear()  # one stacked array at a time
+            cache[stored] = trained.read(stored)
+        value = cache[stored]
+        return value if index is None else value[index]
+
+    prompt = trained.read(PROMPT_PATH).astype(np.float32) if PROMPT_PATH in trained.shapes else None
+    return config, read, prompt
