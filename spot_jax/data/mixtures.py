@@ -1,13 +1,23 @@
 """SPoT's multi-task mixtures: examples-proportional mixing with a size cap.
 
 Raffel et al.'s examples-proportional mixing, as SPoT uses it (paper §2.1.3): task i is
-sampled with rate min(n_i, K), n_i its train-split size and K = 2**19 = 524,288.
+sampled with rate min(n_i, K), n_i its train-split size (`base.train_size`: ReCoRD counts
+its one-example-per-answer expansion, 138,854) and K = 2**19 = 524,288. Tasks without a train
+split (eval-only twins) get rate 0 and are evaluated, not trained on.
 
-    spot_glue_mixture          the 8 GLUE tasks SPoT reports (no WNLI)
-    spot_super_glue_mixture    the 8 SuperGLUE tasks
-    spot_all_mixture           both (RTE appears in each benchmark; both copies are kept)
-    spot_<family>_mixture      SPoT's other source families, as far as TFDS has them (paper
-                               App. B): nli, paraphrase, sentiment, mrqa, summarization
+    spot_glue_mixture               the 8 GLUE tasks SPoT reports (no WNLI)
+    spot_super_glue_mixture         the 8 SuperGLUE tasks, WSC as T5 trains it: the simple
+                                    train variant (259) + its eval twin (rate 0)
+    spot_glue_super_glue_mixture    both (RTE appears in each benchmark; both copies are kept)
+    spot_<family>_mixture           SPoT's other source families, as far as TFDS has them (paper
+                                    App. B): nli, paraphrase, sentiment, mrqa, summarization,
+                                    translation
+    spot_all_mixture                the paper's "All": C4 prefix LM + every supervised task of
+                                    the mixtures above, each once
+    spot_glue_mnli_and_dev_v200     SPoT's MNLI mixture: train on MNLI, eval on both dev sets
+
+Not here, because TFDS lacks them or we have not written them: CxC, CR, WikiLingua, the Rainbow
+family and GEM, so "All" has fewer than the paper's C4 + 55 datasets.
 
 `register_mixture(name, task_names, cap)` builds one from any tasks at run time (SPoT's
 top-k multi-task transfer mixes the retrieved source tasks this way). A mixture can also be
@@ -22,12 +32,27 @@ from collections.abc import Sequence
 import seqio
 
 from spot_jax.data import config
-from spot_jax.data.tasks import base, glue, nli, qa, sentiment, summarization, super_glue
+from spot_jax.data.tasks import (
+    base,
+    c4,
+    glue,
+    nli,
+    qa,
+    sentiment,
+    summarization,
+    super_glue,
+    translation,
+)
 
 DEFAULT_CAP = 2**19
 
 GLUE_TASKS = tuple(glue.task_name(t) for t in glue.TASKS if t != "wnli")
-SUPER_GLUE_TASKS = tuple(super_glue.task_name(t) for t in super_glue.TASKS)
+# T5's SuperGLUE mixture: WSC in its simple (generate the referent) form, not True/False.
+SUPER_GLUE_TASKS = (
+    *(super_glue.task_name(t) for t in super_glue.TASKS if t != "wsc"),
+    super_glue.WSC_SIMPLE_TRAIN,
+    super_glue.WSC_SIMPLE_EVAL,
+)
 # SPoT's families less their datasets TFDS lacks (CxC, CR, WikiLingua); ANLI's three rounds.
 FAMILY_TASKS = {
     "nli": (
@@ -48,17 +73,30 @@ FAMILY_TASKS = {
     ),
     "mrqa": tuple(qa.mrqa_task_name(s) for s in qa.MRQA_IN_DOMAIN),
     "summarization": tuple(summarization.task_name(t) for t in summarization.TASKS),
+    "translation": tuple(translation.task_name(p) for p in translation.PAIRS),
 }
+# The paper's "All": C4 (prefix LM, SPoT's C4 source) and every supervised task, once each.
+ALL_TASKS = (
+    c4.PREFIX_LM_NAME,
+    *dict.fromkeys(
+        GLUE_TASKS + SUPER_GLUE_TASKS + tuple(t for ts in FAMILY_TASKS.values() for t in ts)
+    ),
+)
 MIXTURES = {
     "spot_glue_mixture": GLUE_TASKS,
     "spot_super_glue_mixture": SUPER_GLUE_TASKS,
-    "spot_all_mixture": GLUE_TASKS + SUPER_GLUE_TASKS,
+    "spot_glue_super_glue_mixture": GLUE_TASKS + SUPER_GLUE_TASKS,
     **{f"spot_{family}_mixture": names for family, names in FAMILY_TASKS.items()},
+    "spot_all_mixture": ALL_TASKS,
+    "spot_glue_mnli_and_dev_v200": tuple(glue.SPOT_MNLI_TASKS),
 }
 
 
 def examples_proportional_rate(task_name: str, cap: int = DEFAULT_CAP) -> float:
-    """min(train examples, cap) for one task (see `base.train_size` for the sizes)."""
+    """min(train examples, cap) for one task (see `base.train_size` for the sizes); 0 for a
+    task without a train split (an eval-only member, as T5 weighs its WSC eval twin)."""
+    if "train" not in seqio.get_mixture_or_task(task_name).splits:
+        return 0.0
     return float(min(base.train_size(task_name), cap))
 
 

@@ -86,3 +86,34 @@ def text(value: Any, example: Any = None, is_target: bool = False) -> str:
     """Generation tasks: the decoded text itself (bytes decoded), for ROUGE."""
     del example, is_target
     return _text(value)
+
+
+# Words `wsc_simple` ignores when comparing a predicted referent with the candidate (T5's).
+_DETERMINERS = frozenset(
+    "a an few her his each every many much my our some that the their these this those which "
+    "whose your".split()
+)
+
+
+def _referent_words(text: str) -> str:
+    return " ".join(w for w in text.strip().lower().split(" ") if w not in _DETERMINERS)
+
+
+def wsc_simple(prediction: Any, example: Any = None, is_target: bool = False) -> int:
+    """T5's WSC scoring: 1 if the model named the example's candidate, compared with `label`.
+
+    A target is the example's `label` (1: the candidate is the right referent). A prediction
+    is 1 when its words, lower-cased and without determiners, are a subset or superset of the
+    candidate's ('fuzzy bunny' names 'bunny'), unless only one of them is possessive ('Bob'
+    does not name "Bob's hat"); an empty prediction is -1, which never equals a label.
+    """
+    if is_target:
+        return _as_int(example["label"])
+    predicted = _referent_words(_text(prediction))
+    if not predicted:
+        return -1
+    candidate = _referent_words(_text(example["targets_pretokenized"]))
+    if ("'" in predicted) != ("'" in candidate):
+        return 0
+    predicted_words, candidate_words = set(predicted.split(" ")), set(candidate.split(" "))
+    return int(predicted_words <= candidate_words or candidate_words <= predicted_words)

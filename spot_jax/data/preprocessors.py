@@ -7,6 +7,7 @@ prompts trained with T5X:
     glue:    '<benchmark> key1: v1 key2: v2'  -> label_names[label]  ('<unk>' for label -1)
     stsb:    'stsb sentence1: s1 sentence2: s2' -> round(label * 5) / 5 as '%.1f'
     wsc:     'wsc text: ... * noun * ... # pronoun # ...' -> 'False' / 'True'
+    wsc_simple: 'wsc: ... *pronoun* ...' -> the candidate referent (T5's trained WSC form)
     record:  'record query: q entities: e1, e2 passage: p' -> one example per answer
     squad / mrqa:   '<benchmark> question: q context: c' -> first answer (SPoT's `mrqa`)
     summarization:  '<benchmark> summarize: source' -> summary (`preprocess_text_generation`)
@@ -110,6 +111,48 @@ def wsc(x: dict) -> dict:
     }
 
 
+def wsc_simple(dataset: tf.data.Dataset, correct_referent_only: bool) -> tf.data.Dataset:
+    """T5's 'simple' WSC: 'wsc: ... *pronoun* ...' -> the candidate referent's text.
+
+    The pronoun (the word at `span2_index`) is wrapped in asterisks and the target is
+    `span1_text`, whether or not it is the right referent; `label` (1 when it is) stays for
+    `postprocessors.wsc_simple`. Training keeps the correct referents only
+    (`correct_referent_only=True`, T5's `super_glue_wsc_v102_simple_train`), so the model
+    learns to name the referent; eval keeps every candidate and scores whether the model
+    named this one exactly when it is right.
+
+    Two examples of WSC's train split break the word index, and T5 special-cases them: the
+    pronoun glued to punctuation ('him,"', marked '*him* ,"') and an index one word short of
+    the pronoun ('use it', 'it' marked). Both are handled by rule here, not by their text.
+    """
+    if correct_referent_only:
+        dataset = dataset.filter(lambda x: tf.cast(x["label"], tf.int64) == 1)
+
+    def convert(x):
+        words = tf.strings.split(x["text"], sep=" ")
+        pronoun = x["span2_text"]
+        last = tf.size(words) - 1
+        # WSC's indices are in range (T5 asserts it); clipping keeps mock data readable.
+        index = tf.clip_by_value(tf.cast(x["span2_index"], tf.int32), 0, last)
+        at_next = tf.equal(words[tf.minimum(index + 1, last)], pronoun)
+        index = tf.where(tf.not_equal(words[index], pronoun) & at_next, index + 1, index)
+        word = words[index]
+        length = tf.minimum(tf.strings.length(pronoun), tf.strings.length(word))
+        rest = tf.strings.substr(word, length, tf.strings.length(word) - length)
+        glued = tf.equal(tf.strings.substr(word, 0, length), pronoun) & (rest != "")
+        marked = tf.strings.join(["*", pronoun, "*", tf.where(glued, " " + rest, "")])
+        words = tf.tensor_scatter_nd_update(words, [[index]], [marked])
+        text = tf.strings.reduce_join(words, separator=" ")
+        return {
+            "inputs": tf.strings.join(["wsc:", text], separator=" "),
+            "targets": x["span1_text"],
+            "label": tf.cast(x["label"], tf.int64),
+            "idx": x["idx"],
+        }
+
+    return dataset.map(convert, num_parallel_calls=tf.data.AUTOTUNE)
+
+
 def record(dataset: tf.data.Dataset) -> tf.data.Dataset:
     """ReCoRD: one example per answer (one '<unk>' example when there is none).
 
@@ -169,6 +212,7 @@ def few_shot(
     seed: int,
     num_classes: int = 1,
     label_key: str | None = "label",
+    class_values: Sequence[int] | None = None,
     block: int = 0,
     pool_size: int = 1_000_000,
 ) -> tf.data.Dataset:
@@ -185,6 +229,8 @@ def few_shot(
         seed: shuffle seed choosing the subset.
         num_classes: classes to balance over; 1 (or `label_key=None`) ignores labels.
         label_key: the integer class feature.
+        class_values: the `label_key` value of each class (e.g. Sentiment140's polarity 0 and
+            4); examples with other values are never selected. Default: 0..num_classes-1.
         block: which disjoint k-subset to return (0 train, 1 dev).
         pool_size: shuffle buffer, larger than every split we subsample.
 
@@ -194,14 +240,18 @@ def few_shot(
     dataset = dataset.shuffle(pool_size, seed=seed, reshuffle_each_iteration=False)
     if label_key is None:
         num_classes = 1
+    if class_values is not None and label_key is not None:
+        num_classes = len(class_values)
+    values = tf.constant(list(class_values or range(num_classes)), tf.int32)
     quotas = tf.constant(class_quotas(k, num_classes), tf.int32)
 
     def keep(counts, x):
         if num_classes == 1:
             index, valid = tf.constant(0), tf.constant(True)
         else:
-            label = tf.cast(x[label_key], tf.int32)
-            index, valid = tf.maximum(label, 0), label >= 0
+            matches = tf.equal(values, tf.cast(x[label_key], tf.int32))
+            index = tf.cast(tf.argmax(tf.cast(matches, tf.int32)), tf.int32)
+            valid = tf.reduce_any(matches)
         seen, quota = counts[index], quotas[index]
         take = valid & (seen >= block * quota) & (seen < (block + 1) * quota)
         counts = tf.tensor_scatter_nd_add(counts, [[index]], [tf.cast(valid, tf.int32)])

@@ -177,7 +177,8 @@ def test_mixture_rates_are_examples_proportional_with_a_cap():
     rates = mixtures.rates("spot_glue_mixture")
     assert rates == {name: float(min(base.train_size(name), 2**19)) for name in mixtures.GLUE_TASKS}
     assert rates[glue.task_name("rte")] == 2490.0
-    assert len(mixtures.rates("spot_all_mixture")) == 16
+    # GLUE's 8 + SuperGLUE's 7 + WSC's simple train/eval pair (RTE kept in both benchmarks).
+    assert len(mixtures.rates("spot_glue_super_glue_mixture")) == 17
     names = [glue.task_name("qqp"), glue.task_name("mnli"), glue.task_name("rte")]
     mixtures.register_mixture("spot_test_capped_mixture", names, cap=100_000)
     assert mixtures.rates("spot_test_capped_mixture") == {
@@ -204,6 +205,8 @@ def test_every_registered_task_yields_examples_under_mock_data(mock_data):
     for name in sorted(names):
         # Few-shot dev sets come from the train split, which mock data keeps tiny.
         split = "test" if "shot_seed" in name else "validation"
+        if split not in seqio.get_mixture_or_task(name).splits:  # SPoT's train-only MNLI
+            split = "train"
         examples = shown[name] = list(show_examples(name, split, n=2))
         assert examples, name
         assert all(isinstance(x["inputs"], str) and x["targets"] for x in examples), name
@@ -211,7 +214,8 @@ def test_every_registered_task_yields_examples_under_mock_data(mock_data):
             first_word = name.split("_v")[0].rsplit("_", 1)[-1]
             if "mnli" in name:
                 first_word = "mnli"
-            assert examples[0]["inputs"].startswith(("record query:", first_word + " ")), name
+            prefixes = ("record query:", "wsc: ", first_word + " ")  # wsc: T5's simple WSC
+            assert examples[0]["inputs"].startswith(prefixes), name
     # Every taskless twin reads its task's example less the leading task word.
     twins = [n for n in shown if n.endswith("_taskless")]
     assert len(twins) >= len(base.SPECS) - 1

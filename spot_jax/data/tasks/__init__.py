@@ -4,19 +4,24 @@ Importing this package registers every task; `register_all()` does it again afte
 `seqio.TaskRegistry.reset()` (which tests use), since a module body runs only once.
 
     demo.py        spot_demo_copy_v1, the foundation's in-memory smoke test
-    glue.py        spot_glue_<task>_v200 (+ spot_glue_mnli_mismatched_v200)
-    super_glue.py  spot_super_glue_<task>_v102
-    nli.py         spot_snli_v110, spot_anli_r{1,2,3}_v010
+    glue.py        spot_glue_<task>_v200 (+ spot_glue_mnli_mismatched_v200 and SPoT's
+                   spot_glue_mnli_{train,validation_matched,validation_mismatched}_v200)
+    super_glue.py  spot_super_glue_<task>_v102 (+ spot_super_glue_wsc_v102_simple_{train,eval})
+    nli.py         spot_snli_v110, spot_anli_r{1,2,3}_v010, spot_doc_nli_v100
     sentiment.py   spot_imdb_reviews_v100, spot_yelp_polarity_reviews_v020
     sentiment.py   (+ spot_sentiment140_v100, spot_goemotions_v010)
+    translation.py spot_wmt14_ende_v100, spot_wmt15_enfr_v100, spot_wmt16_enro_v100
     qa.py          spot_squad_v11_v300, spot_mrqa_<subset>_v100 (12 MRQA sets)
     summarization.py spot_<name>_v<ver>: aeslc, billsum, cnn_dailymail, gigaword, ... (ROUGE)
     c4.py          spot_c4_span_corruption_v310, spot_c4_prefix_lm_v310 (no taskless twins)
     few_shot.py    <task>_<k>shot_seed<s> (PPT's 32-train / 32-dev protocol)
     ppt.py         ppt_{nsp3,mc,unified}_c4, ppt_mixture_c4 (PPT pre-training formats)
-    ../mixtures.py spot_glue_mixture, spot_super_glue_mixture, spot_all_mixture
+    ../mixtures.py spot_glue_mixture, spot_super_glue_mixture, spot_glue_super_glue_mixture,
+                   spot_<family>_mixture, spot_all_mixture (C4 + all supervised),
+                   spot_glue_mnli_and_dev_v200
 
-Every TFDS task also has a `<name>_taskless` twin without the leading task word.
+Every TFDS task also has a `<name>_taskless` twin without the leading task word. The C4
+objectives have none.
 
 Mock data: with SPOT_JAX_TFDS_MOCK=N in the environment, `register_all()` switches TFDS to
 `tfds.testing.mock_data(num_examples=N)` for the rest of the process, so any job or command
@@ -38,6 +43,7 @@ from spot_jax.data.tasks import (
     sentiment,
     summarization,
     super_glue,
+    translation,
 )
 from spot_jax.data.tasks import world as world_tasks
 
@@ -72,6 +78,7 @@ def register_all() -> None:
     sentiment.register()
     qa.register()
     summarization.register()
+    translation.register()
     c4.register()
     few_shot.register()
     ppt.register()

@@ -29,6 +29,7 @@ KNOWN_TRAIN_SIZES = {
     "spot_glue_qqp_v200": 363_846,
     "spot_glue_stsb_v200": 5_749,
     "spot_glue_mnli_v200": 392_702,
+    "spot_glue_mnli_train_v200": 392_702,
     "spot_glue_qnli_v200": 104_743,
     "spot_glue_rte_v200": 2_490,
     "spot_glue_wnli_v200": 635,
@@ -70,6 +71,14 @@ KNOWN_TRAIN_SIZES = {
     "spot_xsum_v110": 203_577,
 }
 
+# Tasks whose preprocessing changes the number of train examples, so TFDS's split size is not
+# theirs: ReCoRD makes one example per answer (100,730 passages-queries -> 138,854, the weight
+# in T5's SUPER_GLUE_WEIGHT_MAPPING); simple WSC keeps only the 259 correct referents of 554.
+PREPROCESSED_TRAIN_SIZES = {
+    "spot_super_glue_record_v102": 138_854,
+    "spot_super_glue_wsc_v102_simple_train": 259,
+}
+
 
 def output_features() -> dict[str, seqio.Feature]:
     """T5's SentencePiece vocabulary on inputs and targets, EOS appended to both."""
@@ -93,6 +102,11 @@ class TaskSpec:
         metric_fns: SeqIO `(targets, predictions)` metric functions.
         label_names: class names when the task is a classification over integer labels
             (few-shot subsets balance over them), else None.
+        label_key: the raw TFDS feature holding the class (few-shot subsets read it before
+            the text preprocessor runs).
+        few_shot_classes: the raw `label_key` values few-shot subsets balance over, one class
+            each; None means 0..len(label_names)-1. A class the train split lacks cannot fill
+            its quota, so leave it out here (Sentiment140's train has no neutral tweets).
     """
 
     name: str
@@ -102,6 +116,8 @@ class TaskSpec:
     postprocess_fn: Callable
     metric_fns: Sequence[Callable]
     label_names: Sequence[str] | None = None
+    label_key: str = "label"
+    few_shot_classes: Sequence[int] | None = None
 
 
 SPECS: dict[str, TaskSpec] = {}
@@ -176,11 +192,15 @@ def register_specs(specs: Iterable[TaskSpec]) -> list[str]:
 def train_size(task_name: str) -> int:
     """Train examples of a task (few-shot and taskless variants: those of what they read).
 
-    Reads the TFDS builder info when it knows the split, else `KNOWN_TRAIN_SIZES`.
+    `PREPROCESSED_TRAIN_SIZES` first (tasks whose preprocessing adds or drops examples), then
+    the TFDS builder info when it knows the split, else `KNOWN_TRAIN_SIZES`.
 
     Raises:
         ValueError: when neither knows the task.
     """
+    base = task_name.removesuffix(TASKLESS_SUFFIX)
+    if base in PREPROCESSED_TRAIN_SIZES:
+        return PREPROCESSED_TRAIN_SIZES[base]
     task = seqio.get_mixture_or_task(task_name)
     try:
         n = task.source.num_input_examples("train")
@@ -188,7 +208,6 @@ def train_size(task_name: str) -> int:
         n = None
     if n:
         return int(n)
-    base = task_name.removesuffix(TASKLESS_SUFFIX)
     if base in KNOWN_TRAIN_SIZES:
         return KNOWN_TRAIN_SIZES[base]
     raise ValueError(

@@ -56,7 +56,8 @@ def _dataset_fn(split: str, shuffle_files: bool, seed: int | None = None, *, spe
         k=k,
         seed=subset_seed,
         num_classes=len(spec.label_names) if spec.label_names else 1,
-        label_key="label" if spec.label_names else None,
+        label_key=spec.label_key if spec.label_names else None,
+        class_values=spec.few_shot_classes,
         block=0 if split == "train" else 1,
     )
 
@@ -72,8 +73,11 @@ class _SubsetSource(seqio.FunctionDataSource):
 def register_few_shot(task: str, k: int = DEFAULT_K, seed: int = 0) -> str:
     """Registers the k-shot variant of a registered SPoT task; returns its name.
 
+    Classes are read from the spec's `label_key` and balanced over its `few_shot_classes`.
+
     Raises:
-        ValueError: if `task` is not one of the TFDS-backed tasks of `spot_jax`.
+        ValueError: if `task` is not one of the TFDS-backed tasks of `spot_jax`, or has no
+            train split (k-shot sets are drawn from it) or no validation split (the test).
     """
     if task not in base.SPECS:
         from spot_jax.data import tasks
@@ -81,10 +85,17 @@ def register_few_shot(task: str, k: int = DEFAULT_K, seed: int = 0) -> str:
         tasks.register_all()
     if task not in base.SPECS:
         raise ValueError(f"No TFDS task {task!r} to subsample; choose one of {sorted(base.SPECS)}.")
+    spec = base.SPECS[task]
+    if "train" not in spec.splits or "validation" not in spec.splits:
+        hint = " (for MNLI: spot_glue_mnli_v200, tested on validation_matched)"
+        raise ValueError(
+            f"Task {task!r} has no train and validation splits to draw k-shot train/dev sets "
+            f"from and to test on (its splits: {sorted(spec.splits)}); subsample a task with "
+            f"both{hint if 'mnli' in task else ''}."
+        )
     name = few_shot_name(task, k, seed)
     if name in seqio.TaskRegistry.names():
         return name
-    spec = base.SPECS[task]
     seqio.TaskRegistry.add(
         name,
         source=_SubsetSource(

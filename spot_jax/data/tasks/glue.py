@@ -6,6 +6,16 @@
                            (= validation_matched), validation_mismatched, test_matched, ...
     spot_glue_mnli_mismatched_v200   validation = validation_mismatched (T5's eval twin)
 
+SPoT's own MNLI names (prompt-tuning `spot/data/glue.py`) are registered too, with its
+semantics, so SPoT gin configs that name them run: the same MNLI strings, one split each,
+
+    spot_glue_mnli_train_v200                   train only
+    spot_glue_mnli_validation_matched_v200      validation = validation_matched
+    spot_glue_mnli_validation_mismatched_v200   validation = validation_mismatched
+
+and the mixture `spot_glue_mnli_and_dev_v200` of the three (`mixtures.py`): it trains on
+MNLI's train split and evaluates on both validation sets.
+
 Inputs list the text features sorted by name after the task word; labels are TFDS's
 `label_classes`, '<unk>' for the unlabeled test split. WNLI is registered although SPoT
 leaves it out of GLUE averages.
@@ -75,7 +85,16 @@ def spec(task: str, name: str | None = None, splits=None) -> base.TaskSpec:
     )
 
 
+# SPoT's one-split MNLI tasks: name -> splits.
+SPOT_MNLI_TASKS = {
+    "spot_glue_mnli_train_v200": {"train": "train"},
+    "spot_glue_mnli_validation_matched_v200": {"validation": "validation_matched"},
+    "spot_glue_mnli_validation_mismatched_v200": {"validation": "validation_mismatched"},
+}
+
+
 def register() -> list[str]:
     """Registers the GLUE tasks (and taskless twins); returns the main task names."""
     mismatched = spec("mnli", name="spot_glue_mnli_mismatched_v200", splits=_MNLI_MISMATCHED_SPLITS)
-    return base.register_specs([*(spec(task) for task in TASKS), mismatched])
+    spot_mnli = [spec("mnli", name=n, splits=splits) for n, splits in SPOT_MNLI_TASKS.items()]
+    return base.register_specs([*(spec(task) for task in TASKS), mismatched, *spot_mnli])

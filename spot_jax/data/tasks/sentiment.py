@@ -112,6 +112,9 @@ def sentiment140_spec() -> base.TaskSpec:
         ),
         metric_fns=[metrics.accuracy],
         label_names=SENTIMENT140_LABELS,
+        label_key="polarity",
+        # Polarity 0 (negative) and 4 (positive): the train split has no neutral (2) tweets.
+        few_shot_classes=(0, 4),
     )
 
 

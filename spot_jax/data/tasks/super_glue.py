@@ -8,6 +8,15 @@
     rte      'rte hypothesis: <h> premise: <p>' -> entailment | not_entailment
     wic      'wic sentence1: <s1> sentence2: <s2> word: <w>' -> False | True
     wsc      'wsc text: ... * noun * ... # pronoun # ...' -> False | True (tfds wsc.fixed)
+    wsc_v102_simple_train  'wsc: ... *pronoun* ...' -> the referent (correct candidates only)
+    wsc_v102_simple_eval   the same over every candidate; scored by whether the model named
+                           this candidate exactly when it is the referent (accuracy)
+
+WSC: T5 and prompt tuning train and evaluate only the "simple" form
+(`super_glue_wsc_v102_simple_train` / `_simple_eval`, the model generates the referent), and
+their SuperGLUE mixture weighs WSC by the simple train variant's 259 examples; our mixture
+does the same (`mixtures.SUPER_GLUE_TASKS`). The True/False `spot_super_glue_wsc_v102` stays
+registered for the few-shot targets (`few_shot.DEFAULT_TASKS`) and runs that name it.
 
 MultiRC and ReCoRD keep their question/passage ids so the metrics can group answers back
 into questions (MultiRC exact match; ReCoRD's max over answers, one copy per query).
@@ -74,6 +83,23 @@ def spec(task: str) -> base.TaskSpec:
     )
 
 
+WSC_SIMPLE_TRAIN = "spot_super_glue_wsc_v102_simple_train"
+WSC_SIMPLE_EVAL = "spot_super_glue_wsc_v102_simple_eval"
+
+
+def wsc_simple_spec(train: bool) -> base.TaskSpec:
+    """T5's simple WSC: the train variant (correct referents only) or the eval variant."""
+    return base.TaskSpec(
+        name=WSC_SIMPLE_TRAIN if train else WSC_SIMPLE_EVAL,
+        tfds_name=f"super_glue/wsc.fixed:{VERSION}",
+        splits={"train": "train"} if train else {"validation": "validation", "test": "test"},
+        text_preprocessor=functools.partial(preprocessors.wsc_simple, correct_referent_only=train),
+        postprocess_fn=postprocessors.wsc_simple,
+        metric_fns=[] if train else [metrics.accuracy],
+    )
+
+
 def register() -> list[str]:
     """Registers the SuperGLUE tasks (and taskless twins); returns the main task names."""
-    return base.register_specs(spec(task) for task in TASKS)
+    specs = [*(spec(task) for task in TASKS), wsc_simple_spec(True), wsc_simple_spec(False)]
+    return base.register_specs(specs)
