@@ -1,6 +1,7 @@
 """HF transformers / PEFT <-> spot_jax: logits parity, bitwise round trip, prompt adapters."""
 
 import dataclasses
+import json
 
 import flax.linen as nn
 import jax
@@ -135,3 +136,64 @@ def test_peft_prompt_adapter_gives_same_loss(tmp_path, make_hf_model):
             labels=torch.tensor(labels).long(),
         ).loss.item()
     np.testing.assert_allclose(ours, theirs, rtol=1e-5)
+
+
+def test_other_architectures_are_refused_by_name(tmp_path, make_hf_model):
+    # UMT5: T5 1.1's names, but a relative-position bias in every block.
+    umt5 = transformers.UMT5Config(
+        vocab_size=64, d_model=8, d_kv=2, num_heads=4, d_ff=16, num_layers=2,
+        feed_forward_proj="gated-gelu", tie_word_embeddings=False,
+    )  # fmt: skip
+    transformers.UMT5ForConditionalGeneration(umt5).save_pretrained(tmp_path / "umt5")
+    with pytest.raises(checkpoints.CheckpointError, match="model_type='umt5'"):
+        hf.read_hf(tmp_path / "umt5", log=quiet)
+    # The same tensors under model_type 't5': the unmapped ones are named.
+    config = json.loads((tmp_path / "umt5" / "config.json").read_text())
+    (tmp_path / "umt5" / "config.json").write_text(json.dumps({**config, "model_type": "t5"}))
+    with pytest.raises(checkpoints.CheckpointError, match="block.1.layer.0.SelfAttention"):
+        hf.read_hf(tmp_path / "umt5", log=quiet)
+    assert not (tmp_path / "frozen").exists()
+
+
+def test_a_legacy_pytorch_bin_reads_like_safetensors(tmp_path, make_hf_model):
+    from safetensors.numpy import load_file
+
+    model = make_hf_model(tmp_path / "hf")
+    legacy = tmp_path / "legacy"
+    legacy.mkdir()
+    (legacy / "config.json").write_text((tmp_path / "hf" / "config.json").read_text())
+    # torch < 1.6's format: not a zip archive, so it cannot be memory-mapped.
+    torch.save(
+        model.state_dict(), legacy / "pytorch_model.bin", _use_new_zipfile_serialization=False
+    )
+    _, read = hf.read_hf(legacy, log=quiet)
+    original = load_file(str(tmp_path / "hf" / "model.safetensors"))
+    np.testing.assert_array_equal(read(hf.t5x.EMBEDDING), original["shared.weight"])
+    kernel = "encoder/layers_1/mlp/wo/kernel"
+    np.testing.assert_array_equal(
+        read(kernel), original["encoder.block.1.layer.1.DenseReluDense.wo.weight"].T
+    )
+
+
+def test_export_writes_dtype_generation_config_and_tokenizer(tmp_path, make_hf_model):
+    sentencepiece = pytest.importorskip("sentencepiece")
+    model = make_hf_model(tmp_path / "hf")
+    model.to(torch.bfloat16).save_pretrained(tmp_path / "hf16")
+    config, read = hf.read_hf(tmp_path / "hf16", log=quiet)
+    spm = tmp_path / "vocab.model"
+    words = [f"w{i} x{i % 7} y{i % 3}" for i in range(200)]
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter(words), model_prefix=str(spm)[: -len(".model")], vocab_size=20,
+        pad_id=0, eos_id=1, unk_id=2, bos_id=-1, minloglevel=2,
+    )  # fmt: skip
+    hf.export(read, config, tmp_path / "out", vocabulary=spm)
+    written = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert written["dtype"] == written["torch_dtype"] == "bfloat16"
+    generation = transformers.GenerationConfig.from_pretrained(tmp_path / "out")
+    assert (generation.decoder_start_token_id, generation.eos_token_id) == (0, 1)
+    assert generation.pad_token_id == 0
+    reloaded = transformers.T5ForConditionalGeneration.from_pretrained(tmp_path / "out")
+    assert reloaded.dtype == torch.bfloat16
+    tokenizer = transformers.AutoTokenizer.from_pretrained(tmp_path / "out")
+    ids = sentencepiece.SentencePieceProcessor(model_file=str(spm)).encode("w12 x3 y1")
+    assert tokenizer("w12 x3 y1").input_ids == [*ids, 1]

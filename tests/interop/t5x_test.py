@@ -180,3 +180,12 @@ def test_orbax_t5x_checkpoint(tmp_path):
     got = restore(tmp_path / "frozen", config)
     for k in want:
         np.testing.assert_array_equal(np.asarray(got[k]), want[k], err_msg=k)
+
+
+def test_an_orbax_tree_without_target_is_a_checkpoint_error(tmp_path):
+    import orbax.checkpoint as ocp
+
+    with ocp.PyTreeCheckpointer() as ckptr:
+        ckptr.save(tmp_path / "ckpt" / "state", {"params": {"w": np.zeros(3, np.float32)}})
+    with pytest.raises(checkpoints.CheckpointError, match="has no `target` params"):
+        t5x.T5XCheckpoint(tmp_path / "ckpt")

@@ -117,6 +117,22 @@ def test_checkpoint_of_another_size_names_the_field(frozen_checkpoint):
         _build(_model(num_decoder_layers=3), sharding.make_mesh(2), path)
     with pytest.raises(checkpoints.CheckpointError, match="does not exist"):
         _build(_model(), sharding.make_mesh(2), path.parent / "nowhere")
+    # Not a shape, but it changes every logit: refused too (tiny records 16).
+    with pytest.raises(checkpoints.CheckpointError, match="relpos_max_distance=16 in checkpoint"):
+        _build(_model(relpos_max_distance=128), sharding.make_mesh(2), path)
+
+
+def test_a_relative_frozen_checkpoint_path_is_taken_from_the_cwd(
+    frozen_checkpoint, tmp_path, monkeypatch
+):
+    path, saved = frozen_checkpoint
+    monkeypatch.chdir(path.parent)
+    params, _ = _build(_model(), sharding.make_mesh(2), path.name)
+    name = "encoder/layers_0/mlp/wo/kernel"
+    np.testing.assert_array_equal(np.asarray(params[name]), saved[name])
+    monkeypatch.chdir(tmp_path)
+    checkpoints.save_frozen("again", params, _model().config)
+    assert checkpoints.read_frozen_config(tmp_path / "again")["emb_dim"] == 8
 
 
 def test_train_uses_the_checkpointed_frozen_weights(frozen_checkpoint, tmp_path):
