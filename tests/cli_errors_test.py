@@ -147,3 +147,15 @@ def test_infinite_learning_rate_is_caught_before_it_reaches_a_checkpoint(trained
     )
     assert "non-finite" in message and "step 11" in message
     assert snapshot(trained) == before
+
+
+def test_a_train_checkpoint_as_initial_checkpoint_path_says_what_to_pass(trained, tmp_path):
+    before = snapshot(trained)
+    result = spot_jax_train(
+        f"--gin.MODEL_DIR={tmp_path / 'new'}",
+        f"--gin.INITIAL_CHECKPOINT_PATH='{trained / 'checkpoints' / '10'}'",
+    )
+    error = the_error(result)
+    assert "training checkpoint" in error and "INITIAL_CHECKPOINT_PATH" in error
+    assert "spot-jax export" in error
+    assert snapshot(trained) == before
