@@ -29,7 +29,7 @@ TASK_METRICS = {
     "spot_glue_cola_v200": {"matthews_corrcoef", "rank_matthews_corrcoef"},
     "spot_super_glue_multirc_v102": {"f1", "exact_match"},
     "spot_mrqa_news_qa_v100": {"em", "f1"},
-    "spot_samsum_v100": {"rouge1", "rouge2", "rougeL"},
+    "spot_samsum_v100": {"rouge1", "rouge2", "rougeLsum"},
     "spot_c4_span_corruption_v310": set(),
     # A mixture: each of its tasks evaluated on its own (T5X's per-task metrics), pooled
     # loss and accuracies beside them.
