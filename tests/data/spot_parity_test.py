@@ -1,12 +1,14 @@
 """Catalog parity with T5 / SPoT: WSC simple, mixture weights, "All", MNLI names, few-shot."""
 
+import math
+
 import pytest
 
 pytestmark = pytest.mark.tf
 seqio = pytest.importorskip("seqio")
 tf = pytest.importorskip("tensorflow")
 
-from spot_jax.data import mixtures, postprocessors, preprocessors  # noqa: E402
+from spot_jax.data import metrics, mixtures, postprocessors, preprocessors  # noqa: E402
 from spot_jax.data import tasks as spot_tasks  # noqa: E402
 from spot_jax.data.commands import show_examples  # noqa: E402
 from spot_jax.data.tasks import base, c4, few_shot, glue, super_glue, translation  # noqa: E402
@@ -120,6 +122,19 @@ def test_translation_strings_are_t5s():
         ("translate English to German: That is good.", "Das ist gut.")
     ]
     assert base.SPECS["spot_wmt16_enro_v100"].tfds_name == "wmt16_translate/ro-en:1.0.0"
+    assert base.SPECS["spot_wmt16_enro_v100"].metric_fns == [metrics.bleu]
+
+
+def test_bleu_is_corpus_bleu_by_hand():
+    # n-gram precisions 5/6, 3/5, 2/4, 1/3 (the second 'the' is clipped), no brevity penalty.
+    got = metrics.bleu(["the cat sat on a mat ."], ["the cat sat on the mat ."])["bleu"]
+    want = 100 * (6 / 7 * 4 / 6 * 2 / 5 * 1 / 4) ** 0.25
+    assert got == pytest.approx(want, rel=1e-6)
+    assert metrics.bleu(["Das ist gut."], ["Das ist gut."])["bleu"] == pytest.approx(100.0)
+    # Case-sensitive, and a short prediction pays the brevity penalty exp(1 - 8/4).
+    assert metrics.bleu(["das ist gut ."], ["Das ist gut ."])["bleu"] < 100.0
+    short = metrics.bleu(["a b c d e f g h"], ["a b c d"])["bleu"]
+    assert short == pytest.approx(100 * math.exp(1 - 8 / 4), rel=1e-6)
 
 
 @pytest.fixture(scope="module")

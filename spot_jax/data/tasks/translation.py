@@ -10,8 +10,7 @@
 T5's `preprocessors.translate` strings from English into the pair's other language, as T5's
 `wmt14_ende_v003`, `wmt15_enfr_v003` and `wmt16_enro_v003` tasks read them. The format has no
 separate task word, so the `_taskless` twins (registered for every TFDS task) only drop the
-word 'translate'. Metric: none yet. T5 scores these with sacreBLEU, which is not installed
-here; evals report loss and token/sequence accuracy until it is added.
+word 'translate'. Metric: corpus BLEU with T5's sacreBLEU settings (`metrics.bleu`).
 """
 
 from __future__ import annotations
@@ -21,7 +20,7 @@ import functools
 import seqio
 import tensorflow as tf
 
-from spot_jax.data import postprocessors
+from spot_jax.data import metrics, postprocessors
 from spot_jax.data.tasks import base
 
 VERSION = "1.0.0"
@@ -53,7 +52,7 @@ def spec(pair: tuple[str, str]) -> base.TaskSpec:
         splits=_SPLITS,
         text_preprocessor=functools.partial(english_to, target=target, target_name=PAIRS[pair]),
         postprocess_fn=postprocessors.text,
-        metric_fns=[],
+        metric_fns=[metrics.bleu],
     )
 
 
