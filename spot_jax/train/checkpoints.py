@@ -141,8 +141,9 @@ def latest_train_step(model_dir: epath.PathLike) -> int | None:
     """The newest finished Orbax train checkpoint in MODEL_DIR/checkpoints, or None.
 
     Read from the folder names, without a CheckpointManager, so eval and export never create
-    or lock anything in a run's MODEL_DIR. Orbax's unfinished saves are `<step>.orbax-...`
-    folders and have no _CHECKPOINT_METADATA yet, so they are never picked.
+    anything in a run's MODEL_DIR. Orbax writes a save under a temporary name
+    (`<step>.orbax-checkpoint-tmp-...`) that is not all digits, so a half-written one is
+    never picked.
     """
     root = absolute_path(model_dir) / "checkpoints"
     steps = [
