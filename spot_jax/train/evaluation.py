@@ -9,6 +9,11 @@ On a mixture it evaluates each of its tasks that has the split (`data.eval_task_
 T5X does, each with its own metric fns: `eval/<task>/<metric>` per task, beside the pooled
 `eval/loss`, `eval/token_accuracy` and `eval/sequence_accuracy` over all of the tasks'
 examples (token- and sequence-weighted, as if they were one split).
+
+`max_batches` (EVAL_STEPS) bounds the teacher-forced pass (loss, token accuracy), as it bounds
+T5X's `train_eval`; a task with metric fns is still decoded and scored on every example of the
+split, as T5X's `infer_eval` is (`EVALUATOR_NUM_EXAMPLES = None`): a best checkpoint chosen by
+a task metric is chosen on the whole validation set.
 """
 
 from __future__ import annotations
@@ -97,7 +102,8 @@ class Evaluator:
           model: the PromptedT5 evaluated.
           eval_data: the split of a task or a mixture.
           mesh, rules: where the batches and params live.
-          max_batches: max eval batches per task; None = the whole split.
+          max_batches: max teacher-forced batches per task (tasks with metric fns are decoded
+            to the end of the split); None = the whole split.
           task_metrics: compute the tasks' own metric fns on the decoded predictions.
           rank_classification: also score every label of classification tasks.
           progress: a progress bar per task's pass (on a terminal, process 0 only).
@@ -145,15 +151,18 @@ class Evaluator:
         chosen: list[int] = []
         with self.mesh, nn.logical_axis_rules(list(self.rules)):
             it = data.make_eval_iterator(part.data, shard_index=shard_index, num_shards=num_shards)
-            for i, local in enumerate(self._bar(it, part)):
-                if self.max_batches is not None and i >= self.max_batches:
+            scored = predict and part.scorer is not None
+            for i, local in enumerate(self._bar(it, part, scored)):
+                teacher_forced = self.max_batches is None or i < self.max_batches
+                if not (teacher_forced or scored):
                     break
                 batch = sharding.global_batch(local, self.mesh)
                 if not predict:
                     counts.add_sums(jax.device_get(self._eval_fn(trainable, frozen, batch)))
                     continue
                 sums, tokens, _, ranked = part.step(trainable, frozen, batch, jax.random.PRNGKey(0))
-                counts.add_sums(jax.device_get(sums))
+                if teacher_forced:
+                    counts.add_sums(jax.device_get(sums))
                 target = sharding.to_host(batch["decoder_target_tokens"], self.mesh)
                 real = target[:, 0] != 0
                 pred = sharding.to_host(tokens, self.mesh)[:, -1]
@@ -171,7 +180,7 @@ class Evaluator:
             out.update(part.scorer.rank_metrics(chosen))
         return out, counts
 
-    def _bar(self, batches, part: _Part):
+    def _bar(self, batches, part: _Part, whole_split: bool):
         if not self.progress:
             return batches
         from tqdm import tqdm
@@ -182,7 +191,7 @@ class Evaluator:
             batches,
             desc=f"eval {name}",
             unit="batch",
-            total=self.max_batches,
+            total=None if whole_split else self.max_batches,
             leave=False,
             disable=None,
         )

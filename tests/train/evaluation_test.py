@@ -3,6 +3,7 @@
 import dataclasses
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 
@@ -93,6 +94,48 @@ def test_steps_compile_once_across_evals(setup):
     assert set(without) == {"eval/loss", "eval/token_accuracy"}
     assert without["eval/loss"] == pytest.approx(first["eval/loss"], rel=1e-6)
     assert evaluator._eval_fn._cache_size() == 1
+
+
+def test_eval_steps_bound_the_loss_but_task_metrics_see_every_example(setup):
+    model = setup[0]
+    # Two devices: batches of 2, so the 4 mock examples are two batches.
+    mesh, rules = sharding.make_mesh(2, jax.devices()[:2]), axes.standard_rules()
+    params, _ = trainer.build_params(
+        model, mesh, rules, batch_size=2, feature_lengths=LENGTHS, initial_checkpoint_path=None,
+        seed=0,
+    )  # fmt: skip
+    trainable, frozen = optim.split_trainable(params, prompted.PROMPT_PATH)
+    cfg = DatasetConfig(COLA, LENGTHS, split="validation", batch_size=2)
+
+    scored_rows = []
+
+    class CountingScorer:  # the task's scorer, counting the predictions it is given
+        def __init__(self, scorer):
+            self.scorer = scorer
+
+        def __call__(self, predicted):
+            scored_rows.append(len(predicted))
+            return self.scorer(predicted)
+
+        def rank_metrics(self, chosen):
+            scored_rows.append(len(chosen))
+            return self.scorer.rank_metrics(chosen)
+
+    def evaluate(max_batches, predict=True):
+        evaluator = evaluation.Evaluator(
+            model, cfg, mesh, rules, max_batches=max_batches, rank_classification=True
+        )
+        evaluator._parts[0].scorer = CountingScorer(evaluator._parts[0].scorer)
+        return evaluator(trainable, frozen, predict)
+
+    whole, bounded = evaluate(None), evaluate(1)
+    assert scored_rows == [4, 4, 4, 4]  # decoded and rank-scored: every example, both times
+    scored = ["eval/matthews_corrcoef", "eval/rank_matthews_corrcoef", "eval/sequence_accuracy"]
+    assert {k: bounded[k] for k in scored} == {k: whole[k] for k in scored}
+    # The loss is the first batch's alone (teacher-forced pass only), not the split's.
+    first = evaluate(1, predict=False)
+    assert bounded["eval/loss"] == pytest.approx(first["eval/loss"], rel=1e-6)
+    assert bounded["eval/loss"] != pytest.approx(whole["eval/loss"], rel=1e-4)
 
 
 def test_a_mixture_without_the_split_says_which_splits_it_has(setup):
