@@ -5,6 +5,7 @@ from pathlib import Path
 
 import gin
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -140,6 +141,20 @@ def test_model_tune_trains_everything_without_a_prompt():
     model = gin.get_configurable(prompted.PromptedT5)()
     assert model.prompt_length == 0
     assert gin.query_parameter("%LEARNING_RATE") == pytest.approx(1e-3)
+    # T5X fine-tuning's Adafactor: steps scaled by each weight's RMS, no weight decay.
+    tuned = gin.get_configurable(optim.adafactor)()
+    params = {"w": jnp.full((4, 4), 10.0)}
+    state = tuned.init(params)
+    none, _ = tuned.update({"w": jnp.zeros((4, 4))}, state, params)
+    np.testing.assert_array_equal(none["w"], 0.0)
+    step, _ = tuned.update({"w": jnp.ones((4, 4))}, state, params)
+    np.testing.assert_allclose(step["w"], -1e-3 * 10.0, rtol=1e-5)  # lr x RMS(w)
+    # Prompt tuning's: unscaled steps of lr, and decay of 1e-5 x param per step.
+    gin.clear_config()
+    _parse("runs/prompt_tune.gin")
+    prompt_opt = gin.get_configurable(optim.adafactor)()
+    decay, _ = prompt_opt.update({"w": jnp.zeros((4, 4))}, prompt_opt.init(params), params)
+    np.testing.assert_allclose(decay["w"], -1e-5 * 10.0, rtol=1e-5)
 
 
 def test_prompt_from_file_gin_builds_the_file_initialiser(tmp_path):
