@@ -175,6 +175,13 @@ def test_eval_and_infer_on_the_trained_model_dir(resumed, read_tensorboard):
     # The eval/infer configs do not replace the training run's config.gin.
     assert (model_dir / "config.gin").read_text() == train_config
     assert (model_dir / "config_eval.gin").exists() and (model_dir / "config_infer.gin").exists()
+    # On the training run's eval batches, the eval job gives the run's own last eval: the same
+    # prompt, the same (seeded synthetic) validation examples.
+    run(command("eval", model_dir, "--gin.EVAL_STEPS=2", gin_file="test/tiny_eval.gin"))
+    records = [json.loads(line) for line in (model_dir / "metrics.jsonl").open()]
+    last_train_eval = [r for r in records if r.get("step") == 30 and "eval/loss" in r][-1]
+    assert records[-1]["job"] == "eval"
+    assert records[-1]["eval/loss"] == pytest.approx(last_train_eval["eval/loss"], rel=1e-5)
 
 
 def test_relative_model_dir_is_taken_from_the_working_directory(tmp_path):
