@@ -218,6 +218,8 @@ class T5XCheckpoint:
             raise CheckpointError(
                 f"{msgpack_path} is not a T5X checkpoint of format version >= 2 (version {version})"
             )
+        state = root["optimizer"].get("state")
+        self._step_leaf = state.get("step") if isinstance(state, Mapping) else None
         target = root["optimizer"].get("target")
         if not isinstance(target, Mapping):
             raise CheckpointError(f"{msgpack_path} has no optimizer/target params")
@@ -239,6 +241,14 @@ class T5XCheckpoint:
 
     def names(self) -> list[str]:
         return sorted(self._leaves)
+
+    def step(self) -> int | None:
+        """The global training step the checkpoint was saved at (T5X's `state/step`: 1,100,000
+        for the T5 1.1 LM-adapted checkpoints), or None where it is not recorded."""
+        if self.kind == "t5x":
+            return None if self._step_leaf is None else int(_load_inline(self._step_leaf))
+        tree = OrbaxParams(self._orbax.dir)
+        return int(tree.read("state/step")) if "state/step" in tree.shapes else None
 
     def read(self, name: str) -> np.ndarray:
         """One whole array, in its stored dtype."""
@@ -386,11 +396,14 @@ def convert(
         param_shapes(config),
         lambda name: resize_vocab(name, ckpt.read(name), config.vocab_size),
         config,
+        step=ckpt.step(),
     )
     return config
 
 
-def write_frozen_streaming(output_path, shapes, read_fn, config: T5Config) -> None:
+def write_frozen_streaming(
+    output_path, shapes, read_fn, config: T5Config, step: int | None = None
+) -> None:
     """`save_frozen` fed through disk-backed arrays filled one param at a time."""
     output = epath.Path(output_path)
     output.mkdir(parents=True, exist_ok=True)
@@ -414,7 +427,7 @@ def write_frozen_streaming(output_path, shapes, read_fn, config: T5Config) -> No
             mm.flush()
             flat[name] = mm
             del value
-        save_frozen(output, flat, config)
+        save_frozen(output, flat, config, step=step)
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)

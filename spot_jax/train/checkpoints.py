@@ -304,11 +304,13 @@ def save_frozen(
     flat_params: Mapping[str, jax.Array],
     config: T5Config,
     group_bytes: int | None = None,
+    step: int | None = None,
 ) -> None:
     """Writes a frozen-model checkpoint: Orbax params (T5X names, unscanned) + model JSON.
 
     Params go to `params/`, `params_1/`, ... (groups of at most `group_bytes`), each an Orbax
-    checkpoint of a flat {name: array} dict; `spot_model.json` lists the groups.
+    checkpoint of a flat {name: array} dict; `spot_model.json` lists the groups and, when
+    known, the global `step` the weights were trained to (see `pretrained_step`).
     """
     path = absolute_path(path)
     params = prompted.unstack_flat({k: v for k, v in flat_params.items() if k != PROMPT_PATH})
@@ -325,6 +327,7 @@ def save_frozen(
                     # Not a shape, but needed to rebuild the model elsewhere (HF export).
                     "relpos_max_distance": config.relpos_max_distance,
                     "groups": [_group_dir(i) for i in range(len(groups))],
+                    **({"step": int(step)} if step is not None else {}),
                 },
                 indent=2,
             )
@@ -335,6 +338,22 @@ def frozen_group_dirs(path: epath.PathLike) -> list[epath.Path]:
     """The Orbax group directories of a frozen checkpoint (one, `params`, before groups)."""
     path = epath.Path(path)
     return [path / g for g in read_frozen_config(path).get("groups", ["params"])]
+
+
+def pretrained_step(path: epath.PathLike | None) -> int:
+    """The global step INITIAL_CHECKPOINT_PATH was trained to: a T5X checkpoint's `state/step`
+    (also recorded by `spot-jax convert`); 0 for a seeded init or where no step is recorded
+    (Hugging Face weights). T5X continues counting from it, and Adafactor's decay reads it."""
+    if not path:
+        return 0
+    path = absolute_path(path)
+    if (path / FROZEN_META).exists():
+        return int(read_frozen_config(path).get("step") or 0)
+    from spot_jax.interop import t5x
+
+    if t5x.detect_format(path) in ("t5x", "t5x_orbax"):
+        return t5x.T5XCheckpoint(path).step() or 0
+    return 0
 
 
 def read_frozen_config(path: epath.PathLike) -> dict[str, Any]:

@@ -2,7 +2,8 @@
 
 Prompt-tuning's defaults: Adafactor with decay_rate 0.8, no parameter scaling, update clipping
 at RMS 1.0, weight decay 1e-5 applied as `(1 - wd) * param` (NOT scaled by the learning rate,
-as in T5X), and a constant learning rate of 0.3.
+as in T5X), and a constant learning rate of 0.3. As in T5X, Adafactor's second-moment decay
+reads the global step, which continues from the pretrained checkpoint's (`at_global_step`).
 """
 
 import re
@@ -77,6 +78,25 @@ def learning_rate_at(optimizer, step: int) -> float | None:
     if lr is None:
         return None
     return float(lr(step)) if callable(lr) else float(lr)
+
+
+def at_global_step(opt_state: optax.OptState, step: int) -> optax.OptState:
+    """Starts Adafactor's second-moment decay at the model's global `step`, as T5X's does.
+
+    T5X computes the decay `1 - (step - step_offset + 1)^-0.8` from the global step, which a
+    run started from a pretrained checkpoint continues (1,100,000 for the LM-adapted T5 1.1):
+    prompt tuning then runs with a decay near 1, so the fresh prompt's second moment stays
+    small and each update is clipped to RMS 1 x the learning rate, step after step (t5x
+    adafactor.py; prompt-tuning keeps `step_offset=0`). optax counts from 0 instead; setting
+    the count reproduces T5X. Learning-rate schedules keep their own count (from 0).
+    """
+
+    def start(node):
+        if isinstance(node, optax.FactoredState):
+            return node._replace(count=jnp.full_like(node.count, step))
+        return node
+
+    return jax.tree.map(start, opt_state, is_leaf=lambda n: isinstance(n, optax.FactoredState))
 
 
 def _decoupled_weight_decay(rate: float) -> optax.GradientTransformation:

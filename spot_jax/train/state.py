@@ -13,6 +13,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from spot_jax.train import optim
+
 Params = dict[str, jax.Array]  # flat {'encoder/prompt/prompt/prompt': array}
 
 
@@ -25,10 +27,15 @@ class TrainState:
     opt_state: optax.OptState
 
 
-def create(trainable: Params, optimizer: optax.GradientTransformation) -> TrainState:
-    return TrainState(
-        step=jnp.zeros((), jnp.int32), trainable=trainable, opt_state=optimizer.init(trainable)
-    )
+def create(
+    trainable: Params, optimizer: optax.GradientTransformation, global_step: int = 0
+) -> TrainState:
+    """A fresh state at step 0 (TRAIN_STEPS counts from here); the optimizer's Adafactor
+    statistics start at the frozen model's `global_step`, as T5X's (`optim.at_global_step`)."""
+    opt_state = optimizer.init(trainable)
+    if global_step:
+        opt_state = optim.at_global_step(opt_state, global_step)
+    return TrainState(step=jnp.zeros((), jnp.int32), trainable=trainable, opt_state=opt_state)
 
 
 def merge_params(trainable: Mapping[str, jax.Array], frozen: Mapping[str, jax.Array]):

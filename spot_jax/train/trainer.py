@@ -169,8 +169,12 @@ def train(
     )
     trainable_params, frozen = optim_lib.split_trainable(params, trainable)
     frozen_shardings = {k: param_shardings[k] for k in frozen}
+    global_step = checkpoints.pretrained_step(initial_checkpoint_path)
+    if global_step:
+        logging.info("Adafactor decay counts on from the checkpoint's step %d (T5X)", global_step)
+    create = functools.partial(state_lib.create, optimizer=optimizer, global_step=global_step)
     with sharding.active(mesh):
-        state = jax.jit(functools.partial(state_lib.create, optimizer=optimizer))(trainable_params)
+        state = jax.jit(create)(trainable_params)
     state_shardings = jax.tree.map(lambda x: x.sharding, state)
     logging.info(
         "training %d params in %d arrays; %d frozen arrays",

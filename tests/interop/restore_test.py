@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 
@@ -66,3 +67,30 @@ def test_t5x_checkpoint_of_another_model_names_the_parameter():
     model = PromptedT5(named_config("t5x_test_tiny"), prompt_length=3)
     with pytest.raises(checkpoints.CheckpointError, match=r"parameter \S+ has shape \[.*needs \["):
         build(model, sharding.make_mesh(1), PT_TINY)
+
+
+def test_training_from_a_t5x_checkpoint_continues_its_global_step(tmp_path):
+    # T5X's Adafactor reads the global step, which continues from the checkpoint's (3 here;
+    # 1,100,000 for LM-adapted T5 1.1): after 2 steps the decay count is 5, the run's step 2.
+    import orbax.checkpoint as ocp
+
+    from spot_jax.data import DatasetConfig
+
+    lengths = {"inputs": 8, "targets": 4}
+    trainer.train(
+        model=PromptedT5(named_config("pt_test_tiny"), prompt_length=3),
+        train_data=DatasetConfig("synthetic", lengths, batch_size=8, vocab_size=64),
+        model_dir=str(tmp_path / "run"),
+        train_steps=2,
+        initial_checkpoint_path=str(PT_TINY),
+        model_parallel=2,
+        progress=False,
+    )
+    with ocp.StandardCheckpointer() as ckptr:
+        state = ckptr.restore(tmp_path / "run" / "checkpoints" / "2" / "state")
+    counts = [
+        int(leaf)
+        for path, leaf in jax.tree_util.tree_leaves_with_path(state["opt_state"])
+        if getattr(path[-1], "key", getattr(path[-1], "name", None)) == "count"
+    ]
+    assert int(state["step"]) == 2 and counts == [5]

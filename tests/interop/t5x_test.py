@@ -48,6 +48,22 @@ def reference_read(msgpack_file: Path) -> dict[str, np.ndarray]:
     return out
 
 
+def _state_step(msgpack_file: Path):
+    """optimizer/state/step of a legacy T5X msgpack, read with plain msgpack."""
+
+    def hook(code, data):
+        if code == 1:  # an ndarray: (shape, dtype, bytes)
+            shape, dtype, buf = msgpack.unpackb(data)
+            return np.frombuffer(buf, dtype=dtype).reshape(shape)
+        if code == 3:  # a numpy scalar: (dtype, bytes)
+            dtype, buf = msgpack.unpackb(data)
+            return np.frombuffer(buf, dtype=dtype)[0]
+        return msgpack.ExtType(code, data)
+
+    root = msgpack.unpackb(msgpack_file.read_bytes(), ext_hook=hook, strict_map_key=False)
+    return root["optimizer"]["state"]["step"]
+
+
 def read_zarr(array_dir: Path) -> np.ndarray:
     meta = json.loads((array_dir / ".zarray").read_text())
     assert meta["compressor"]["id"] == "gzip" and meta["order"] == "C"
@@ -113,6 +129,11 @@ def test_converts_fixture_equal_to_independent_read(
     assert set(got) == set(want)
     for k in want:
         np.testing.assert_array_equal(np.asarray(got[k]), want[k], err_msg=k)
+    # The global step T5X saved (state/step) travels with the weights: Adafactor reads it.
+    step = int(np.asarray(_state_step(msgpack_file)))
+    assert step == {"t5x_test_tiny": 0, "pt_test_tiny": 3}[name]
+    assert checkpoints.pretrained_step(source) == step
+    assert checkpoints.pretrained_step(tmp_path / "frozen") == step
     logits = forward(config, got)
     assert logits.shape == (1, 4, 32128) and np.isfinite(logits).all()
     # Real weights, not a fresh init: logits differ from zero-embedding logits' flat profile.
@@ -180,6 +201,9 @@ def test_orbax_t5x_checkpoint(tmp_path):
     got = restore(tmp_path / "frozen", config)
     for k in want:
         np.testing.assert_array_equal(np.asarray(got[k]), want[k], err_msg=k)
+    assert checkpoints.pretrained_step(tmp_path / "checkpoint_3") == 3
+    assert checkpoints.pretrained_step(tmp_path / "frozen") == 3
+    assert checkpoints.pretrained_step(None) == 0
 
 
 def test_an_orbax_tree_without_target_is_a_checkpoint_error(tmp_path):

@@ -98,7 +98,7 @@ def test_steps_compile_once_across_evals(setup):
 
 def test_eval_steps_bound_the_loss_but_task_metrics_see_every_example(setup):
     model = setup[0]
-    # Two devices: batches of 2, so the 4 mock examples are two batches.
+    # Two devices: batches of 2, so the mock split (4 examples, or more) is several batches.
     mesh, rules = sharding.make_mesh(2, jax.devices()[:2]), axes.standard_rules()
     params, _ = trainer.build_params(
         model, mesh, rules, batch_size=2, feature_lengths=LENGTHS, initial_checkpoint_path=None,
@@ -129,7 +129,11 @@ def test_eval_steps_bound_the_loss_but_task_metrics_see_every_example(setup):
         return evaluator(trainable, frozen, predict)
 
     whole, bounded = evaluate(None), evaluate(1)
-    assert scored_rows == [4, 4, 4, 4]  # decoded and rank-scored: every example, both times
+    # Decoded and rank-scored: every example, both times (the split is more than one batch).
+    examples = sum(
+        int(np.sum(b["decoder_target_tokens"][:, 0] != 0)) for b in data.make_eval_iterator(cfg)
+    )
+    assert examples > 2 and scored_rows == [examples] * 4
     scored = ["eval/matthews_corrcoef", "eval/rank_matthews_corrcoef", "eval/sequence_accuracy"]
     assert {k: bounded[k] for k in scored} == {k: whole[k] for k in scored}
     # The loss is the first batch's alone (teacher-forced pass only), not the split's.

@@ -19,11 +19,12 @@ def _clip(u, threshold=1.0):
     return u / max(1.0, float(np.sqrt(np.mean(u**2))) / threshold)
 
 
-def t5x_unfactored(param, grads):
-    """T5X Adafactor, unfactored v, no parameter scale, decoupled weight decay (numpy)."""
+def t5x_unfactored(param, grads, global_step=0):
+    """T5X Adafactor, unfactored v, no parameter scale, decoupled weight decay (numpy); the
+    decay reads the global step, starting at `global_step` (a pretrained checkpoint's)."""
     param = param.astype(np.float64)
     v = np.zeros_like(param)
-    for step, g in enumerate(grads):
+    for step, g in enumerate(grads, start=global_step):
         g = g.astype(np.float64)
         decay = _decay(step)
         v = decay * v + (1 - decay) * (g**2 + EPS1)
@@ -50,9 +51,9 @@ def t5x_factored(param, grads):
     return param
 
 
-def _run(opt, param, grads):
+def _run(opt, param, grads, global_step=0):
     params = {"p": jnp.asarray(param)}
-    state = opt.init(params)
+    state = optim.at_global_step(opt.init(params), global_step)
     for g in grads:
         updates, state = opt.update({"p": jnp.asarray(g)}, state, params)
         params = optax.apply_updates(params, updates)
@@ -89,6 +90,22 @@ def test_adafactor_three_steps_decay_and_clipping(rng):
     grads = [rng.normal(scale=s, size=(6, 3)).astype(np.float32) for s in (1.0, 0.1, 5.0)]
     got = _run(optim.adafactor(LR, weight_decay_rate=WD), param, grads)
     np.testing.assert_allclose(got, t5x_unfactored(param, grads), rtol=1e-5, atol=1e-6)
+
+
+def test_adafactor_from_a_pretrained_checkpoints_global_step(rng):
+    # Prompt tuning from T5 1.1 LM-adapted (step 1,100,000): decay ~ 1 - 1.4e-5, so the fresh
+    # prompt's v stays small and every update is clipped to RMS 1: steps of lr, even when the
+    # gradients shrink 100x (from step 0 they would shrink with them).
+    param = rng.normal(size=(6, 3)).astype(np.float32)
+    grads = [rng.normal(scale=s, size=(6, 3)).astype(np.float32) for s in (1.0, 0.01, 0.01)]
+    opt = optim.adafactor(LR, weight_decay_rate=WD)
+    got = _run(opt, param, grads, global_step=1_100_000)
+    want = t5x_unfactored(param, grads, global_step=1_100_000)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(got, t5x_unfactored(param, grads), atol=1e-3)
+    last = t5x_unfactored(param, grads[:2], 1_100_000)
+    step = (1 - WD) * last - got  # the last update, lr x u
+    assert np.sqrt(np.mean(step**2)) == pytest.approx(LR, rel=1e-4)
 
 
 def test_adafactor_factored_second_moments(rng):
