@@ -153,6 +153,21 @@ def eval_task_names(cfg: DatasetConfig) -> list[str] | None:
     return pipeline.eval_task_names(cfg)
 
 
+def with_lengths(cfg: DatasetConfig) -> DatasetConfig:
+    """`cfg` with fixed lengths: `task_feature_lengths=None` becomes its split's longest inputs
+    and targets (`pipeline.split_max_lengths`, T5X's infer_eval lengths); others unchanged."""
+    if cfg.task_feature_lengths is not None:
+        return cfg
+    from spot_jax.data import pipeline
+
+    lengths = pipeline.split_max_lengths(cfg)
+    print(
+        f"{cfg.mixture_or_task_name} {cfg.split}: eval lengths {lengths} (the split's longest)",
+        flush=True,
+    )
+    return dataclasses.replace(cfg, task_feature_lengths=lengths)
+
+
 def eval_task_configs(cfg: DatasetConfig) -> dict[str | None, DatasetConfig]:
     """What an eval or infer job reads: `{task: cfg for that task}` for each task a mixture
     is evaluated on (`eval_task_names`), or `{None: cfg}` for a task."""

@@ -29,7 +29,9 @@ class DatasetConfig:
         mixture_or_task_name: a registered SeqIO task or mixture name, or `'synthetic'` for
             the numpy source used by tests and benchmarks.
         task_feature_lengths: maximum lengths of the task features, keys `'inputs'` (T) and
-            `'targets'` (L). Batches have shapes `[b, T]` and `[b, L]`.
+            `'targets'` (L). Batches have shapes `[b, T]` and `[b, L]`. None (an eval split of
+            a SeqIO task or mixture; T5X's infer_eval default): the split's longest, found by
+            `spot_jax.data.with_lengths` before the job reads it.
         split: dataset split, e.g. `'train'` or `'validation'`.
         batch_size: the GLOBAL batch size B; each of `num_shards` hosts gets B // num_shards
             rows.
@@ -48,7 +50,7 @@ class DatasetConfig:
     """
 
     mixture_or_task_name: str
-    task_feature_lengths: Mapping[str, int]
+    task_feature_lengths: Mapping[str, int] | None
     split: str = "train"
     batch_size: int = 32
     shuffle: bool = True
@@ -60,6 +62,14 @@ class DatasetConfig:
     module: str | None = None
 
     def __post_init__(self):
+        if self.task_feature_lengths is None:
+            if self.is_synthetic or self.split == "train":
+                raise ValueError(
+                    "task_feature_lengths=None (each eval split's longest) is for the eval "
+                    "splits of SeqIO tasks; give the train split and the synthetic source "
+                    "fixed lengths"
+                )
+            return
         missing = [k for k in TASK_FEATURES if k not in self.task_feature_lengths]
         if missing:
             raise ValueError(

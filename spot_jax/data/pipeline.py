@@ -110,6 +110,33 @@ def eval_task_names(cfg: DatasetConfig) -> list[str] | None:
     return names
 
 
+def split_max_lengths(cfg: DatasetConfig) -> dict[str, int]:
+    """The longest tokenized inputs and targets (EOS included, nothing truncated) of
+    `cfg.split`, over the task or every task a mixture is evaluated on: the lengths T5X's
+    infer_eval decodes with (`task_feature_lengths=None`)."""
+    longest = {"inputs": 1, "targets": 1}
+    for name in eval_task_names(cfg) or [cfg.mixture_or_task_name]:
+        task = get_provider(dataclasses.replace(cfg, mixture_or_task_name=name))
+        try:
+            ds = task.get_dataset(
+                sequence_length=None,
+                split=cfg.split,
+                use_cached=cfg.use_cached,
+                shuffle=False,
+                num_epochs=1,
+            )
+            for example in ds.as_numpy_iterator():
+                for key in longest:
+                    longest[key] = max(longest[key], len(example[key]))
+        except Exception as error:  # seqio/TF raise many kinds; the fix is the same
+            raise ValueError(
+                f"cannot size the {cfg.split!r} split of {name} untruncated "
+                f"({type(error).__name__}: {str(error)[:200]}); give its eval fixed lengths "
+                "(EVAL_TASK_FEATURE_LENGTHS)"
+            ) from error
+    return longest
+
+
 def _feature_keys(pack: bool) -> tuple[str, ...]:
     return MODEL_FEATURES + PACKING_FEATURES if pack else MODEL_FEATURES
 

@@ -107,6 +107,7 @@ def load_target(
     """
     import gin
 
+    from spot_jax import data
     from spot_jax.data import config as data_config
     from spot_jax.models import config as config_lib
 
@@ -137,7 +138,7 @@ def load_target(
             )
         t5_config = gin.get_configurable(config_lib.T5Config)()
         with gin.config_scope("validation"):
-            eval_data = gin.get_configurable(data_config.DatasetConfig)()
+            eval_data = data.with_lengths(gin.get_configurable(data_config.DatasetConfig)())
         prompt_length = _query(gin, "PROMPT_LENGTH", None)
         ckpt = _query(gin, "INITIAL_CHECKPOINT_PATH", None)
         seed = int(_query(gin, "SEED", 0))

@@ -117,6 +117,7 @@ def evaluate_job(
     likeliest label ('eval/rank_accuracy', ...). The metrics.jsonl record also names the job,
     split and prompt it evaluated.
     """
+    eval_data = data.with_lengths(eval_data)
     model, mesh, rules, trainable, frozen, trained_step = _load(
         model, eval_data, model_dir, prompt_file, initial_checkpoint_path, model_parallel, seed
     )
@@ -173,6 +174,7 @@ def infer_job(
     as its eval is). For a SeqIO task each row also has the three as text (`inputs_text`,
     `targets_text`, `prediction_text`), detokenized with the task's vocabulary.
     """
+    eval_data = data.with_lengths(eval_data)
     model, mesh, rules, trainable, frozen, _ = _load(
         model, eval_data, model_dir, prompt_file, initial_checkpoint_path, model_parallel, seed
     )

@@ -146,6 +146,7 @@ def train(
       progress: show a progress bar.
     """
     optimizer = optimizer or optim_lib.adafactor()
+    eval_data = data.with_lengths(eval_data) if eval_data is not None else None
     model_dir = epath.Path(model_dir)
     lengths = dict(train_data.task_feature_lengths)
 

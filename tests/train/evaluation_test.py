@@ -142,6 +142,30 @@ def test_eval_steps_bound_the_loss_but_task_metrics_see_every_example(setup):
     assert bounded["eval/loss"] != pytest.approx(whole["eval/loss"], rel=1e-4)
 
 
+def test_eval_lengths_none_are_the_splits_longest(setup, capsys):
+    # T5X's infer_eval: task_feature_lengths=None decodes every example untruncated.
+    model, mesh, rules, trainable, frozen = setup
+    cfg = data.with_lengths(DatasetConfig(MIXTURE, None, split="validation", batch_size=8))
+    assert "eval lengths" in capsys.readouterr().out
+    # Independently: the real token counts with room to spare.
+    longest = {"inputs": 0, "targets": 0}
+    for task in (COLA, RTE):
+        roomy = DatasetConfig(task, {"inputs": 512, "targets": 64}, split="validation")
+        for batch in data.make_eval_iterator(roomy):
+            for key, feature in (
+                ("inputs", "encoder_input_tokens"),
+                ("targets", "decoder_target_tokens"),
+            ):
+                longest[key] = max(longest[key], int((batch[feature] != 0).sum(axis=1).max()))
+    assert dict(cfg.task_feature_lengths) == longest and longest["inputs"] > LENGTHS["inputs"]
+    metrics = evaluation.Evaluator(model, cfg, mesh, rules)(trainable, frozen)
+    assert {f"eval/{COLA}/matthews_corrcoef", f"eval/{RTE}/accuracy"} <= set(metrics)
+    with pytest.raises(ValueError, match="fixed lengths"):
+        DatasetConfig("synthetic", None, split="validation")
+    with pytest.raises(ValueError, match="fixed lengths"):
+        DatasetConfig(COLA, None, split="train")
+
+
 def test_a_mixture_without_the_split_says_which_splits_it_has(setup):
     cfg = DatasetConfig(MIXTURE, LENGTHS, split="dev", batch_size=8)
     with pytest.raises(ValueError, match="No task of mixture .* has a 'dev' split.*validation"):
