@@ -173,6 +173,14 @@ def train(
     global_step = checkpoints.pretrained_step(initial_checkpoint_path)
     if global_step:
         logging.info("Adafactor decay counts on from the checkpoint's step %d (T5X)", global_step)
+    if global_step and train_steps > global_step:
+        # A T5X / prompt-tuning command line counts TRAIN_STEPS from the checkpoint's step.
+        print(
+            f"Note: TRAIN_STEPS={train_steps} counts from 0 here, not from the checkpoint's "
+            f"step {global_step} as in T5X: this run trains {train_steps} steps (for T5X's "
+            f"meaning pass TRAIN_STEPS={train_steps - global_step}).",
+            flush=True,
+        )
     create = functools.partial(state_lib.create, optimizer=optimizer, global_step=global_step)
     with sharding.active(mesh):
         state = jax.jit(create)(trainable_params)

@@ -69,9 +69,9 @@ def test_t5x_checkpoint_of_another_model_names_the_parameter():
         build(model, sharding.make_mesh(1), PT_TINY)
 
 
-def test_training_from_a_t5x_checkpoint_continues_its_global_step(tmp_path):
+def test_training_from_a_t5x_checkpoint_continues_its_global_step(tmp_path, capsys):
     # T5X's Adafactor reads the global step, which continues from the checkpoint's (3 here;
-    # 1,100,000 for LM-adapted T5 1.1): after 2 steps the decay count is 5, the run's step 2.
+    # 1,100,000 for LM-adapted T5 1.1): after 4 steps the decay count is 7, the run's step 4.
     import orbax.checkpoint as ocp
 
     from spot_jax.data import DatasetConfig
@@ -81,16 +81,20 @@ def test_training_from_a_t5x_checkpoint_continues_its_global_step(tmp_path):
         model=PromptedT5(named_config("pt_test_tiny"), prompt_length=3),
         train_data=DatasetConfig("synthetic", lengths, batch_size=8, vocab_size=64),
         model_dir=str(tmp_path / "run"),
-        train_steps=2,
+        train_steps=4,
         initial_checkpoint_path=str(PT_TINY),
         model_parallel=2,
         progress=False,
     )
     with ocp.StandardCheckpointer() as ckptr:
-        state = ckptr.restore(tmp_path / "run" / "checkpoints" / "2" / "state")
+        state = ckptr.restore(tmp_path / "run" / "checkpoints" / "4" / "state")
     counts = [
         int(leaf)
         for path, leaf in jax.tree_util.tree_leaves_with_path(state["opt_state"])
         if getattr(path[-1], "key", getattr(path[-1], "name", None)) == "count"
     ]
-    assert int(state["step"]) == 2 and counts == [5]
+    assert int(state["step"]) == 4 and counts == [7]
+    # TRAIN_STEPS past the checkpoint's step reads like T5X's total: the run says what it does.
+    assert "TRAIN_STEPS=4 counts from 0 here, not from the checkpoint's step 3" in (
+        capsys.readouterr().out
+    )
