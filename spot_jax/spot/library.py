@@ -2,7 +2,8 @@
 
 Layout of a library directory (a local path or any `etils.epath` URL):
 
-    <library>/library.json          the model every entry belongs to (shape, P, fingerprint)
+    <library>/library.json          the model every entry belongs to (shape, P, fingerprint) and
+                                    the step of every task embedding
     <library>/<name>/prompt.npy     float32 [P, H]: the source prompt (SPoT's "value")
     <library>/<name>/embedding.npy  float32 [P, H]: an early checkpoint (SPoT's "key")
     <library>/<name>/meta.json      task, model, fingerprint, steps, validation scores, ...
