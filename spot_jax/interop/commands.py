@@ -130,7 +130,7 @@ def export_main(argv: list[str]) -> int:
     )
     parser.add_argument("--vocab-rows", type=int, help="pad or slice embedding rows to N")
     args = parser.parse_args(argv)
-    from spot_jax.interop import hf, runs, t5x
+    from spot_jax.interop import hf, run_weights, t5x
 
     output = absolute_path(args.output)
     _refuse_existing(output)
@@ -144,7 +144,7 @@ def export_main(argv: list[str]) -> int:
     if kind in ("spot_jax_run", "spot_jax_train"):
         if kind == "spot_jax_train":
             source = source.parent.parent  # MODEL_DIR/checkpoints/<step> -> MODEL_DIR
-        config, read, prompt = runs.read_run(source, args.frozen, log=_log)
+        config, read, prompt = run_weights.read_run(source, args.frozen, log=_log)
     else:
         config, read = hf.iter_frozen(source)
     if args.prompt:

@@ -5,9 +5,7 @@ the prompt for prompt tuning). The whole model is those params over the frozen w
 started from: its INITIAL_CHECKPOINT_PATH (read from MODEL_DIR/config.gin) or one given.
 """
 
-import ast
 import json
-import re
 from collections.abc import Callable
 
 import numpy as np
@@ -16,20 +14,18 @@ from etils import epath
 from spot_jax.interop.orbax_tree import OrbaxParams
 from spot_jax.models import prompted
 from spot_jax.models.config import T5Config
+from spot_jax.spot import runs as runs_lib
 from spot_jax.train import checkpoints
 from spot_jax.train.checkpoints import PROMPT_PATH, CheckpointError
 
 
 def initial_checkpoint_of(run_dir: epath.PathLike) -> str | None:
-    """The INITIAL_CHECKPOINT_PATH macro of the run's operative config.gin (None if unset)."""
+    """The INITIAL_CHECKPOINT_PATH macro of the run's operative config.gin (None if unset or
+    not a literal path, e.g. a gin reference: the caller asks for --frozen)."""
     config = epath.Path(run_dir) / "config.gin"
     if not config.exists():
         return None
-    m = re.search(r"^INITIAL_CHECKPOINT_PATH = (.+)$", config.read_text(), flags=re.M)
-    try:
-        value = ast.literal_eval(m.group(1)) if m else None
-    except (ValueError, SyntaxError):
-        return None  # e.g. a gin reference; the caller asks for --frozen
+    value = runs_lib.read_macros(config.read_text()).get("INITIAL_CHECKPOINT_PATH")
     return value if isinstance(value, str) else None
 
 
