@@ -8,6 +8,7 @@ from the numpy synthetic source.
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Mapping
 
 # The name that routes a config to `spot_jax.data.synthetic` instead of SeqIO.
@@ -17,6 +18,15 @@ MIX_PREFIX = "spot_mix__"
 
 # Task features every text-to-text task provides (seqio's EncDecFeatureConverter names).
 TASK_FEATURES = ("inputs", "targets")
+# T5 1.1's SentencePiece model: 32000 pieces + 100 sentinel ids (models pad to 32128).
+DEFAULT_SPM_PATH = "gs://t5-data/vocabs/cc_all.32000/sentencepiece.model"
+# Lets offline machines point at a local copy without editing gin files.
+VOCAB_ENV_VAR = "SPOT_JAX_VOCAB"
+
+
+def vocabulary_path(path: str | None = None) -> str:
+    """The SentencePiece model to use: `path`, else $SPOT_JAX_VOCAB, else T5's public one."""
+    return path or os.environ.get(VOCAB_ENV_VAR) or DEFAULT_SPM_PATH
 
 
 @dataclasses.dataclass(frozen=True)

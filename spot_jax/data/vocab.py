@@ -6,20 +6,12 @@ only imported by task definitions and tools, never by the training core.
 
 from __future__ import annotations
 
-import os
-
 import seqio
 
-# T5 1.1's SentencePiece model: 32000 pieces + 100 sentinel ids (models pad to 32128).
-DEFAULT_SPM_PATH = "gs://t5-data/vocabs/cc_all.32000/sentencepiece.model"
-# Lets offline machines point at a local copy without editing gin files.
-VOCAB_ENV_VAR = "SPOT_JAX_VOCAB"
+# The path logic is TF-free (prompt inits tokenise without TensorFlow); re-exported here.
+from spot_jax.data.config import DEFAULT_SPM_PATH, VOCAB_ENV_VAR, vocabulary_path  # noqa: F401
+
 DEFAULT_EXTRA_IDS = 100
-
-
-def vocabulary_path(path: str | None = None) -> str:
-    """The SentencePiece model to use: `path`, else $SPOT_JAX_VOCAB, else T5's public one."""
-    return path or os.environ.get(VOCAB_ENV_VAR) or DEFAULT_SPM_PATH
 
 
 def get_vocabulary(

@@ -284,21 +284,30 @@ def _rows(embeddings: np.ndarray, ids) -> np.ndarray:
     return embeddings[ids]
 
 
-def tokenize(texts: Sequence[str], vocabulary_path: str, add_eos: bool = False) -> list[list[int]]:
+def tokenize(
+    texts: Sequence[str], vocabulary_path: str | None = None, add_eos: bool = False
+) -> list[list[int]]:
     """Tokenises texts (class labels, an init text) with a SentencePiece model, no TensorFlow.
 
+    `vocabulary_path` None: $SPOT_JAX_VOCAB, else T5's public model (as the tasks' vocabulary).
     `add_eos` appends T5's EOS (id 1), as a Hugging Face T5 tokenizer does.
     """
     import sentencepiece
     from etils import epath
 
+    from spot_jax.data import config as data_config
+
+    vocabulary_path = data_config.vocabulary_path(vocabulary_path)
     path = epath.Path(vocabulary_path)
     if not path.exists():
-        raise FileNotFoundError(f"VOCABULARY_PATH {vocabulary_path} does not exist")
+        raise FileNotFoundError(
+            f"VOCABULARY_PATH {vocabulary_path} does not exist (set it, or "
+            f"${data_config.VOCAB_ENV_VAR}, to a local copy of the SentencePiece model)"
+        )
     sp = sentencepiece.SentencePieceProcessor(model_proto=path.read_bytes())
     return [list(sp.encode(t)) + ([sp.eos_id()] if add_eos else []) for t in texts]
 
 
-def text_ids(text: str, vocabulary_path: str, add_eos: bool = False) -> list[int]:
+def text_ids(text: str, vocabulary_path: str | None = None, add_eos: bool = False) -> list[int]:
     """One text's ids (`tokenize` of one text), for `from_text`."""
     return tokenize([text], vocabulary_path, add_eos)[0]

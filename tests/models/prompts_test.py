@@ -168,6 +168,18 @@ def test_tokenize_class_labels_with_the_t5_vocabulary():
     assert all(2 < i < 32000 for row in ids for i in row)
 
 
+@pytest.mark.skipif(not VOCAB_MODEL.exists(), reason="shared fixtures not present")
+def test_tokenize_without_a_path_reads_spot_jax_vocab(monkeypatch, tmp_path):
+    # The gin inits' default VOCABULARY_PATH = None: the local copy $SPOT_JAX_VOCAB names.
+    monkeypatch.setenv("SPOT_JAX_VOCAB", str(VOCAB_MODEL))
+    assert prompts.text_ids("classify the sentiment") == prompts.text_ids(
+        "classify the sentiment", str(VOCAB_MODEL)
+    )
+    monkeypatch.setenv("SPOT_JAX_VOCAB", str(tmp_path / "missing.model"))
+    with pytest.raises(FileNotFoundError, match="SPOT_JAX_VOCAB, to a local copy"):
+        prompts.tokenize(["x"])
+
+
 def test_rescaled_keeps_the_direction_and_sets_the_rms(embeddings):
     prompt = np.random.default_rng(1).normal(scale=5.0, size=(4, 6)).astype(np.float32)
     fixed = prompts.rescaled(prompts.from_array(prompt), 0.5)
