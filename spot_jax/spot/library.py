@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 from etils import epath
 
+from spot_jax.paths import absolute_path
 from spot_jax.spot import runs as runs_lib
 from spot_jax.spot.runs import PROMPT_FILE, LibraryError  # noqa: F401  (the library's API)
 
@@ -147,7 +148,7 @@ class Library:
             non-finite prompt, the name is taken or invalid, or the run is incomplete. The
             library is left unchanged.
         """
-        model_dir = epath.Path(model_dir)
+        model_dir = absolute_path(model_dir)
         info = runs_lib.run_info(model_dir)
         step, why = runs_lib.select_step(model_dir, checkpoint, best_metric)
         if embedding_at is None:
@@ -192,9 +193,9 @@ class Library:
           like: for a new library, a spot_jax run dir (or a library) of the same frozen model.
           step: the prompt's training step, if known.
         """
-        prompt, embedding = epath.Path(prompt), epath.Path(embedding)
+        prompt, embedding = absolute_path(prompt), absolute_path(embedding)
         if like is not None:
-            like = epath.Path(like)
+            like = absolute_path(like)
             record = (
                 json.loads((like / LIBRARY_META).read_text())
                 if (like / LIBRARY_META).exists()

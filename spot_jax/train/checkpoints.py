@@ -28,6 +28,7 @@ from etils import epath
 
 from spot_jax.models import prompted
 from spot_jax.models.config import T5Config
+from spot_jax.paths import absolute_path  # noqa: F401  (checkpoints.absolute_path, used widely)
 
 PROMPT_PATH = prompted.PROMPT_PATH
 FROZEN_META = "spot_model.json"
@@ -35,16 +36,6 @@ FROZEN_META = "spot_model.json"
 
 class CheckpointError(ValueError):
     """A checkpoint that does not fit the configured model, or is missing or broken."""
-
-
-def absolute_path(path: epath.PathLike) -> epath.Path:
-    """A local path made absolute (from the cwd); URLs (gs://...) as they are.
-
-    Orbax refuses relative paths, so every entry point that hands a user's path to Orbax
-    passes it through here first.
-    """
-    text = str(path)
-    return epath.Path(text if "://" in text else os.path.abspath(text))
 
 
 def _model_fingerprint(config: T5Config, prompt_length: int) -> dict[str, Any]:

@@ -82,6 +82,17 @@ def test_non_finite_and_misshapen_prompts_are_refused(tmp_path):
         lib.get("a").embedding()
 
 
+def test_entries_record_absolute_paths(tmp_path, monkeypatch):
+    # Added from a relative path, an entry still finds its run from another directory.
+    fake_run(tmp_path / "runs", "a", "a", 0)
+    monkeypatch.chdir(tmp_path / "runs")
+    entry = library.Library(tmp_path / "lib").add("a")
+    monkeypatch.chdir(tmp_path)
+    assert entry.meta["run_dir"] == str(tmp_path / "runs" / "a")
+    assert entry.meta["prompt_source"].startswith(str(tmp_path / "runs" / "a"))
+    assert runs_lib.run_info(entry.meta["run_dir"])["task"] == "a"
+
+
 def test_metrics_of_a_run_still_writing(tmp_path):
     run = fake_run(tmp_path, "a", "a", 0)
     with open(run / "metrics.jsonl", "a") as f:
