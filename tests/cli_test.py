@@ -185,13 +185,19 @@ def test_eval_and_infer_on_the_trained_model_dir(resumed, read_tensorboard):
 
 
 def test_relative_model_dir_is_taken_from_the_working_directory(tmp_path):
-    cmd = command("train", "runs/rel", "--gin.TRAIN_STEPS=10", "--gin.CHECKPOINT_PERIOD=10")
+    # Periods of 0: no periodic saves or evals, only the run's last step's.
+    cmd = command(
+        "train", "runs/rel", "--gin.TRAIN_STEPS=10", "--gin.CHECKPOINT_PERIOD=0",
+        "--gin.EVAL_PERIOD=0",
+    )  # fmt: skip
     result = subprocess.run(
         cmd, capture_output=True, text=True, env=env(), cwd=tmp_path, timeout=TIMEOUT
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert prompt_at(tmp_path / "runs" / "rel", 10).shape == (5, 8)
     assert (tmp_path / "runs" / "rel" / "checkpoints" / "10").is_dir()
+    records = [json.loads(line) for line in (tmp_path / "runs/rel/metrics.jsonl").open()]
+    assert [r["step"] for r in records if "eval/loss" in r] == [10]
 
 
 @pytest.mark.tf

@@ -134,14 +134,14 @@ def train(
       initial_checkpoint_path: frozen weights (spot_jax frozen checkpoint or a T5X checkpoint);
         None = seeded init.
       model_parallel: size of the mesh's 'model' axis; data parallelism fills the rest.
-      checkpoint_period: save every this many steps (and at the end).
+      checkpoint_period: save every this many steps (and at the end; 0 or None: at the end).
       keep_checkpoints: Orbax checkpoints kept (numpy prompts are all kept).
       best_metric: eval metric whose best checkpoint is also kept, e.g. 'eval/loss'.
       best_mode: 'max' or 'min' for best_metric.
-      eval_period: evaluate every this many steps (and at the end).
+      eval_period: evaluate every this many steps (and at the end; 0 or None: at the end).
       eval_steps: max eval batches; None = the whole split.
       rank_classification: also score classification tasks by their likeliest label.
-      log_period: log a line every this many steps.
+      log_period: log a line every this many steps (0 or None: at saves and evals only).
       seed: SEED for init, prompt init and dropout.
       progress: show a progress bar.
     """
@@ -286,9 +286,11 @@ def train(
                 data_position += 1
                 pending.append(metrics)
                 steps_since += 1
-                is_save = step % checkpoint_period == 0 or step == train_steps
-                is_eval = eval_data is not None and (step % eval_period == 0 or step == train_steps)
-                if step % log_period == 0 or is_save or is_eval:
+                is_save = _every(step, checkpoint_period) or step == train_steps
+                is_eval = eval_data is not None and (
+                    _every(step, eval_period) or step == train_steps
+                )
+                if _every(step, log_period) or is_save or is_eval:
                     summed = jax.device_get(jax.tree.map(lambda *x: sum(x), *pending))
                     pending = []
                     if summed["nonfinite"]:
@@ -321,6 +323,11 @@ def train(
         bar.close()
         ckpt.close()
     return last
+
+
+def _every(step: int, period: int | None) -> bool:
+    """Whether `step` ends a period; a period of 0 or None never does (end of run only)."""
+    return bool(period) and step % period == 0
 
 
 def _check_packing(model: PromptedT5, train_data: DatasetConfig) -> None:
