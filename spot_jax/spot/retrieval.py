@@ -82,9 +82,19 @@ def check_target(lib: library_lib.Library, target: epath.PathLike, embedding: np
     if path.is_dir() and (path / "model.json").exists() and (path / "config.gin").exists():
         info = runs_lib.run_info(path)
         if info["fingerprint"] != model["fingerprint"]:
+            # Same checkpoint, other shape (or the reverse): say which, not just two names.
+            shape = model.get("model") or {}
+            diffs = [
+                f"{k} {v} vs {shape[k]}"
+                for k, v in info["model"].items()
+                if k in shape and shape[k] != v
+            ]
             raise library_lib.LibraryError(
-                f"target run {path} uses frozen model {info['frozen']} but library {lib.root} "
-                f"holds prompts of {model['frozen']}; their prompts are not comparable"
+                f"target run {path} is of another model than library {lib.root}: frozen "
+                f"{info['frozen']} vs {model['frozen']}"
+                + (f", {', '.join(diffs)} (target vs library)" if diffs else "")
+                + f", fingerprint {info['fingerprint']} vs {model['fingerprint']}; their "
+                "prompts are not comparable"
             )
 
 

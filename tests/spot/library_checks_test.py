@@ -93,6 +93,16 @@ def test_entries_record_absolute_paths(tmp_path, monkeypatch):
     assert runs_lib.run_info(entry.meta["run_dir"])["task"] == "a"
 
 
+def test_a_target_of_another_shape_says_what_differs(tmp_path):
+    lib = library.Library(tmp_path / "lib")
+    lib.add(fake_run(tmp_path / "runs", "a", "a", 0))
+    other = fake_run(tmp_path / "runs", "wide", "t", 1)
+    model = json.loads((other / "model.json").read_text())
+    (other / "model.json").write_text(json.dumps({**model, "mlp_dim": 32}))
+    with pytest.raises(library.LibraryError, match="mlp_dim 32 vs 16 .target vs library."):
+        retrieval.rank(lib, other)
+
+
 def test_metrics_of_a_run_still_writing(tmp_path):
     run = fake_run(tmp_path, "a", "a", 0)
     with open(run / "metrics.jsonl", "a") as f:
