@@ -126,7 +126,13 @@ def tasks_main(argv: list[str]) -> int:
         return 0
     if args.mock_data:
         tasks.enable_mock_data(args.mock_examples)
+    shown = 0
     for example in show_examples(args.name, args.split, args.n):
         print(json.dumps(example, ensure_ascii=False, sort_keys=True))
+        shown += 1
     sys.stdout.flush()
+    if not shown:
+        # e.g. a k-shot subset of mock data too small to fill its class quotas.
+        more = " (try more --mock-examples)" if args.mock_data else ""
+        print(f"{args.name}: the {args.split!r} split has no examples{more}", file=sys.stderr)
     return 0
