@@ -84,10 +84,13 @@ def read_run(
             owner.update({prompted.layer_name(name, i): (name, i) for i in range(shape_[0])})
         elif name != PROMPT_PATH:
             owner[name] = (name, None)
-    log(
-        f"exporting {run_dir} at step {step}: {len(owner)} trained params over the frozen "
-        f"weights of {frozen}"
-    )
+    if owner:
+        log(
+            f"exporting {run_dir} at step {step}: {len(owner)} trained params over the frozen "
+            f"weights of {frozen}"
+        )
+    else:
+        log(f"exporting {run_dir} at step {step}: its prompt, with the frozen weights of {frozen}")
     cache: dict[str, np.ndarray] = {}
 
     def read(name: str) -> np.ndarray:
