@@ -118,6 +118,7 @@ def train(
     eval_steps: int | None = None,
     rank_classification: bool = False,
     log_period: int = 100,
+    pretrained_step: int | None = None,
     seed: int = 0,
     progress: bool = True,
 ) -> dict[str, Any]:
@@ -142,6 +143,8 @@ def train(
       eval_steps: max eval batches; None = the whole split.
       rank_classification: also score classification tasks by their likeliest label.
       log_period: log a line every this many steps (0 or None: at saves and evals only).
+      pretrained_step: the frozen weights' global step, where Adafactor's decay count starts
+        (T5X); None: the checkpoint's recorded step (`checkpoints.pretrained_step`).
       seed: SEED for init, prompt init and dropout.
       progress: show a progress bar.
     """
@@ -170,7 +173,11 @@ def train(
     )
     trainable_params, frozen = optim_lib.split_trainable(params, trainable)
     frozen_shardings = {k: param_shardings[k] for k in frozen}
-    global_step = checkpoints.pretrained_step(initial_checkpoint_path)
+    global_step = (
+        checkpoints.pretrained_step(initial_checkpoint_path)
+        if pretrained_step is None
+        else int(pretrained_step)
+    )
     if global_step:
         logging.info("Adafactor decay counts on from the checkpoint's step %d (T5X)", global_step)
     if global_step and train_steps > global_step:

@@ -69,11 +69,26 @@ def test_t5x_checkpoint_of_another_model_names_the_parameter():
         build(model, sharding.make_mesh(1), PT_TINY)
 
 
-def test_training_from_a_t5x_checkpoint_continues_its_global_step(tmp_path, capsys):
-    # T5X's Adafactor reads the global step, which continues from the checkpoint's (3 here;
-    # 1,100,000 for LM-adapted T5 1.1): after 4 steps the decay count is 7, the run's step 4.
+def _decay_count(run_dir, step):
     import orbax.checkpoint as ocp
 
+    with ocp.StandardCheckpointer() as ckptr:
+        state = ckptr.restore(run_dir / "checkpoints" / str(step) / "state")
+    assert int(state["step"]) == step
+    return [
+        int(leaf)
+        for path, leaf in jax.tree_util.tree_leaves_with_path(state["opt_state"])
+        if getattr(path[-1], "key", getattr(path[-1], "name", None)) == "count"
+    ]
+
+
+@pytest.mark.parametrize("pretrained_step, want", [(None, 3 + 4), (100, 100 + 4)])
+def test_training_from_a_t5x_checkpoint_continues_its_global_step(
+    tmp_path, capsys, pretrained_step, want
+):
+    # T5X's Adafactor reads the global step, which continues from the checkpoint's (3 here;
+    # 1,100,000 for LM-adapted T5 1.1): after 4 steps the decay count is 7, the run's step 4.
+    # PRETRAINED_STEP overrides it (HF weights record none).
     from spot_jax.data import DatasetConfig
 
     lengths = {"inputs": 8, "targets": 4}
@@ -84,17 +99,10 @@ def test_training_from_a_t5x_checkpoint_continues_its_global_step(tmp_path, caps
         train_steps=4,
         initial_checkpoint_path=str(PT_TINY),
         model_parallel=2,
+        pretrained_step=pretrained_step,
         progress=False,
     )
-    with ocp.StandardCheckpointer() as ckptr:
-        state = ckptr.restore(tmp_path / "run" / "checkpoints" / "4" / "state")
-    counts = [
-        int(leaf)
-        for path, leaf in jax.tree_util.tree_leaves_with_path(state["opt_state"])
-        if getattr(path[-1], "key", getattr(path[-1], "name", None)) == "count"
-    ]
-    assert int(state["step"]) == 4 and counts == [7]
+    assert _decay_count(tmp_path / "run", 4) == [want]
     # TRAIN_STEPS past the checkpoint's step reads like T5X's total: the run says what it does.
-    assert "TRAIN_STEPS=4 counts from 0 here, not from the checkpoint's step 3" in (
-        capsys.readouterr().out
-    )
+    noted = "TRAIN_STEPS=4 counts from 0 here, not from the checkpoint's step 3"
+    assert (noted in capsys.readouterr().out) == (pretrained_step is None)
