@@ -71,6 +71,15 @@ def train_projector(
             zero_shot.load_target(name, path, [] if epath.Path(path).is_dir() else bindings)
             for name, path in targets
         ]
+        for (name, path), target_ in zip(targets, loaded, strict=True):
+            # The task loss teaches the projector to map A's prompt for a task onto B's for
+            # the same task: a mismatched pair would train it silently toward nonsense.
+            task, data_task = src.get(name).meta.get("task"), target_.eval_data.mixture_or_task_name
+            if task and task != data_task:
+                raise projection.ProjectionError(
+                    f"--target {name}={path}: entry {name} was trained on {task} but the "
+                    f"target evaluates {data_task}; pair each entry with its own task"
+                )
         first = loaded[0]
         target = projection.model_record(
             first.t5_config, first.prompt_length, first.initial_checkpoint_path, first.seed

@@ -4,6 +4,7 @@ library of model A loads as a library of model B, and mismatched models are refu
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -110,6 +111,19 @@ def test_task_loss_training_lowers_the_target_models_loss(libs):
     wrong = projection.ProjectorSpec(lib_a.model(), lib_a.model(), hidden=16)
     with pytest.raises(projection.ProjectionError, match="one frozen model"):
         projection.train_task(wrong, [source], [target], steps=1)
+
+
+def test_task_loss_pairs_must_be_of_one_task(libs, tmp_path):
+    root, lib_a, _ = libs
+    copy = tmp_path / "lib_a"
+    shutil.copytree(lib_a.root, copy)
+    meta = json.loads((copy / "a1" / "meta.json").read_text())
+    (copy / "a1" / "meta.json").write_text(json.dumps({**meta, "task": "spot_glue_rte_v200"}))
+    argv = ["train-projector", "--library", str(copy), "--out", str(tmp_path / "proj"),
+            "--target", f"a1={root / 'b1'}", "--steps", "1"]  # fmt: skip
+    with pytest.raises(projection.ProjectionError, match="trained on spot_glue_rte_v200 but"):
+        commands.library_main(argv)
+    assert not (tmp_path / "proj").exists()
 
 
 def test_library_project_cli_makes_a_library_of_the_other_model(libs, tmp_path, capsys):

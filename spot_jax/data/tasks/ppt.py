@@ -156,7 +156,7 @@ def register_pseudo_label_task(
 
     Args:
         labeler: sentences -> class ids (-1 drops one), or 'module:function' naming such a
-            callable; `spot_jax.spot.prompt_labeler.PromptLabeler` labels with a saved prompt.
+            callable; `spot_jax.data.ppt_labeler.PromptLabeler` labels with a saved prompt.
         name: the task name's last part.
         corpus: where the sentences come from.
         label_words: the word of each class id.
