@@ -236,7 +236,7 @@ class Library:
             )
         shape = (meta["prompt_length"], meta["emb_dim"])
         for what, array in (("prompt", prompt), ("task embedding", embedding)):
-            _check_array(array, shape, f"the {what} of {source}")
+            check_prompt(array, shape, f"the {what} of {source}")
         meta = {"name": name, **meta, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         self.root.mkdir(parents=True, exist_ok=True)
         with self._lock():
@@ -339,11 +339,12 @@ def _load(path: epath.Path, shape: tuple[int, int] | None = None) -> np.ndarray:
             array = np.asarray(np.load(f), np.float32)
         except Exception as e:  # np.load raises several types on garbage
             raise LibraryError(f"{path} is not a numpy prompt file ({e})") from e
-    _check_array(array, shape, str(path))
+    check_prompt(array, shape, str(path))
     return array
 
 
-def _check_array(array: np.ndarray, shape: tuple[int, int] | None, what: str) -> None:
+def check_prompt(array: np.ndarray, shape: tuple[int, int] | None, what: str) -> None:
+    """Refuses a prompt of another shape than [P, H] = `shape` (None: any) or with NaN/inf."""
     if shape is not None and array.shape != tuple(shape):
         raise LibraryError(f"{what} has shape {list(array.shape)}, not [P, H] = {list(shape)}")
     if not np.all(np.isfinite(array)):

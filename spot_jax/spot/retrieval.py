@@ -56,16 +56,8 @@ def target_embedding(target: epath.PathLike, embedding_at: int | None = None) ->
             raise library_lib.LibraryError(f"target {path} is not a numpy file ({e})") from e
     if prompt.ndim != 2:
         raise library_lib.LibraryError(f"target {path} is not a [P, H] prompt: {prompt.shape}")
-    _check_finite(prompt, f"target {path}")
+    library_lib.check_prompt(prompt, None, f"target {path}")
     return prompt
-
-
-def _check_finite(embedding: np.ndarray, what: str) -> None:
-    if not np.all(np.isfinite(embedding)):
-        raise library_lib.LibraryError(
-            f"{what} holds non-finite values (NaN or inf): its similarities would be NaN and "
-            "the ranking meaningless; use a prompt from before the run diverged"
-        )
 
 
 def check_target(lib: library_lib.Library, target: epath.PathLike, embedding: np.ndarray) -> None:
@@ -130,7 +122,7 @@ def rank(
             raise library_lib.LibraryError(
                 f"target embedding width {embedding.shape[-1]} != library's {model['emb_dim']}"
             )
-        _check_finite(embedding, "the target embedding")
+        library_lib.check_prompt(embedding, None, "the target embedding")
     else:
         embedding = target_embedding(target, lib.embedding_step())
         check_target(lib, target, embedding)

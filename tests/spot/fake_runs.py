@@ -21,6 +21,14 @@ MODEL = {
 }
 
 
+def snapshot(root) -> dict[str, bytes]:
+    """Every file under `root` with its bytes: equal snapshots mean nothing changed."""
+    root = Path(root)
+    return {
+        str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
+    }
+
+
 def fake_run(
     root: Path, name: str, task: str, seed: int, losses=(3.0, 2.0), steps=(0, 10, 20)
 ) -> Path:

@@ -3,22 +3,14 @@ runs), non-finite or misshapen prompts, half-written metrics, and prompts added 
 plus the SPoT statistics of the analysis module."""
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
-from fake_runs import fake_run  # tests/spot is on sys.path under pytest
+from fake_runs import fake_run, snapshot  # tests/spot is on sys.path under pytest
 from scipy import stats
 
 from spot_jax.spot import analysis, commands, library, retrieval, similarity, transfer
 from spot_jax.spot import runs as runs_lib
-
-
-def _snapshot(root):
-    root = Path(root)
-    return {
-        str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
-    }
 
 
 def test_every_task_embedding_is_from_the_librarys_step(tmp_path):
@@ -28,12 +20,12 @@ def test_every_task_embedding_is_from_the_librarys_step(tmp_path):
     assert lib.model()["embedding_step"] == 20 and lib.embedding_step() == 20
     # A later add defaults to the library's step, not the run's earliest checkpoint.
     assert lib.add(fake_run(runs, "b", "b", 1)).meta["embedding_step"] == 20
-    before = _snapshot(lib.root)
+    before = snapshot(lib.root)
     with pytest.raises(library.LibraryError, match="from step 10, but every entry .* step 20"):
         lib.add(fake_run(runs, "c", "c", 2), embedding_at=10)
     with pytest.raises(library.LibraryError, match="Keep a checkpoint at step 20"):
         lib.add(fake_run(runs, "short", "d", 3, steps=(0, 10)))
-    assert _snapshot(lib.root) == before
+    assert snapshot(lib.root) == before
 
     # A target run is read at the library's step: with step 20 its embedding ranks its twin
     # (the same prompts) first; the run's earliest checkpoint (10) would not be used.
@@ -63,10 +55,10 @@ def test_non_finite_and_misshapen_prompts_are_refused(tmp_path):
     prompt[2, 3] = np.nan
     with open(runs_lib.prompt_file(bad, 10), "wb") as f:
         np.save(f, prompt)
-    before = _snapshot(lib.root)
+    before = snapshot(lib.root)
     with pytest.raises(library.LibraryError, match="1 non-finite values"):
         lib.add(bad)
-    assert _snapshot(lib.root) == before
+    assert snapshot(lib.root) == before
     # A NaN target is refused before it can scramble the ranking; so is a NaN score.
     with pytest.raises(library.LibraryError, match="non-finite"):
         retrieval.rank(lib, prompt)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fake_runs import snapshot  # tests/spot is on sys.path under pytest
 
 from spot_jax.spot import commands, library, similarity, transfer
 
@@ -74,12 +75,6 @@ def runs(tmp_path_factory):
     return {k: root / k for k in cmds}
 
 
-def _snapshot(root: Path) -> dict[str, bytes]:
-    return {
-        str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
-    }
-
-
 def _load(path):
     return np.load(path).astype(np.float32)
 
@@ -132,10 +127,10 @@ def test_prompts_of_other_models_are_refused_and_nothing_changes(runs, tmp_path)
     lib_dir = tmp_path / "lib"
     lib = library.Library(lib_dir)
     lib.add(runs["a"])
-    before = _snapshot(lib_dir)
+    before = snapshot(lib_dir)
     with pytest.raises(library.LibraryError, match="prompt_length 6 .new. vs 5"):
         lib.add(runs["p6"])
-    assert _snapshot(lib_dir) == before
+    assert snapshot(lib_dir) == before
     # Same shape, other frozen model: a seeded init with another SEED.
     other = tmp_path / "other_seed"
     shutil.copytree(runs["a"], other, ignore=shutil.ignore_patterns("checkpoints"))
@@ -143,7 +138,7 @@ def test_prompts_of_other_models_are_refused_and_nothing_changes(runs, tmp_path)
     (other / "config.gin").write_text(re.sub(r"(?m)^SEED = 0$", "SEED = 1", config))
     with pytest.raises(library.LibraryError, match="fingerprint"):
         lib.add(other)
-    assert _snapshot(lib_dir) == before
+    assert snapshot(lib_dir) == before
     # Through the CLI: one line, exit 1.
     result = subprocess.run(
         _cli("library", "add", "--library", str(lib_dir), str(runs["p6"])),
@@ -155,7 +150,7 @@ def test_prompts_of_other_models_are_refused_and_nothing_changes(runs, tmp_path)
     )
     assert result.returncode == 1
     assert len(result.stderr.strip().splitlines()) == 1 and "another model" in result.stderr
-    assert _snapshot(lib_dir) == before
+    assert snapshot(lib_dir) == before
 
 
 def test_concurrent_adds_keep_the_library_whole(runs, tmp_path):
