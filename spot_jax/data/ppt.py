@@ -7,27 +7,28 @@ mask `<X>` (T5 ids of the label words: yes 4273, maybe 2087, no 150, as in PPT's
 
     nsp3     sentence pair, 3-way next-sentence prediction
              's1 <extra_id_0> s2' -> '<extra_id_0> yes|maybe|no'
-             (adjacent sentences | same document, not adjacent | another document)
-    mc       multiple choice, next-sentence selection among 6 options (1 true next sentence,
-             1 other sentence of the same document, 4 from other documents)
+             (neighbouring sentences | same document, not neighbours | another document)
+    mc       next-sentence selection among 6 options (`spot_jax.data.ppt_choice`)
              'query ? A. o1. B. o2. ... F. o6. ? The correct one is <extra_id_0>'
              -> '<extra_id_0> C'
-    unified  the same with 2..16 options drawn uniformly (Unified PPT's one format for all)
+    unified  the same with 2..16 options (Unified PPT's one format for all)
     cls      single sentence, pseudo-labelled by a user's labeler
              's <extra_id_0>' -> '<extra_id_0> terrible|bad|maybe|good|great'
+
+As in PPT's preprocessing, every sentence of a document is a query (s1) of nsp3, mc and
+unified; `queries='one'` takes one per document instead.
 
 Determinism: documents are processed in blocks of `pool_size`; "other document" sentences come
 from the other documents of the block, and every choice for the document number g of the
 stream uses `np.random.default_rng([seed, g])`, so the k-th example of a stream is a fixed
-thing (resume skips batches and relies on it). NSP labels stay balanced: each document takes
-the least-used label it can support.
+thing (resume skips batches and relies on it). NSP labels stay balanced: each example takes
+the least-used label it can have.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import re
-import string
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
@@ -35,9 +36,6 @@ import numpy as np
 MASK = "<extra_id_0>"
 NSP_LABEL_WORDS = ("yes", "maybe", "no")  # adjacent, same document, other document
 SENTIMENT_LABEL_WORDS = ("terrible", "bad", "maybe", "good", "great")
-OPTION_LETTERS = string.ascii_uppercase[:16]
-MC_NUM_OPTIONS = 6
-UNIFIED_NUM_OPTIONS = (2, 16)
 FORMATS = ("nsp3", "mc", "unified", "cls")
 
 Example = dict[str, object]
@@ -111,7 +109,8 @@ def documents(texts: Iterable[str], splitter: SentenceSplitter) -> Iterator[list
             yield sentences
 
 
-def _blocks(docs: Iterable[Sequence[str]], pool_size: int) -> Iterator[list[Sequence[str]]]:
+def blocks(docs: Iterable[Sequence[str]], pool_size: int) -> Iterator[list[Sequence[str]]]:
+    """The documents in consecutive blocks of `pool_size` (the last may be shorter)."""
     if pool_size < 2:
         raise ValueError(f"pool_size must be >= 2 (other documents are needed), got {pool_size}")
     block: list[Sequence[str]] = []
@@ -145,143 +144,94 @@ def nsp_pair(doc: Sequence[str], label: int, rng: np.random.Generator) -> tuple[
     return doc[i], doc[j]
 
 
+def neighbour(q: int, length: int, rng: np.random.Generator) -> int:
+    """PPT's neighbour of sentence q: the next or the previous one, half and half (the only one
+    at either end of the document)."""
+    if q == 0:
+        return 1
+    if q == length - 1:
+        return q - 1
+    return q + 1 if rng.random() < 0.5 else q - 1
+
+
 def nsp_examples(
     docs: Iterable[Sequence[str]],
     *,
     seed: int = 0,
     pool_size: int = 32,
+    queries: str = "every",
+    min_sentences: int = 5,
     label_words: Sequence[str] = NSP_LABEL_WORDS,
     mask: str = MASK,
 ) -> Iterator[Example]:
-    """PPT's 3-way next-sentence prediction, one example per document.
+    """PPT's 3-way next-sentence prediction.
 
     Args:
         docs: documents as sentence lists, in a fixed order.
         seed: seed of every choice.
         pool_size: documents per block ("other document" sentences come from the block).
+        queries: 'every' sentence of a document is a first sentence s1, paired with a neighbour
+            (label 0), a sentence of the document two or more apart (1) or a sentence of another
+            document (2), as in PPT's preprocessing; 'one' makes one example per document from
+            any pair of its sentences (for corpora of short documents, e.g. the demo's).
+        min_sentences: shorter documents are skipped (PPT: 5; 'one' accepts 2, and takes label
+            1 from documents of 3 or more).
         label_words: the words of labels 0 adjacent, 1 same document, 2 other document.
         mask: the mask token `<X>` (T5's first sentinel; a vocabulary without sentinels,
             such as a demo's, passes its own).
 
     Returns:
-        Examples `{'inputs': 's1 <X> s2', 'targets': '<X> word', 'label': 0|1|2}`; a
-        document supports label 0 with >= 2 sentences and label 1 with >= 3.
+        Examples `{'inputs': 's1 <X> s2', 'targets': '<X> word', 'label': 0|1|2}`. PPT draws
+        each label with probability 1/3; here each example takes the least-used label it can
+        have (ties at random), so the labels stay balanced in every prefix of the stream.
     """
     if len(label_words) != 3:
         raise ValueError(f"nsp3 needs 3 label words, got {list(label_words)}")
+    if queries not in ("every", "one"):
+        raise ValueError(f"queries must be 'every' or 'one', got {queries!r}")
     counts = [0, 0, 0]
+
+    def pick(rng, possible):
+        eligible = [label for label, ok in enumerate(possible) if ok]
+        fewest = min(counts[label] for label in eligible)
+        tied = [label for label in eligible if counts[label] == fewest]
+        label = tied[rng.integers(len(tied))]
+        counts[label] += 1
+        return label
+
     g = 0
-    for block in _blocks(docs, pool_size):
+    for block in blocks(docs, pool_size):
         for i, doc in enumerate(block):
             rng = np.random.default_rng([seed, g])
             g += 1
-            eligible = [
-                label
-                for label, ok in enumerate((len(doc) >= 2, len(doc) >= 3, len(block) >= 2))
-                if ok
-            ]
-            if not eligible:
+            if len(doc) < max(min_sentences, 2):
                 continue
-            fewest = min(counts[label] for label in eligible)
-            tied = [label for label in eligible if counts[label] == fewest]
-            label = tied[rng.integers(len(tied))]
-            if label == 2:
-                s1, s2 = doc[rng.integers(len(doc))], _other_sentence(block, i, rng)
+            if queries == "one":
+                label = pick(rng, (True, len(doc) >= 3, len(block) >= 2))
+                if label == 2:
+                    pairs = [(doc[rng.integers(len(doc))], _other_sentence(block, i, rng))]
+                else:
+                    pairs = [nsp_pair(doc, label, rng)]
+                labels = [label]
             else:
-                s1, s2 = nsp_pair(doc, label, rng)
-            counts[label] += 1
-            yield {
-                "inputs": f"{s1} {mask} {s2}",
-                "targets": f"{mask} {label_words[label]}",
-                "label": label,
-            }
-
-
-def mc_template(query: str, options: Sequence[str], mask: str = MASK) -> str:
-    """PPT's multiple-choice input: 'query ? A. o1. B. o2. ? The correct one is <X>'."""
-    if not 2 <= len(options) <= len(OPTION_LETTERS):
-        raise ValueError(f"2 to {len(OPTION_LETTERS)} options, got {len(options)}")
-    listed = " ".join(
-        f"{letter}. {option.rstrip('.!?')}."
-        for letter, option in zip(OPTION_LETTERS[: len(options)], options, strict=True)
-    )
-    return f"{query.rstrip('.!?')} ? {listed} ? The correct one is {mask}"
-
-
-def _truncate(text: str, max_words: int) -> str:
-    return " ".join(text.split()[:max_words])
-
-
-def mc_examples(
-    docs: Iterable[Sequence[str]],
-    *,
-    seed: int = 0,
-    num_options: int | tuple[int, int] = MC_NUM_OPTIONS,
-    pool_size: int = 32,
-    max_query_words: int = 60,
-    max_option_words: int = 20,
-    mask: str = MASK,
-) -> Iterator[Example]:
-    """Next-sentence selection: which option follows the query sentence.
-
-    Args:
-        docs: documents as sentence lists, in a fixed order.
-        seed: seed of every choice.
-        num_options: a fixed count (PPT's NSS: 6), or an inclusive (low, high) range drawn
-            uniformly per example (Unified PPT: (2, 16)). A range is capped by the distinct
-            distractors the block offers, which only binds on tiny corpora.
-        pool_size: documents per block (distractors from other documents come from it).
-        max_query_words: the query is truncated to this many words (PPT: 389 tokens).
-        max_option_words: each option is truncated to this many words (PPT: 86 tokens).
-        mask: the mask token `<X>`.
-
-    Returns:
-        Examples `{'inputs': template, 'targets': '<X> LETTER', 'label': option index,
-        'num_options': n}`. Distractors: one other sentence of the query's document (not
-        the query or its successor) when it has one, the rest from other documents; no option
-        repeats the answer's text.
-    """
-    low, high = (num_options, num_options) if isinstance(num_options, int) else num_options
-    if not 2 <= low <= high <= len(OPTION_LETTERS):
-        raise ValueError(f"num_options must lie in 2..{len(OPTION_LETTERS)}, got {num_options}")
-    g = 0
-    for block in _blocks(docs, pool_size):
-        for i, doc in enumerate(block):
-            rng = np.random.default_rng([seed, g])
-            g += 1
-            if len(doc) < 2:
-                continue
-            q = int(rng.integers(len(doc) - 1))
-            query = _truncate(doc[q], max_query_words)
-            answer = _truncate(doc[q + 1], max_option_words)
-            same = [
-                _truncate(s, max_option_words) for j, s in enumerate(doc) if j not in (q, q + 1)
-            ]
-            other = [
-                _truncate(s, max_option_words) for j, d in enumerate(block) if j != i for s in d
-            ]
-            same = list(dict.fromkeys(s for s in same if s != answer))
-            other = list(dict.fromkeys(s for s in other if s != answer and s not in same))
-            available = min(len(same), 1) + len(other)
-            n_high = min(high, available + 1)
-            if n_high < low:
-                continue
-            n = int(rng.integers(low, n_high + 1))
-            distractors = []
-            if same and n > 2:
-                distractors.append(same[rng.integers(len(same))])
-            picks = rng.choice(len(other), n - 1 - len(distractors), replace=False)
-            distractors += [other[k] for k in picks]
-            options = [answer, *distractors]
-            order = rng.permutation(n)
-            options = [options[k] for k in order]
-            label = int(np.flatnonzero(order == 0)[0])
-            yield {
-                "inputs": mc_template(query, options, mask),
-                "targets": f"{mask} {OPTION_LETTERS[label]}",
-                "label": label,
-                "num_options": n,
-            }
+                pairs, labels = [], []
+                for q in range(len(doc)):
+                    apart = [j for j in range(len(doc)) if abs(j - q) >= 2]
+                    label = pick(rng, (True, bool(apart), len(block) >= 2))
+                    if label == 0:
+                        s2 = doc[neighbour(q, len(doc), rng)]
+                    elif label == 1:
+                        s2 = doc[apart[rng.integers(len(apart))]]
+                    else:
+                        s2 = _other_sentence(block, i, rng)
+                    pairs.append((doc[q], s2))
+                    labels.append(label)
+            for (s1, s2), label in zip(pairs, labels, strict=True):
+                yield {
+                    "inputs": f"{s1} {mask} {s2}",
+                    "targets": f"{mask} {label_words[label]}",
+                    "label": label,
+                }
 
 
 def cls_examples(
@@ -343,10 +293,13 @@ def examples(
     """The builder of a format by name ('nsp3', 'mc', 'unified'; 'cls' needs `labeler=`)."""
     if fmt == "nsp3":
         return nsp_examples(docs, seed=seed, **kwargs)
-    if fmt == "mc":
-        return mc_examples(docs, seed=seed, **kwargs)
-    if fmt == "unified":
-        return mc_examples(docs, seed=seed, num_options=UNIFIED_NUM_OPTIONS, **kwargs)
+    if fmt in ("mc", "unified"):
+        # Imported here: ppt_choice builds on this module's blocks and neighbours.
+        from spot_jax.data import ppt_choice
+
+        if fmt == "unified":
+            kwargs = {"num_options": ppt_choice.UNIFIED_NUM_OPTIONS, **kwargs}
+        return ppt_choice.mc_examples(docs, seed=seed, **kwargs)
     if fmt == "cls":
         return cls_examples(docs, **kwargs)
     raise ValueError(f"unknown PPT format {fmt!r}; choose one of {', '.join(FORMATS)}")

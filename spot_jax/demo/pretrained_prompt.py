@@ -63,7 +63,18 @@ def nsp_arrays(protocol: Protocol, cfg: PPTConfig) -> runs.TaskArrays:
 
     def build(count, seed):
         docs = world.documents(count, seed=seed)
-        exs = list(ppt.examples("nsp3", docs, seed=seed, label_words=world_lib.PPT_LABEL_WORDS))
+        # One example per document: the world's documents hold 3-6 scenes, and the demo's
+        # figures were measured on this stream (PPT makes one per sentence of 5+ sentences).
+        exs = list(
+            ppt.examples(
+                "nsp3",
+                docs,
+                seed=seed,
+                label_words=world_lib.PPT_LABEL_WORDS,
+                queries="one",
+                min_sentences=2,
+            )
+        )
         enc = lambda key, n: few_shot.encode_masked([e[key] for e in exs], sp, n, sentinel)  # noqa: E731
         return enc("inputs", cfg.input_length), enc("targets", protocol.cfg.target_length)
 

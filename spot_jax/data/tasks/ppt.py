@@ -11,9 +11,13 @@ The formats and their builders are in `spot_jax.data.ppt`; this module only read
 (`Corpus`: any TFDS builder and text field, C4 `c4/en` by default) and registers the tasks.
 `register_corpus(Corpus(...))` adds the same tasks for another corpus, e.g. the task-world
 demo's text. Inputs hold PPT's long templates: give unified/mc runs an inputs length of 512.
+An input longer than its feature length loses its start, not its end (`keep_input_end`), so
+the options and the mask `<extra_id_0>` of a template always reach the model.
 
 Under mock data (`SPOT_JAX_TFDS_MOCK`, `spot-jax tasks show --mock-data`), the random text
-has no sentence punctuation, so every word counts as a sentence there.
+has no sentence punctuation and a few words per example, so every word counts as a sentence
+there and consecutive examples are joined into documents of `MOCK_DOCUMENT_SENTENCES` (PPT's
+formats skip documents of fewer than 5 or 6 sentences).
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from spot_jax.data import metrics, ppt
 from spot_jax.data.tasks import base
 
 PRETRAIN_FORMATS = ("nsp3", "mc", "unified")
+MOCK_DOCUMENT_SENTENCES = 8
 # Fixed so that the examples built from a corpus never change between runs.
 _BUILD_SEED = 20210904
 
@@ -86,7 +91,18 @@ def corpus_documents(corpus: Corpus, split: str):
         x[corpus.text_field].decode("utf-8", errors="replace")
         for x in source.get_dataset(split=split, shuffle=False).as_numpy_iterator()
     )
-    return ppt.documents(texts, splitter)
+    docs = ppt.documents(texts, splitter)
+    return _joined(docs, MOCK_DOCUMENT_SENTENCES) if _mock_data_enabled() else docs
+
+
+def _joined(docs, sentences: int):
+    """Consecutive documents joined until each holds `sentences` (a shorter rest is dropped)."""
+    current: list[str] = []
+    for doc in docs:
+        current += doc
+        if len(current) >= sentences:
+            yield current
+            current = []
 
 
 def _build_seed(split: str) -> int:
@@ -113,6 +129,21 @@ def _dataset_fn(
     return tf.data.Dataset.from_generator(generate, output_signature=_SIGNATURE)
 
 
+def keep_input_end(
+    dataset: tf.data.Dataset, output_features, sequence_length=None
+) -> tf.data.Dataset:
+    """Cuts overlong tokenized inputs from the front (SeqIO's trim cuts the end, where PPT's
+    templates keep the options and the mask); leaves room for the EOS appended after."""
+    if not sequence_length or sequence_length.get("inputs") is None:
+        return dataset
+    keep = sequence_length["inputs"] - int(output_features["inputs"].add_eos)
+
+    def trim(example):
+        return {**example, "inputs": example["inputs"][-keep:]}
+
+    return dataset.map(trim, num_parallel_calls=tf.data.AUTOTUNE)
+
+
 def _add_task(name: str, corpus: Corpus, build: Callable) -> str:
     if name in seqio.TaskRegistry.names():
         return name
@@ -126,6 +157,7 @@ def _add_task(name: str, corpus: Corpus, build: Callable) -> str:
         preprocessors=[
             seqio.CacheDatasetPlaceholder(),
             seqio.preprocessors.tokenize,
+            keep_input_end,
             seqio.preprocessors.append_eos_after_trim,
         ],
         metric_fns=[metrics.accuracy],
