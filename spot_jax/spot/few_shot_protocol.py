@@ -5,11 +5,13 @@ disjoint k-example dev set, see `spot_jax.data.tasks.few_shot`), its prompt is t
 with the best dev score, and that prompt is evaluated on the test split (T's original
 validation split). Beside the seeds: the starting prompt evaluated zero-shot (the runs' step-0
 checkpoint, i.e. the initialisation, e.g. a PPT pre-trained prompt), and optionally a
-full-data run on T itself (its latest checkpoint).
+full-data run on T itself (its latest checkpoint; the train job's arguments, except the eval
+and checkpoint periods, which are `--full-data-period` rather than the few-shot runs' epoch).
 
     spot-jax few-shot --task spot_glue_rte_v200 --out DIR [--seeds 0,1,2,3,4] [--k 32]
-        [--full-data-steps N] [--in-process] -- --gin_file=models/t5_1_1/base.gin \\
-        --gin_file=runs/prompt_tune.gin --gin_file=ppt/few_shot_from_pretrained.gin \\
+        [--full-data-steps N [--full-data-period P]] [--in-process] -- \\
+        --gin_file=models/t5_1_1/base.gin --gin_file=runs/prompt_tune.gin \\
+        --gin_file=ppt/few_shot_from_pretrained.gin \\
         --gin.PROMPT_FILE=PPT_RUN/numpy_checkpoints/checkpoint_8000/encoder.prompt.prompt.prompt \\
         --gin.INITIAL_CHECKPOINT_PATH=...
 
@@ -78,6 +80,7 @@ def run_protocol(
     select_metric: str = DEFAULT_METRIC,
     zero_shot: bool = True,
     full_data_steps: int | None = None,
+    full_data_period: int = 1000,
     eval_steps: int | None = None,
     test_split: str = "validation",
     model_parallel: int = 1,
@@ -98,6 +101,9 @@ def run_protocol(
       select_metric: the dev metric that picks each run's checkpoint.
       zero_shot: also evaluate the starting prompt.
       full_data_steps: also train on T itself for this many steps.
+      full_data_period: that run's eval and checkpoint period (the few-shot files evaluate
+        every epoch of 32 examples, which on a full task would decode its validation split
+        every few steps); 0 means only at the end.
       eval_steps: test batches (None: the whole split).
       test_split: T's split the prompts are tested on (the variants' `test`).
       model_parallel: the test evaluator's model axis (as MODEL_PARALLEL).
@@ -170,6 +176,8 @@ def run_protocol(
                 f"--gin.MIXTURE_OR_TASK_NAME={_quote(task)}",
                 f"--gin.MODEL_DIR={_quote(run_dir)}",
                 f"--gin.TRAIN_STEPS={full_data_steps}",
+                f"--gin.EVAL_PERIOD={full_data_period}",
+                f"--gin.CHECKPOINT_PERIOD={full_data_period}",
             ]
         )
         step = runs_lib.numpy_steps(run_dir)[-1]
@@ -212,6 +220,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--select-metric", default=DEFAULT_METRIC, help="dev metric picking a step")
     p.add_argument("--no-zero-shot", action="store_true", help="skip the starting prompt's eval")
     p.add_argument("--full-data-steps", type=int, default=None, help="also train on the task")
+    p.add_argument(
+        "--full-data-period", type=int, default=1000, help="its eval/checkpoint period (0: end)"
+    )
     p.add_argument("--eval-steps", type=int, default=None, help="test batches (default all)")
     p.add_argument("--model-parallel", type=int, default=1, help="test evaluator's model axis")
     p.add_argument("--in-process", action="store_true", help="train in this process")
@@ -241,6 +252,7 @@ def few_shot_main(argv: list[str]) -> int:
         select_metric=args.select_metric,
         zero_shot=not args.no_zero_shot,
         full_data_steps=args.full_data_steps,
+        full_data_period=args.full_data_period,
         eval_steps=args.eval_steps,
         model_parallel=args.model_parallel,
         runner=in_process_runner if args.in_process else subprocess_runner,

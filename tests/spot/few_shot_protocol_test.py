@@ -42,7 +42,8 @@ def test_five_seeds_give_mean_and_std(tmp_path, monkeypatch, capsys):
         "--gin.EVAL_PERIOD=2", "--gin.CHECKPOINT_PERIOD=1",
     ]  # fmt: skip
     out = tmp_path / "protocol"
-    argv = ["--task", TASK, "--out", str(out), "--k", "4", "--in-process", "--", *gin_args]
+    argv = ["--task", TASK, "--out", str(out), "--k", "4", "--in-process",
+            "--full-data-steps", "2", "--", *gin_args]  # fmt: skip
     assert few_shot_protocol.few_shot_main(argv) == 0
     report = json.loads((out / "results.json").read_text())
     assert capsys.readouterr().out.endswith((out / "results.md").read_text())
@@ -66,6 +67,15 @@ def test_five_seeds_give_mean_and_std(tmp_path, monkeypatch, capsys):
     np.testing.assert_array_equal(step0, start)
     assert set(report["zero_shot"]) >= {"eval/loss", "eval/sequence_accuracy"}
     assert report["test_split"] == "validation" and report["select_metric"].startswith("eval/")
+    # PPT's optimizer (ppt/ppt_adamw.gin) in every few-shot run.
+    assert "optim.adamw" in (out / "seed0" / "config.gin").read_text()
+    # The full-data run keeps its own periods, not the few-shot epoch (here: only at the end).
+    full = report["full_data"]
+    assert full["step"] == 2 and runs_lib.numpy_steps(full["model_dir"]) == [0, 2]
+    full_evals = [
+        s for s, m in runs_lib.read_metrics(full["model_dir"]).items() if "eval/loss" in m
+    ]
+    assert full_evals == [2]
     table = (out / "results.md").read_text()
     assert table.count("| seed ") == 5 and "mean ± std" in table and "zero-shot" in table
     assert f"{report['mean']:.4f} ± {report['std']:.4f}" in table
