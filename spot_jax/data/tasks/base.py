@@ -107,6 +107,10 @@ class TaskSpec:
         few_shot_classes: the raw `label_key` values few-shot subsets balance over, one class
             each; None means 0..len(label_names)-1. A class the train split lacks cannot fill
             its quota, so leave it out here (Sentiment140's train has no neutral tweets).
+        token_preprocessors: run on the tokenized example before EOS is appended (e.g. to cut
+            inputs from the middle rather than the end).
+        taskless_twin: also register `<name>_taskless` (inputs without the leading task word);
+            False for formats that start with no task word.
     """
 
     name: str
@@ -118,6 +122,8 @@ class TaskSpec:
     label_names: Sequence[str] | None = None
     label_key: str = "label"
     few_shot_classes: Sequence[int] | None = None
+    token_preprocessors: Sequence[Callable] = ()
+    taskless_twin: bool = True
 
 
 SPECS: dict[str, TaskSpec] = {}
@@ -156,6 +162,7 @@ def preprocessor_chain(spec: TaskSpec, taskless: bool = False) -> list:
         *chain,
         seqio.CacheDatasetPlaceholder(),
         seqio.preprocessors.tokenize,
+        *spec.token_preprocessors,
         seqio.preprocessors.append_eos_after_trim,
     ]
 
@@ -163,7 +170,8 @@ def preprocessor_chain(spec: TaskSpec, taskless: bool = False) -> list:
 def register_spec(spec: TaskSpec) -> None:
     """Registers the task and its taskless twin once (imports and register_all may repeat)."""
     SPECS[spec.name] = spec
-    for name, taskless in ((spec.name, False), (spec.name + TASKLESS_SUFFIX, True)):
+    variants = ((spec.name, False), (spec.name + TASKLESS_SUFFIX, True))
+    for name, taskless in variants[: 2 if spec.taskless_twin else 1]:
         if name in seqio.TaskRegistry.names():
             continue
         seqio.TaskRegistry.add(

@@ -1,0 +1,147 @@
+"""PPT's downstream formats: exact strings, fitting long fields, answers, mock data, few-shot."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.tf
+seqio = pytest.importorskip("seqio")
+tf = pytest.importorskip("tensorflow")
+
+from spot_jax.data import tasks as spot_tasks  # noqa: E402
+from spot_jax.data.tasks import base, few_shot  # noqa: E402
+from spot_jax.data.tasks import ppt_downstream as pd  # noqa: E402
+
+SPM = Path(os.environ.get("SPOT_JAX_TEST_SPM", "/work/shared/fixtures/t5_sentencepiece.model"))
+X = "<extra_id_0>"
+CORRECT = f"? The correct one is {X}"
+
+
+def _strings(task, unified, examples):
+    ds = pd.classification(tf.data.Dataset.from_tensor_slices(examples), task=task, unified=unified)
+    return [(x["inputs"].decode(), x["targets"].decode()) for x in ds.as_numpy_iterator()]
+
+
+def test_ppt_formats_match_pre_training():
+    sst2 = {"sentence": ["a gem .", "dull"], "label": [1, 0]}
+    assert _strings("sst2", False, sst2) == [
+        (f"a gem . {X}", f"{X} good"),
+        (f"dull {X}", f"{X} bad"),
+    ]
+    # RTE: premise first (nsp3's 's1 <X> s2'); CB: hypothesis first, as PPT's data code has it.
+    pair = {"premise": ["P one."], "hypothesis": ["H one."], "label": [1]}
+    assert _strings("rte", False, pair) == [(f"P one. {X} H one.", f"{X} no")]
+    cb = {**pair, "label": [2]}
+    assert _strings("cb", False, cb) == [(f"H one. {X} P one.", f"{X} maybe")]
+    boolq = {"question": ["is it"], "passage": ["It is."], "label": [1]}
+    assert _strings("boolq", False, boolq) == [(f"is it {X} It is.", f"{X} yes")]
+    # Test splits have no labels (-1): dropped.
+    assert _strings("rte", False, {**pair, "label": [-1]}) == []
+
+
+def test_unified_formats_list_the_label_words_as_options():
+    sst2 = {"sentence": ["a gem ."], "label": [1]}
+    assert _strings("sst2", True, sst2) == [(f"a gem ? A. bad. B. good. {CORRECT}", f"{X} B")]
+    pair = {"premise": ["P one."], "hypothesis": ["H one?"], "label": [0]}
+    assert _strings("rte", True, pair) == [(f"H one ? P one . A. no. B. yes. {CORRECT}", f"{X} B")]
+    # CB's classes (entailment, contradiction, neutral) as Unified PPT's A. no B. maybe C. yes.
+    cb = [_strings("cb", True, {**pair, "label": [c]})[0][1] for c in (0, 1, 2)]
+    assert cb == [f"{X} C", f"{X} A", f"{X} B"]
+    boolq = {"question": ["is it"], "passage": ["It is."], "label": [0]}
+    assert _strings("boolq", True, boolq) == [
+        (f"is it ? It is . A. no. B. yes. {CORRECT}", f"{X} A")
+    ]
+
+
+def test_race_makes_one_example_per_question():
+    article = {
+        "article": ["The cat sat."],
+        "questions": [["Who sat?", "Where _ ."]],
+        "answers": [["B", "D"]],
+        "options": [[["a dog", "the cat", "a man", "nobody"], ["mat", "hat", "bed", "chair."]]],
+        "example_id": ["e"],
+    }
+    ds = pd.race(tf.data.Dataset.from_tensor_slices(article))
+    rows = [
+        (x["inputs"].decode(), x["targets"].decode(), x["label"]) for x in ds.as_numpy_iterator()
+    ]
+    first = "The cat sat. ; Who sat ? A. a dog. B. the cat. C. a man. D. nobody."
+    second = "The cat sat. ; Where _ ? A. mat. B. hat. C. bed. D. chair."
+    assert rows == [(f"{first} {CORRECT}", f"{X} B", 1), (f"{second} {CORRECT}", f"{X} D", 3)]
+
+
+def test_answers_map_back_to_class_ids():
+    specs = {s.name: s for s in pd.specs()}
+    rte = specs["ppt_rte"]
+    assert rte.label_names == (f"{X} yes", f"{X} no")
+    assert [rte.postprocess_fn(t) for t in (f"{X} yes", f"{X} no", b"<extra_id_0> no", "yes!")] == [
+        0, 1, 1, -1
+    ]  # fmt: skip
+    cb_uni = specs["ppt_cb_unified"]
+    assert cb_uni.label_names == (f"{X} C", f"{X} A", f"{X} B")
+    assert cb_uni.postprocess_fn(f"{X} A") == 1
+    assert specs["ppt_race_high"].label_names is None
+    assert not any(s.taskless_twin for s in specs.values())
+
+
+@pytest.mark.skipif(not SPM.exists(), reason="T5 SentencePiece model not available")
+def test_a_long_passage_is_cut_not_the_question_or_the_options():
+    vocabulary = seqio.SentencePieceVocabulary(str(SPM), extra_ids=100)
+    features = {"inputs": seqio.Feature(vocabulary, add_eos=True)}
+    passage = " ".join(f"word{i}" for i in range(300))
+    boolq = {"question": ["is it"], "passage": [passage], "label": [1]}
+    ds = pd.classification(tf.data.Dataset.from_tensor_slices(boolq), task="boolq", unified=True)
+    ds = seqio.preprocessors.tokenize(ds, features)
+    ds = pd.fit_inputs(ds, features, {"inputs": 64})
+    ds = seqio.preprocessors.append_eos_after_trim(ds, features, {"inputs": 64})
+    x = next(ds.as_numpy_iterator())
+    assert len(x["inputs"]) == 64 and not set(pd._PARTS) & set(x)
+    text = vocabulary.decode(x["inputs"][:-1].tolist())
+    assert text.startswith("is it ? word0 word1") and text.endswith(f"B. yes. {CORRECT}")
+    # Short enough: nothing cut, the same ids as tokenizing the whole input.
+    ds = pd.classification(tf.data.Dataset.from_tensor_slices(boolq), task="boolq", unified=True)
+    whole = next(seqio.preprocessors.tokenize(ds, features).as_numpy_iterator())
+    fitted = pd.fit_inputs(seqio.preprocessors.tokenize(ds, features), features, {"inputs": 999})
+    fitted = next(fitted.as_numpy_iterator())
+    assert fitted["inputs"].tolist() == whole["inputs"].tolist()
+
+
+@pytest.fixture(scope="module")
+def mock_data():
+    spot_tasks.enable_mock_data(8)
+
+
+@pytest.mark.skipif(not SPM.exists(), reason="T5 SentencePiece model not available")
+@pytest.mark.parametrize("name", ["ppt_rte", "ppt_cb_unified", "ppt_sst2", "ppt_race_middle"])
+def test_tasks_yield_fitted_examples_under_mock_data(mock_data, monkeypatch, name):
+    monkeypatch.setenv("SPOT_JAX_VOCAB", str(SPM))
+    for spec in pd.specs():  # tasks read the vocabulary when registered
+        if spec.name in seqio.TaskRegistry.names():
+            seqio.TaskRegistry.remove(spec.name)
+    pd.register()
+    task = seqio.get_mixture_or_task(name)
+    ds = task.get_dataset({"inputs": 24, "targets": 4}, split="validation", shuffle=False)
+    rows = list(ds.as_numpy_iterator())
+    assert rows, name
+    mask = task.output_features["targets"].vocabulary.encode(X)[0]
+    for x in rows:
+        assert len(x["inputs"]) <= 24 and x["inputs"][-1] == 1
+        assert mask in x["inputs"].tolist() and x["targets"][0] == mask
+
+
+@pytest.mark.skipif(not SPM.exists(), reason="T5 SentencePiece model not available")
+def test_few_shot_variants_keep_the_format(mock_data, monkeypatch):
+    monkeypatch.setenv("SPOT_JAX_VOCAB", str(SPM))
+    pd.register()
+    name = few_shot.resolve("ppt_boolq_unified_4shot_seed0")
+    assert name == "ppt_boolq_unified_4shot_seed0"
+    ds = seqio.get_mixture_or_task(name).get_dataset(
+        {"inputs": 32, "targets": 4}, split="train", shuffle=False
+    )
+    rows = list(ds.as_numpy_iterator())
+    assert 0 < len(rows) <= 4
+    for x in rows:
+        assert x["inputs_pretokenized"].decode().endswith(CORRECT)
+        assert len(x["inputs"]) <= 32 and "inputs_body" not in x
+    assert base.SPECS["ppt_boolq_unified"].token_preprocessors == (pd.fit_inputs,)
