@@ -96,13 +96,15 @@ def corpus_documents(corpus: Corpus, split: str):
 
 
 def _joined(docs, sentences: int):
-    """Consecutive documents joined until each holds `sentences` (a shorter rest is dropped)."""
+    """Consecutive documents joined until each holds `sentences` (the rest ends the stream)."""
     current: list[str] = []
     for doc in docs:
         current += doc
         if len(current) >= sentences:
             yield current
             current = []
+    if current:
+        yield current
 
 
 def _build_seed(split: str) -> int:
