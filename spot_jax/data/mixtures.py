@@ -11,13 +11,14 @@ split (eval-only twins) get rate 0 and are evaluated, not trained on.
     spot_glue_super_glue_mixture    both (RTE appears in each benchmark; both copies are kept)
     spot_<family>_mixture           SPoT's other source families, as far as TFDS has them (paper
                                     App. B): nli, paraphrase, sentiment, mrqa, summarization,
-                                    translation
+                                    translation, rainbow (5 of 6: no αNLI), gem (all 8)
     spot_all_mixture                the paper's "All": C4 prefix LM + every supervised task of
                                     the mixtures above, each once
     spot_glue_mnli_and_dev_v200     SPoT's MNLI mixture: train on MNLI, eval on both dev sets
 
-Not here, because TFDS lacks them or we have not written them: CxC, CR, WikiLingua, the Rainbow
-family and GEM, so "All" has fewer than the paper's C4 + 55 datasets.
+Not here, because TFDS lacks them: CxC, CR and αNLI, so "All" has fewer than the paper's C4 +
+55 datasets. (WikiLingua is GEM's `gem/wiki_lingua_english_en`; GEM's XSum subset and the
+summarization family's full XSum are both in "All".)
 
 `register_mixture(name, task_names, cap)` builds one from any tasks at run time (SPoT's
 top-k multi-task transfer mixes the retrieved source tasks this way). A mixture can also be
@@ -35,9 +36,11 @@ from spot_jax.data import config
 from spot_jax.data.tasks import (
     base,
     c4,
+    gem,
     glue,
     nli,
     qa,
+    rainbow,
     sentiment,
     summarization,
     super_glue,
@@ -53,7 +56,7 @@ SUPER_GLUE_TASKS = (
     super_glue.WSC_SIMPLE_TRAIN,
     super_glue.WSC_SIMPLE_EVAL,
 )
-# SPoT's families less their datasets TFDS lacks (CxC, CR, WikiLingua); ANLI's three rounds.
+# SPoT's families less their datasets TFDS lacks (CxC, CR, αNLI); ANLI's three rounds.
 FAMILY_TASKS = {
     "nli": (
         *(nli.anli_task_name(r) for r in nli.ANLI_ROUNDS),
@@ -74,6 +77,8 @@ FAMILY_TASKS = {
     "mrqa": tuple(qa.mrqa_task_name(s) for s in qa.MRQA_IN_DOMAIN),
     "summarization": tuple(summarization.task_name(t) for t in summarization.TASKS),
     "translation": tuple(translation.task_name(p) for p in translation.PAIRS),
+    "rainbow": tuple(rainbow.task_name(t) for t in rainbow.TASKS),
+    "gem": tuple(gem.task_name(c) for c in gem.TASKS),
 }
 # The paper's "All": C4 (prefix LM, SPoT's C4 source) and every supervised task, once each.
 ALL_TASKS = (

@@ -117,3 +117,13 @@ def wsc_simple(prediction: Any, example: Any = None, is_target: bool = False) ->
         return 0
     predicted_words, candidate_words = set(predicted.split(" ")), set(candidate.split(" "))
     return int(predicted_words <= candidate_words or candidate_words <= predicted_words)
+
+
+def squeezed_text(value: Any, example: Any = None, is_target: bool = False) -> str:
+    """Multiple choice (Rainbow): the text, whitespace runs as one space, ends stripped.
+
+    A choice's own spacing (double spaces, a trailing blank) cannot survive SentencePiece, so
+    a prediction that spells the choice counts as it whatever the source's spacing.
+    """
+    del example, is_target
+    return " ".join(_text(value).split())

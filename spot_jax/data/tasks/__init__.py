@@ -13,6 +13,10 @@ Importing this package registers every task; `register_all()` does it again afte
     translation.py spot_wmt14_ende_v100, spot_wmt15_enfr_v100, spot_wmt16_enro_v100
     qa.py          spot_squad_v11_v300, spot_mrqa_<subset>_v100 (12 MRQA sets)
     summarization.py spot_<name>_v<ver>: aeslc, billsum, cnn_dailymail, gigaword, ... (ROUGE)
+    rainbow.py     spot_rainbow_{cosmos_qa,piqa,socialiqa}_v100, spot_rainbow_hellaswag_v110,
+                   spot_rainbow_winogrande_v120 (SPoT's multiple-choice format; accuracy)
+    gem.py         spot_gem_<config>_v110: common_gen, dart, e2e_nlg, schema_guided_dialog,
+                   web_nlg_en, wiki_auto_asset_turk, xsum, wiki_lingua_english_en (ROUGE, BLEU)
     c4.py          spot_c4_span_corruption_v310, spot_c4_prefix_lm_v310 (no taskless twins)
     few_shot.py    <task>_<k>shot_seed<s> (PPT's 32-train / 32-dev protocol)
     ppt.py         ppt_{nsp3,mc,unified}_c4, ppt_mixture_c4 (PPT pre-training formats)
@@ -38,11 +42,13 @@ from spot_jax.data.tasks import (
     c4,
     demo,
     few_shot,
+    gem,
     glue,
     nli,
     ppt,
     ppt_downstream,
     qa,
+    rainbow,
     sentiment,
     summarization,
     super_glue,
@@ -82,6 +88,8 @@ def register_all() -> None:
     qa.register()
     summarization.register()
     translation.register()
+    rainbow.register()
+    gem.register()
     c4.register()
     few_shot.register()
     ppt.register()
