@@ -20,7 +20,7 @@ from etils import epath
 from spot_jax import axes, data
 from spot_jax.data.config import DatasetConfig
 from spot_jax.models.prompted import PROMPT_PATH, PromptedT5
-from spot_jax.train import checkpoints, evaluation, sharding, steps, summaries
+from spot_jax.train import checkpoints, evaluation, optimizer_states, sharding, steps, summaries
 from spot_jax.train import optim as optim_lib
 from spot_jax.train import state as state_lib
 
@@ -119,6 +119,7 @@ def train(
     rank_classification: bool = False,
     log_period: int = 100,
     pretrained_step: int | None = None,
+    restore_optimizer_state: bool | str = False,
     seed: int = 0,
     progress: bool = True,
 ) -> dict[str, Any]:
@@ -145,10 +146,15 @@ def train(
       log_period: log a line every this many steps (0 or None: at saves and evals only).
       pretrained_step: the frozen weights' global step, where Adafactor's decay count starts
         (T5X); None: the checkpoint's recorded step (`checkpoints.pretrained_step`).
+      restore_optimizer_state: a fresh run also restores the trainable params' Adafactor
+        states from a T5X INITIAL_CHECKPOINT_PATH (`state/param_states`), as T5X fine-tuning
+        does; True or 't5x' reads them as T5X does, 'mesh_tf' as Mesh TF wrote them (see
+        `optimizer_states`). Where the checkpoint has none, a note says so. Model tuning.
       seed: SEED for init, prompt init and dropout.
       progress: show a progress bar.
     """
     optimizer = optimizer or optim_lib.adafactor()
+    state_layout = optimizer_states.layout_of(restore_optimizer_state)
     eval_data = data.with_lengths(eval_data) if eval_data is not None else None
     model_dir = epath.Path(model_dir)
     lengths = dict(train_data.task_feature_lengths)
@@ -211,6 +217,11 @@ def train(
         data_position = int(meta["data_position"])
         logging.info("resumed %s at step %d", model_dir, latest)
         print(f"Resuming from {ckpt.directory / str(latest)} (step {latest}).", flush=True)
+    elif state_layout:
+        # As T5X fine-tuning: the pretraining optimizer state goes on with the weights.
+        state = optimizer_states.restore_for_run(
+            initial_checkpoint_path, state, model, lengths, state_layout
+        )
     start_step = int(jax.device_get(state.step))
 
     # -- Steps --------------------------------------------------------------------------------

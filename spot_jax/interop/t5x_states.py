@@ -1,0 +1,141 @@
+"""The Adafactor states of a T5X checkpoint: `state/param_states/<param path>/<slot>`.
+
+T5X's own Adafactor keeps, per param, the slots `v` (the full second moment when the param is
+not factored), `v_row` and `v_col` (the factored moments when it is) and `m` (the first moment
+when beta1 is set); a slot not in use is a shape-(1,) zero. Checkpoints imported from Mesh
+TensorFlow (t5x/checkpoint_importer.py) carry its `_slot_vr`/`_slot_vc`/`_slot_v` under the
+same names. Which axes `v_row`/`v_col` keep is `spot_jax.train.optimizer_states`' business.
+
+Legacy layout: `optimizer/state/param_states/...` in the msgpack (small leaves inline, large
+ones as tensorstore arrays `state.param_states.<dotted path>/`). Orbax layout: the same tree
+under `state/param_states/...` of the `state/` PyTree.
+"""
+
+from collections.abc import Mapping
+
+import msgpack
+import numpy as np
+from etils import epath
+
+from spot_jax.interop import storage, t5x
+from spot_jax.interop.orbax_tree import OrbaxParams, key_of
+from spot_jax.train.checkpoints import CheckpointError
+
+SLOTS = ("v", "v_row", "v_col", "m")
+
+
+class T5XParamStates:
+    """The per-param Adafactor slots of a T5X checkpoint, read lazily one param at a time.
+
+    `params` maps each param path with states to {slot: shape}; it is empty when the
+    checkpoint stores no `param_states` (then `step` may still be known).
+    """
+
+    def __init__(self, path: epath.PathLike):
+        self.path = str(path).rstrip("/")
+        self.kind = t5x.detect_format(self.path)
+        self._leaves: dict[str, object] = {}
+        self._orbax: OrbaxParams | None = None
+        self.step: int | None = None
+        if self.kind == "t5x":
+            self._open_legacy()
+        elif self.kind == "t5x_orbax":
+            self._open_orbax()
+        else:
+            raise CheckpointError(t5x.format_message(self.path, self.kind))
+        self.params: dict[str, dict[str, tuple[int, ...]]] = {}
+        for name, shape in self._shapes.items():
+            param, _, slot = name.rpartition("/")
+            if slot in SLOTS and param:
+                self.params.setdefault(param, {})[slot] = tuple(shape)
+
+    def _open_legacy(self) -> None:
+        msgpack_path = storage.join(self.path, "checkpoint")
+        raw = storage.read_bytes(msgpack_path)
+        if raw is None:  # the path is the msgpack file itself
+            msgpack_path, raw = self.path, storage.read_bytes(self.path)
+        ckpt_dir = msgpack_path.rsplit("/", 1)[0] if "/" in msgpack_path else "."
+        try:
+            root = msgpack.unpackb(raw, ext_hook=t5x._ext_hook, strict_map_key=False)
+        except Exception as e:  # noqa: BLE001
+            raise CheckpointError(f"{msgpack_path} is not a readable T5X msgpack: {e}") from e
+        version = int(root.get("version", 0)) if isinstance(root, Mapping) else 0
+        optimizer = root.get("optimizer") if isinstance(root, Mapping) else None
+        state = optimizer.get("state") if isinstance(optimizer, Mapping) else None
+        state = state if isinstance(state, Mapping) else {}
+        if state.get("step") is not None:
+            self.step = int(t5x._load_inline(state["step"]))
+        param_states = state.get("param_states")
+        if isinstance(param_states, Mapping):
+            self._leaves = t5x._flatten_target(param_states, ckpt_dir, version)
+        self._shapes = {k: _leaf_shape(v) for k, v in self._leaves.items()}
+
+    def _open_orbax(self) -> None:
+        state_dir = (
+            self.path
+            if storage.read_bytes(storage.join(self.path, "_METADATA"))
+            else self.path + "/state"
+        )
+        tree = OrbaxParams(state_dir)
+        if "state/step" in tree.shapes:
+            self.step = int(tree.read("state/step"))
+        prefix = "state/param_states/"
+        self._orbax = tree
+        self._shapes = {k[len(prefix) :]: v for k, v in tree.shapes.items() if k.startswith(prefix)}
+
+    def read(self, param: str) -> dict[str, np.ndarray]:
+        """All stored slots of one param, as float32 numpy arrays."""
+        slots = self.params.get(param)
+        if not slots:
+            raise CheckpointError(f"T5X checkpoint {self.path} has no optimizer state of {param}")
+        names = [f"{param}/{s}" for s in slots]
+        if self._orbax is not None:
+            values = _orbax_read_many(self._orbax, [f"state/param_states/{n}" for n in names])
+            values = dict(zip(names, values, strict=True))
+        else:
+            values = {n: t5x._load_inline(self._leaves[n]) for n in names}
+        return {s: np.asarray(values[f"{param}/{s}"], np.float32) for s in slots}
+
+
+def _leaf_shape(leaf) -> tuple[int, ...]:
+    shape = getattr(leaf, "shape", None)
+    return tuple(shape) if shape is not None else tuple(np.shape(leaf))
+
+
+def _orbax_read_many(tree: OrbaxParams, wanted: list[str]) -> list[np.ndarray]:
+    """Several leaves of an Orbax PyTree in one restore (the others are placeholders)."""
+    import jax
+    import orbax.checkpoint as ocp
+
+    want = set(wanted)
+    item = jax.tree_util.tree_map_with_path(
+        lambda p, m: m if key_of(p) in want else ocp.PLACEHOLDER, tree._tree
+    )
+    restore_args = jax.tree_util.tree_map_with_path(
+        lambda p, _: ocp.RestoreArgs(restore_type=np.ndarray if key_of(p) in want else None),
+        tree._tree,
+    )
+    try:
+        with ocp.PyTreeCheckpointer() as ckptr:
+            out = ckptr.restore(
+                tree.dir, args=ocp.args.PyTreeRestore(item=item, restore_args=restore_args)
+            )
+    except Exception as e:  # noqa: BLE001
+        raise CheckpointError(
+            f"cannot read optimizer states {wanted[:2]} from Orbax checkpoint {tree.dir}: "
+            f"{type(e).__name__}: {str(e)[:200]}"
+        ) from e
+    found = {key_of(p): leaf for p, leaf in jax.tree_util.tree_leaves_with_path(out)}
+    return [np.asarray(found[w]) for w in wanted]
+
+
+def open_param_states(path: epath.PathLike | None) -> T5XParamStates | None:
+    """The Adafactor states of INITIAL_CHECKPOINT_PATH, or None where it can hold none (no
+    path, a spot_jax frozen checkpoint, Hugging Face weights). A T5X checkpoint without
+    `param_states` gives an object whose `params` is empty."""
+    if not path:
+        return None
+    kind = t5x.detect_format(str(path))
+    if kind not in ("t5x", "t5x_orbax"):
+        return None
+    return T5XParamStates(path)
