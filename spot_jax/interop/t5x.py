@@ -1,7 +1,8 @@
 """T5X checkpoints as a source of frozen weights: legacy msgpack + tensorstore, and Orbax.
 
 A T5X checkpoint holds the model params under `target` and the optimizer state under
-`state`; we read `target` only. Arrays are read one at a time (or one shard at a time), so
+`state`; this module reads `target` (`t5x_states.py` reads the Adafactor states that model
+tuning restores). Arrays are read one at a time (or one shard at a time), so
 converting XXL never holds its 44 GB of float32 weights in memory at once.
 
 Legacy layout (t5x `Checkpointer`, format version 3):
