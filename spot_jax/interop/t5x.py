@@ -75,9 +75,7 @@ class _ChunkedLeaf:
     chunks: list[Any]
 
     def load(self) -> np.ndarray:
-        return np.concatenate([_load_inline(c).reshape(-1) for c in self.chunks]).reshape(
-            self.shape
-        )
+        return np.concatenate([load_inline(c).reshape(-1) for c in self.chunks]).reshape(self.shape)
 
 
 @dataclasses.dataclass
@@ -135,11 +133,13 @@ class _TensorstoreLeaf:
         return self.read()
 
 
-def _load_inline(leaf) -> np.ndarray:
+def load_inline(leaf) -> np.ndarray:
+    """A msgpack leaf's array (decoded now, or read from tensorstore)."""
     return leaf.load() if hasattr(leaf, "load") else np.asarray(leaf)
 
 
-def _ext_hook(code: int, data: bytes):
+def ext_hook(code: int, data: bytes):
+    """msgpack's ext hook for flax's serialization: arrays stay bytes until loaded."""
     if code == 1:  # ndarray: keep the bytes, decode on demand
         return _InlineLeaf(data)
     if code == 3:  # numpy scalar, e.g. state/step
@@ -152,7 +152,8 @@ def _is_ts_spec(node) -> bool:
     return isinstance(node, Mapping) and "driver" in node and ("kvstore" in node or "path" in node)
 
 
-def _flatten_target(node, ckpt_dir: str, version: int, prefix: str = "") -> dict[str, Any]:
+def flatten_leaves(node, ckpt_dir: str, version: int, prefix: str = "") -> dict[str, Any]:
+    """'a/b/c' -> leaf of a msgpack tree (inline arrays or tensorstore specs, rebased)."""
     if isinstance(node, _InlineLeaf):
         return {prefix: node}
     if _is_ts_spec(node):
@@ -176,7 +177,7 @@ def _flatten_target(node, ckpt_dir: str, version: int, prefix: str = "") -> dict
     if isinstance(node, Mapping):
         out = {}
         for k, v in node.items():
-            out.update(_flatten_target(v, ckpt_dir, version, f"{prefix}/{k}" if prefix else k))
+            out.update(flatten_leaves(v, ckpt_dir, version, f"{prefix}/{k}" if prefix else k))
         return out
     return {prefix: node}  # a plain scalar/list leaf; np.asarray handles it
 
@@ -211,7 +212,7 @@ class T5XCheckpoint:
             msgpack_path, raw = self.path, storage.read_bytes(self.path)
         ckpt_dir = msgpack_path.rsplit("/", 1)[0] if "/" in msgpack_path else "."
         try:
-            root = msgpack.unpackb(raw, ext_hook=_ext_hook, strict_map_key=False)
+            root = msgpack.unpackb(raw, ext_hook=ext_hook, strict_map_key=False)
         except Exception as e:  # noqa: BLE001
             raise CheckpointError(f"{msgpack_path} is not a readable T5X msgpack: {e}") from e
         version = int(root.get("version", 0)) if isinstance(root, Mapping) else 0
@@ -224,7 +225,7 @@ class T5XCheckpoint:
         target = root["optimizer"].get("target")
         if not isinstance(target, Mapping):
             raise CheckpointError(f"{msgpack_path} has no optimizer/target params")
-        self._leaves = _flatten_target(target, ckpt_dir, version)
+        self._leaves = flatten_leaves(target, ckpt_dir, version)
         self.shapes = {
             k: tuple(v.shape) if not isinstance(v, _InlineLeaf) else v.shape
             for k, v in self._leaves.items()
@@ -247,7 +248,7 @@ class T5XCheckpoint:
         """The global training step the checkpoint was saved at (T5X's `state/step`: 1,100,000
         for the T5 1.1 LM-adapted checkpoints), or None where it is not recorded."""
         if self.kind == "t5x":
-            return None if self._step_leaf is None else int(_load_inline(self._step_leaf))
+            return None if self._step_leaf is None else int(load_inline(self._step_leaf))
         tree = OrbaxParams(self._orbax.dir)
         return int(tree.read("state/step")) if "state/step" in tree.shapes else None
 
@@ -261,7 +262,7 @@ class T5XCheckpoint:
         if self.kind == "t5x_orbax":
             value = self._orbax.read(name)
         else:
-            value = _load_inline(leaf)
+            value = load_inline(leaf)
         self._cache = (name, value)
         return value
 

@@ -56,7 +56,7 @@ class T5XParamStates:
             msgpack_path, raw = self.path, storage.read_bytes(self.path)
         ckpt_dir = msgpack_path.rsplit("/", 1)[0] if "/" in msgpack_path else "."
         try:
-            root = msgpack.unpackb(raw, ext_hook=t5x._ext_hook, strict_map_key=False)
+            root = msgpack.unpackb(raw, ext_hook=t5x.ext_hook, strict_map_key=False)
         except Exception as e:  # noqa: BLE001
             raise CheckpointError(f"{msgpack_path} is not a readable T5X msgpack: {e}") from e
         version = int(root.get("version", 0)) if isinstance(root, Mapping) else 0
@@ -64,10 +64,10 @@ class T5XParamStates:
         state = optimizer.get("state") if isinstance(optimizer, Mapping) else None
         state = state if isinstance(state, Mapping) else {}
         if state.get("step") is not None:
-            self.step = int(t5x._load_inline(state["step"]))
+            self.step = int(t5x.load_inline(state["step"]))
         param_states = state.get("param_states")
         if isinstance(param_states, Mapping):
-            self._leaves = t5x._flatten_target(param_states, ckpt_dir, version)
+            self._leaves = t5x.flatten_leaves(param_states, ckpt_dir, version)
         self._shapes = {k: _leaf_shape(v) for k, v in self._leaves.items()}
 
     def _open_orbax(self) -> None:
@@ -93,7 +93,7 @@ class T5XParamStates:
             values = _orbax_read_many(self._orbax, [f"state/param_states/{n}" for n in names])
             values = dict(zip(names, values, strict=True))
         else:
-            values = {n: t5x._load_inline(self._leaves[n]) for n in names}
+            values = {n: t5x.load_inline(self._leaves[n]) for n in names}
         return {s: np.asarray(values[f"{param}/{s}"], np.float32) for s in slots}
 
 
