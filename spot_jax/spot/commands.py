@@ -1,6 +1,7 @@
 """`spot-jax library ...`: manage a prompt library, compare prompts, retrieve, transfer.
 
     spot-jax library add --library L RUN_DIR [--name N] [--checkpoint best|latest|STEP]
+        [--best-metric NAME[:max|:min]]      (default best: the task's validation metric)
     spot-jax library add-file --library L --prompt P.npy --embedding E.npy --embedding-step S
         --task T [--name N] [--like RUN_DIR]          (a prompt from outside spot_jax)
     spot-jax library list|show|remove --library L [NAME]
@@ -45,7 +46,16 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("model_dir", help="the run's MODEL_DIR")
     s.add_argument("--name", default=None, help="entry name (default: the run dir's name)")
     s.add_argument("--checkpoint", default="best", help="best | latest | STEP (default best)")
-    s.add_argument("--best-metric", default="eval/loss", help="metric choosing 'best'")
+    s.add_argument(
+        "--best-metric",
+        default=None,
+        metavar="NAME[:max|:min]",
+        help="eval metric choosing --checkpoint best (higher is better unless it is a loss; "
+        ":max/:min sets it). Default: the task's metric, the first its metric fns report "
+        "(eval/accuracy, eval/f1, eval/matthews_corrcoef, eval/rouge1...; a mixture run: the "
+        "mean of each task's first metric), higher is better; eval/loss, lower is better, when "
+        "the run recorded no task metric",
+    )
     s.add_argument(
         "--embedding-step",
         type=int,
@@ -194,6 +204,12 @@ def _add(lib, args):
         f"added {entry.name}: task {m['task']}, step {m['step']} ({m['selected']}), "
         f"embedding step {m['embedding_step']}, prompt [{m['prompt_length']}, {m['emb_dim']}]"
     )
+    if m["selection"].get("fallback"):
+        print(
+            f"note: {entry.name}'s best checkpoint is by eval/loss, not a task metric: "
+            f"{m['selection']['rule']}",
+            file=sys.stderr,
+        )
 
 
 def _add_file(lib, args):

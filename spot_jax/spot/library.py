@@ -6,7 +6,8 @@ Layout of a library directory (a local path or any `etils.epath` URL):
                                     the step of every task embedding
     <library>/<name>/prompt.npy     float32 [P, H]: the source prompt (SPoT's "value")
     <library>/<name>/embedding.npy  float32 [P, H]: an early checkpoint (SPoT's "key")
-    <library>/<name>/meta.json      task, model, fingerprint, steps, validation scores, ...
+    <library>/<name>/meta.json      task, model, fingerprint, steps, validation scores, the
+                                    metric and direction that chose the step ('selection'), ...
 
 There is no index of entries: listing scans the directory, so nothing can fall out of step
 with the entries. An entry is written into a hidden temporary folder and renamed into place,
@@ -127,17 +128,21 @@ class Library:
         name: str | None = None,
         checkpoint: str | int = "best",
         embedding_at: int | None = None,
-        best_metric: str = "eval/loss",
+        best_metric: str | None = None,
     ) -> Entry:
         """Adds a run's prompt (and its early checkpoint as task embedding) as a new entry.
 
         Args:
           model_dir: the training run's MODEL_DIR.
           name: entry name; default the run directory's name.
-          checkpoint: 'best', 'latest' or a step (see `runs_lib.select_step`).
+          checkpoint: 'best', 'latest' or a step (see `runs_lib.select_checkpoint`).
           embedding_at: step of the task embedding (closest checkpoint); default the library's
             step, and for the first entry SPoT's 10K (see `runs_lib.embedding_step`).
-          best_metric: eval metric that picks the 'best' checkpoint.
+          best_metric: eval metric that picks the 'best' checkpoint (optionally ':max' or
+            ':min'); None: the task's metric, higher is better (the first its metric fns
+            report; a mixture: the mean of each task's), or eval/loss, lower is better, when
+            the run recorded none (`runs_lib.select_checkpoint`). The entry's 'selection'
+            records the metric, its direction and why it was chosen.
 
         Returns:
           The new entry.
@@ -145,12 +150,13 @@ class Library:
         Raises:
           LibraryError: the run is of another model than the library's (prompt length, width or
             frozen checkpoint), has no checkpoint at the library's embedding step, holds a
-            non-finite prompt, the name is taken or invalid, or the run is incomplete. The
-            library is left unchanged.
+            non-finite prompt, never recorded `best_metric`, the name is taken or invalid, or
+            the run is incomplete. The library is left unchanged.
         """
         model_dir = absolute_path(model_dir)
         info = runs_lib.run_info(model_dir)
-        step, why = runs_lib.select_step(model_dir, checkpoint, best_metric)
+        selection = runs_lib.select_checkpoint(model_dir, checkpoint, best_metric)
+        step = selection.step
         if embedding_at is None:
             embedding_at = self.embedding_step()
         emb_step = runs_lib.embedding_step(model_dir, embedding_at)
@@ -158,7 +164,8 @@ class Library:
         meta = {
             **info,
             "step": step,
-            "selected": why,
+            "selected": selection.reason,
+            "selection": selection.record(),
             "embedding_step": emb_step,
             "embedding_source": str(runs_lib.prompt_file(model_dir, emb_step)),
             "validation": metrics.get(step, {}),

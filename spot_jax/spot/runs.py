@@ -8,11 +8,14 @@ one model are compared or transferred.
 
 import ast
 import contextlib
+import dataclasses
+import difflib
 import hashlib
 import json
 import re
 from typing import Any
 
+import numpy as np
 from absl import logging
 from etils import epath
 
@@ -109,25 +112,161 @@ def fingerprint(model_shape: dict[str, Any], initial_checkpoint: str | None, see
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def select_step(
-    model_dir: epath.PathLike, checkpoint: str | int = "best", metric: str = "eval/loss"
-) -> tuple[int, str]:
+# The Evaluator's own metrics, recorded for every task (spot_jax.train.evaluation): never "the
+# task's metric". Rank-classification variants (eval/rank_*) are not chosen by default either.
+EVALUATOR_METRICS = ("loss", "token_accuracy", "sequence_accuracy")
+_RANK = "rank_"
+_EVAL = "eval/"
+TASK_METRIC_RULE = "the task's metric: the first its metric fns report"
+MIXTURE_METRIC_RULE = "mean over the mixture's tasks of each task's first metric"
+
+
+@dataclasses.dataclass(frozen=True)
+class Selection:
+    """Which checkpoint a library entry takes, and why (recorded in its meta.json).
+
+    Attributes:
+      step: the chosen numpy checkpoint step.
+      reason: one line for people (the entry's 'selected').
+      checkpoint: what was asked for: 'best', 'latest' or 'step'.
+      metric: the eval key that ranked the checkpoints ('mean(k1, k2)' for a mixture's mean);
+        None when nothing was ranked.
+      mode: 'max' (higher is better) or 'min' (lower is better); None when nothing was ranked.
+      rule: why this metric: named by the caller, the task's metric, or the fallback's cause.
+      value: the chosen step's score.
+      averaged: the keys whose mean is `metric` (a mixture run).
+      fallback: True when the run recorded no task metric, so eval/loss chose.
+    """
+
+    step: int
+    reason: str
+    checkpoint: str
+    metric: str | None = None
+    mode: str | None = None
+    rule: str | None = None
+    value: float | None = None
+    averaged: tuple[str, ...] = ()
+    fallback: bool = False
+
+    def record(self) -> dict[str, Any]:
+        """The entry's 'selection' record (JSON)."""
+        out = dataclasses.asdict(self)
+        out["averaged"] = list(self.averaged)
+        del out["step"], out["reason"]
+        return out
+
+
+def metric_mode(name: str) -> str:
+    """'min' (lower is better) for a loss, whose key's last part contains 'loss' (eval/loss,
+    eval/<task>/loss); 'max' for everything else (accuracy, F1, correlations, ROUGE, BLEU,
+    EM...: the tasks' metric fns all report higher-is-better scores)."""
+    return "min" if "loss" in name.rsplit("/", 1)[-1] else "max"
+
+
+def is_task_metric(name: str) -> bool:
+    """Whether an eval key is a task metric fn's: not the Evaluator's own loss/accuracies and
+    not a rank-classification variant."""
+    last = name.rsplit("/", 1)[-1]
+    return name.startswith(_EVAL) and last not in EVALUATOR_METRICS and not last.startswith(_RANK)
+
+
+def recorded_metrics(metrics: dict[int, dict[str, float]]) -> list[str]:
+    """Every eval key of `read_metrics`' records, in the order the run first wrote them."""
+    return list(dict.fromkeys(k for record in metrics.values() for k in record))
+
+
+def task_metrics(recorded: list[str]) -> list[str]:
+    """The task's metric among recorded eval keys: [] when the run recorded none.
+
+    A single task: the first task-metric key the run wrote (`eval/<metric>`). The trainer writes
+    each eval as the Evaluator returns it, the task's metric fns in their order, so this is the
+    first key of the task's first metric fn: accuracy (SST-2, MNLI, BoolQ...), f1 (MRPC, QQP,
+    MultiRC, ReCoRD), matthews_corrcoef (CoLA), pearson_corrcoef (STS-B), mean_3class_f1 (CB),
+    em (SQuAD), rouge1 (summaries), bleu (translation). A mixture (`eval/<task>/<metric>`): the
+    first of each task's, one key per task, whose mean is the score.
+
+    The Evaluator's own keys (loss, token_accuracy, sequence_accuracy) and eval/rank_* never
+    count: a task whose metric fn reports only one of them (the world tasks' exact match,
+    sequence_accuracy) reads as having none; name it with `metric` instead.
+    """
+    top = [k for k in recorded if k.count("/") == 1 and is_task_metric(k)]
+    if top:
+        return top[:1]
+    firsts: dict[str, str] = {}
+    for k in recorded:
+        if k.count("/") >= 2 and is_task_metric(k):
+            firsts.setdefault(k.removeprefix(_EVAL).rpartition("/")[0], k)
+    return list(firsts.values())
+
+
+def _metric_choice(
+    model_dir, metrics: dict[int, dict[str, float]], metric: str | None
+) -> tuple[list[str], str, str, bool]:
+    """(keys averaged, mode, rule, fallback) for 'best' by `metric` (None: the task's)."""
+    recorded = recorded_metrics(metrics)
+    if metric is not None:
+        name, _, mode = metric.rpartition(":")
+        if mode not in ("min", "max") or not name:
+            name, mode = metric, metric_mode(metric)
+        if name not in recorded:
+            raise LibraryError(_unknown_metric(model_dir, name, recorded))
+        return [name], mode, "named by best_metric", False
+    keys = task_metrics(recorded)
+    if len(keys) == 1:
+        return keys, metric_mode(keys[0]), TASK_METRIC_RULE, False
+    if keys:
+        return keys, "max", MIXTURE_METRIC_RULE, False
+    have = ", ".join(recorded) or "nothing"
+    return ["eval/loss"], "min", f"fallback: the run recorded no task metric (only {have})", True
+
+
+def _unknown_metric(model_dir, name: str, recorded: list[str]) -> str:
+    if not recorded:
+        return (
+            f"{model_dir} recorded no eval metrics (no eval/ keys in metrics.jsonl), so no "
+            f"checkpoint is best by {name}; pass checkpoint 'latest' or a step"
+        )
+    close = difflib.get_close_matches(name, recorded, n=1)
+    hint = f" (did you mean {close[0]}?)" if close else ""
+    return (
+        f"{model_dir} recorded no eval metric {name!r}{hint}; its metrics.jsonl records: "
+        f"{', '.join(recorded)} (append :min or :max to set the direction)"
+    )
+
+
+def select_checkpoint(
+    model_dir: epath.PathLike, checkpoint: str | int = "best", metric: str | None = None
+) -> Selection:
     """The numpy checkpoint step to take as a run's prompt, and why.
+
+    'best' is SPoT's: the checkpoint with the best validation score of the task's metric
+    (Vu et al. 2022 select by validation performance, not by loss). The metric:
+
+    - `metric` when given: an eval key of the run's metrics.jsonl, e.g. 'eval/f1' or
+      'eval/<task>/accuracy', optionally with ':max' or ':min'; a key the run never recorded is
+      an error that lists the recorded ones.
+    - else the task's metric (`task_metrics`): the first key the task's metric fns report;
+      for a mixture run, the mean of each task's first metric;
+    - else, when the run recorded no task metric (a task without metric fns, an eval without
+      decoding), eval/loss, and the selection says so (`Selection.fallback`).
+
+    Direction: `metric_mode` (lower is better for a loss, higher for everything else) unless
+    ':min'/':max' says otherwise. Ties go to the later step. When nothing was evaluated at a
+    kept checkpoint, 'best' is the latest checkpoint, and the reason says so.
 
     Args:
       model_dir: the run.
-      checkpoint: 'best' (best `metric` among evaluated checkpoints; the latest when nothing
-        was evaluated), 'latest', or a step number.
-      metric: eval metric for 'best'; minimised when its name contains 'loss', else maximised.
+      checkpoint: 'best', 'latest', or a step number.
+      metric: eval metric for 'best' (None: the task's, as above).
 
-    Returns:
-      (step, reason) where reason is recorded in the entry's metadata.
+    Raises:
+      LibraryError: no numpy checkpoints, a bad checkpoint, or a metric the run never recorded.
     """
     steps = numpy_steps(model_dir)
     if not steps:
         raise LibraryError(f"{model_dir} has no numpy prompt checkpoints; is it a prompt run?")
     if str(checkpoint) == "latest":
-        return steps[-1], "latest"
+        return Selection(steps[-1], "latest", "latest")
     if str(checkpoint) != "best":
         try:
             step = int(checkpoint)
@@ -137,16 +276,34 @@ def select_step(
             ) from None
         if step not in steps:
             raise LibraryError(f"{model_dir} has no numpy checkpoint at step {step} (has {steps})")
-        return step, f"step {step}"
+        return Selection(step, f"step {step}", "step")
+    metrics = read_metrics(model_dir)
+    if not metrics and metric is None:
+        return Selection(steps[-1], "latest (the run recorded no eval metrics)", "best")
+    keys, mode, rule, fallback = _metric_choice(model_dir, metrics, metric)
+    name = keys[0] if len(keys) == 1 else f"mean({', '.join(keys)})"
     scored = {
-        s: m[metric] for s, m in read_metrics(model_dir).items() if s in steps and metric in m
+        s: float(np.mean([m[k] for k in keys]))
+        for s, m in metrics.items()
+        if s in steps and all(k in m for k in keys)
     }
+    how = dict(checkpoint="best", metric=name, mode=mode, rule=rule, fallback=fallback)
+    how["averaged"] = tuple(keys) if len(keys) > 1 else ()
     if not scored:
-        return steps[-1], f"latest (no {metric} recorded at a checkpoint)"
-    sign = 1 if "loss" in metric else -1
+        return Selection(steps[-1], f"latest (no {name} recorded at a checkpoint)", **how)
+    sign = 1 if mode == "min" else -1
     # Ties go to the later step: more training for the same validation score.
     step = min(scored, key=lambda s: (sign * scored[s], -s))
-    return step, f"best {metric}={scored[step]:.6g}"
+    reason = f"best {name}={scored[step]:.6g}, {mode}; {rule}"
+    return Selection(step, reason, value=scored[step], **how)
+
+
+def select_step(
+    model_dir: epath.PathLike, checkpoint: str | int = "best", metric: str | None = None
+) -> tuple[int, str]:
+    """(step, reason) of `select_checkpoint`."""
+    selection = select_checkpoint(model_dir, checkpoint, metric)
+    return selection.step, selection.reason
 
 
 def embedding_step(model_dir: epath.PathLike, target: int | None = None) -> int:

@@ -30,9 +30,13 @@ def snapshot(root) -> dict[str, bytes]:
 
 
 def fake_run(
-    root: Path, name: str, task: str, seed: int, losses=(3.0, 2.0), steps=(0, 10, 20)
+    root: Path, name: str, task: str, seed: int, losses=(3.0, 2.0), steps=(0, 10, 20), evals=None
 ) -> Path:
-    """A MODEL_DIR as the trainer leaves it: numpy checkpoints at `steps`, metrics, config."""
+    """A MODEL_DIR as the trainer leaves it: numpy checkpoints at `steps`, metrics, config.
+
+    metrics.jsonl holds eval/loss `losses` at steps 10 and 20, or, given `evals` ({step:
+    {key: value}}), those records in that order (keys in the order the trainer would write).
+    """
     run = root / name
     rng = np.random.default_rng(seed)
     for step in steps:
@@ -45,6 +49,8 @@ def fake_run(
         f"INITIAL_CHECKPOINT_PATH = None\nMIXTURE_OR_TASK_NAME = {task!r}\nSEED = 0\n"
         "TRAIN_STEPS = 20\n"
     )
-    lines = [json.dumps({"step": s, "eval/loss": v}) for s, v in zip((10, 20), losses, strict=True)]
+    if evals is None:
+        evals = {s: {"eval/loss": v} for s, v in zip((10, 20), losses, strict=True)}
+    lines = [json.dumps({"step": s, "train/loss": 1.0, **m}) for s, m in evals.items()]
     (run / "metrics.jsonl").write_text("\n".join(lines) + "\n")
     return run

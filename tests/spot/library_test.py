@@ -88,7 +88,9 @@ def test_add_list_show_remove_round_trip(runs, tmp_path, capsys):
     )
     assert lib.names() == ["a", "b"]
     a, b = lib.get("a"), lib.get("b")
-    # 'best' is the lowest eval/loss among the evaluated checkpoints (steps 10 and 20).
+    # 'best' is the lowest eval/loss among the evaluated checkpoints (steps 10 and 20): the
+    # synthetic task has no metric fns, so there is no task metric to choose by.
+    assert a.meta["selection"]["metric"] == "eval/loss" and a.meta["selection"]["fallback"]
     evals = {}
     for line in (runs["a"] / "metrics.jsonl").read_text().splitlines():
         record = json.loads(line)
