@@ -101,7 +101,11 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--metric", default=retrieval.DEFAULT_METRIC, choices=list(similarity.METRICS))
     s.add_argument("--exclude", nargs="*", default=[])
     s.add_argument("--out-dir", required=True, help="target runs go to OUT_DIR/<source>")
-    s.add_argument("--select-metric", default="eval/loss", help="validation metric to pick by")
+    s.add_argument(
+        "--select-metric",
+        default=None,
+        help="validation metric to pick by, NAME[:max|:min] (default: the task's, as library add)",
+    )
     s.add_argument(
         "--rescale-rms",
         default=None,
@@ -357,13 +361,14 @@ def _transfer(lib, args):
         if subprocess.run(cmd).returncode != 0:
             raise RuntimeError(f"target run from {run.source} failed: {' '.join(cmd)}")
     best, results = transfer.pick_best(runs, args.select_metric)
-    report = {"best": best.source if best else None, "metric": args.select_metric, "runs": results}
+    metric = results[0].get("metric") if results else args.select_metric
+    report = {"best": best.source if best else None, "metric": metric, "runs": results}
     Path(args.out_dir).mkdir(parents=True, exist_ok=True)
     (Path(args.out_dir) / "best_of_top_k.json").write_text(json.dumps(report, indent=2))
     print("source,similarity,score,model_dir")
     for r in results:
         print(f"{r['source']},{r['similarity']:.6g},{r['score']},{r['model_dir']}")
-    print(f"best: {report['best']} by {args.select_metric}")
+    print(f"best: {report['best']} by {metric}")
 
 
 def _rms_value(text: str) -> str:

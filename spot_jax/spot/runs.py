@@ -199,7 +199,7 @@ def task_metrics(recorded: list[str]) -> list[str]:
     return list(firsts.values())
 
 
-def _metric_choice(
+def metric_choice(
     model_dir, metrics: dict[int, dict[str, float]], metric: str | None
 ) -> tuple[list[str], str, str, bool]:
     """(keys averaged, mode, rule, fallback) for 'best' by `metric` (None: the task's)."""
@@ -280,7 +280,7 @@ def select_checkpoint(
     metrics = read_metrics(model_dir)
     if not metrics and metric is None:
         return Selection(steps[-1], "latest (the run recorded no eval metrics)", "best")
-    keys, mode, rule, fallback = _metric_choice(model_dir, metrics, metric)
+    keys, mode, rule, fallback = metric_choice(model_dir, metrics, metric)
     name = keys[0] if len(keys) == 1 else f"mean({', '.join(keys)})"
     scored = {
         s: float(np.mean([m[k] for k in keys]))

@@ -183,21 +183,34 @@ def best_of_top_k(
 
 
 def pick_best(
-    runs: list[TargetRun], metric: str = "eval/loss"
+    runs: list[TargetRun], metric: str | None = None
 ) -> tuple[TargetRun | None, list[dict]]:
-    """The run with the best final-ish validation `metric` (min for losses) and all results.
+    """The run with the best validation score, and every run's result.
 
-    Each run's score is its best `metric` over its evaluations (SPoT reports the best
-    checkpoint); runs without that metric are reported with score None.
+    A run's score is its best value over its evaluations (SPoT keeps each run's best checkpoint)
+    of `metric` ('eval/f1', 'eval/loss:min', ...) or, by default, the target task's metric as
+    `library add` chooses it (`runs.metric_choice`: the task's first metric, higher is better;
+    eval/loss only where the runs recorded none). The metric is chosen on the first evaluated
+    run and every run is scored by it; runs without it score None.
     """
-    sign = 1 if "loss" in metric else -1
+    evaluated = [(run, runs_lib.read_metrics(run.model_dir)) for run in runs]
+    first = next(((run, m) for run, m in evaluated if m), None)
+    if first is None:
+        return None, [{**dataclasses.asdict(run), "score": None} for run in runs]
+    keys, mode, _, _ = runs_lib.metric_choice(first[0].model_dir, first[1], metric)
+    name = keys[0] if len(keys) == 1 else f"mean({', '.join(keys)})"
+    pick = min if mode == "min" else max
     results = []
-    for run in runs:
-        values = [m[metric] for m in runs_lib.read_metrics(run.model_dir).values() if metric in m]
-        score = (min if sign == 1 else max)(values) if values else None
-        results.append({**dataclasses.asdict(run), "score": score})
+    for run, records in evaluated:
+        values = [
+            float(np.mean([r[k] for k in keys]))
+            for r in records.values()
+            if all(k in r for k in keys)
+        ]
+        score = pick(values) if values else None
+        results.append({**dataclasses.asdict(run), "score": score, "metric": name, "mode": mode})
     scored = [(r, x["score"]) for r, x in zip(runs, results, strict=True) if x["score"] is not None]
-    best = min(scored, key=lambda rs: sign * rs[1])[0] if scored else None
+    best = pick(scored, key=lambda rs: rs[1])[0] if scored else None
     return best, results
 
 

@@ -76,7 +76,19 @@ def test_best_of_top_k_plan_and_pick(lib, tmp_path):
         Path(run.model_dir).mkdir(parents=True)
         Path(run.model_dir, "metrics.jsonl").write_text(json.dumps({"step": 5, "eval/loss": loss}))
     best, results = transfer.pick_best(runs)
+    # No task metric recorded: eval/loss, lower is better.
     assert best == runs[1] and [r["score"] for r in results] == [1.5, 0.5]
+    assert results[0]["metric"] == "eval/loss" and results[0]["mode"] == "min"
+    # With the task's metric recorded, SPoT keeps the run best by it, not by loss.
+    for run, (loss, acc) in zip(runs, ((1.5, 0.9), (0.5, 0.7)), strict=True):
+        lines = [{"step": 5, "eval/loss": loss, "eval/accuracy": acc},
+                 {"step": 10, "eval/loss": loss + 1, "eval/accuracy": acc - 0.2}]  # fmt: skip
+        Path(run.model_dir, "metrics.jsonl").write_text("\n".join(map(json.dumps, lines)))
+    best, results = transfer.pick_best(runs)
+    assert best == runs[0] and [r["score"] for r in results] == [0.9, 0.7]
+    assert transfer.pick_best(runs, "eval/loss")[0] == runs[1]
+    with pytest.raises(library.LibraryError, match="did you mean eval/accuracy"):
+        transfer.pick_best(runs, "eval/acuracy")
     assert transfer.mixture_sources(lib, lib.get("sst2").embedding(), k=3)[0] == "sst2"
 
 
