@@ -31,16 +31,21 @@ class OrbaxParams:
         self.shapes = {k: tuple(v.shape) for k, v in flatten_plain(sub).items()}
 
     def read(self, name: str) -> np.ndarray:
+        """The leaf `name` under the prefix."""
+        return self.read_many([f"{self.prefix}/{name}" if self.prefix else name])[0]
+
+    def read_many(self, keys: list[str], what: str = "parameters") -> list[np.ndarray]:
+        """Leaves by full key ('a/b/c', prefix included) in one restore: every other leaf is a
+        placeholder, so Orbax reads only these."""
         import jax
         import orbax.checkpoint as ocp
 
-        # Every other leaf is a placeholder, so Orbax reads only this one.
-        wanted = f"{self.prefix}/{name}" if self.prefix else name
+        want = set(keys)
         item = jax.tree_util.tree_map_with_path(
-            lambda p, m: m if key_of(p) == wanted else ocp.PLACEHOLDER, self._tree
+            lambda p, m: m if key_of(p) in want else ocp.PLACEHOLDER, self._tree
         )
         restore_args = jax.tree_util.tree_map_with_path(
-            lambda p, _: ocp.RestoreArgs(restore_type=np.ndarray if key_of(p) == wanted else None),
+            lambda p, _: ocp.RestoreArgs(restore_type=np.ndarray if key_of(p) in want else None),
             self._tree,
         )
         try:
@@ -50,16 +55,12 @@ class OrbaxParams:
                 )
         except Exception as e:  # noqa: BLE001
             raise CheckpointError(
-                f"cannot read parameter {name} from Orbax checkpoint {self.dir}: "
+                f"cannot read {what} {keys[:2]} from Orbax checkpoint {self.dir}: "
                 f"{type(e).__name__}: {str(e)[:200]}"
             ) from e
         # Keys may be nested dicts (T5X) or flat 'a/b' names (our frozen format).
-        found = [
-            leaf
-            for path, leaf in jax.tree_util.tree_leaves_with_path(out)
-            if key_of(path) == wanted
-        ]
-        return np.asarray(found[0])
+        found = {key_of(p): leaf for p, leaf in jax.tree_util.tree_leaves_with_path(out)}
+        return [np.asarray(found[k]) for k in keys]
 
 
 def key_of(path) -> str:

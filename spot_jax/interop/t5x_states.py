@@ -18,7 +18,7 @@ import numpy as np
 from etils import epath
 
 from spot_jax.interop import storage, t5x
-from spot_jax.interop.orbax_tree import OrbaxParams, key_of
+from spot_jax.interop.orbax_tree import OrbaxParams
 from spot_jax.train.checkpoints import CheckpointError
 
 SLOTS = ("v", "v_row", "v_col", "m")
@@ -90,7 +90,8 @@ class T5XParamStates:
             raise CheckpointError(f"T5X checkpoint {self.path} has no optimizer state of {param}")
         names = [f"{param}/{s}" for s in slots]
         if self._orbax is not None:
-            values = _orbax_read_many(self._orbax, [f"state/param_states/{n}" for n in names])
+            keys = [f"state/param_states/{n}" for n in names]
+            values = self._orbax.read_many(keys, what="optimizer states")
             values = dict(zip(names, values, strict=True))
         else:
             values = {n: t5x.load_inline(self._leaves[n]) for n in names}
@@ -100,33 +101,6 @@ class T5XParamStates:
 def _leaf_shape(leaf) -> tuple[int, ...]:
     shape = getattr(leaf, "shape", None)
     return tuple(shape) if shape is not None else tuple(np.shape(leaf))
-
-
-def _orbax_read_many(tree: OrbaxParams, wanted: list[str]) -> list[np.ndarray]:
-    """Several leaves of an Orbax PyTree in one restore (the others are placeholders)."""
-    import jax
-    import orbax.checkpoint as ocp
-
-    want = set(wanted)
-    item = jax.tree_util.tree_map_with_path(
-        lambda p, m: m if key_of(p) in want else ocp.PLACEHOLDER, tree._tree
-    )
-    restore_args = jax.tree_util.tree_map_with_path(
-        lambda p, _: ocp.RestoreArgs(restore_type=np.ndarray if key_of(p) in want else None),
-        tree._tree,
-    )
-    try:
-        with ocp.PyTreeCheckpointer() as ckptr:
-            out = ckptr.restore(
-                tree.dir, args=ocp.args.PyTreeRestore(item=item, restore_args=restore_args)
-            )
-    except Exception as e:  # noqa: BLE001
-        raise CheckpointError(
-            f"cannot read optimizer states {wanted[:2]} from Orbax checkpoint {tree.dir}: "
-            f"{type(e).__name__}: {str(e)[:200]}"
-        ) from e
-    found = {key_of(p): leaf for p, leaf in jax.tree_util.tree_leaves_with_path(out)}
-    return [np.asarray(found[w]) for w in wanted]
 
 
 def open_param_states(path: epath.PathLike | None) -> T5XParamStates | None:
