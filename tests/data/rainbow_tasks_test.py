@@ -8,9 +8,10 @@ pytestmark = pytest.mark.tf
 seqio = pytest.importorskip("seqio")
 tf = pytest.importorskip("tensorflow")
 
+from catalog_checks import check_taskless_twins, check_tokenized_examples  # noqa: E402
+
 from spot_jax.data import mixtures, postprocessors  # noqa: E402
 from spot_jax.data import tasks as spot_tasks  # noqa: E402
-from spot_jax.data.commands import show_examples  # noqa: E402
 from spot_jax.data.tasks import base, rainbow  # noqa: E402
 
 SPM = Path("/work/shared/fixtures/t5_sentencepiece.model")
@@ -159,27 +160,13 @@ def mock_data():
 
 
 def test_tasks_and_twins_yield_examples_under_mock_data(mock_data):
-    for name in NAMES:
-        full = list(show_examples(name, "validation", n=2))
-        short = list(show_examples(name + "_taskless", "validation", n=2))
-        assert full and len(full) == len(short), name
-        word = rainbow.TASKS[name.removeprefix("spot_rainbow_").rsplit("_v", 1)[0]][3].word
-        for x, y in zip(full, short, strict=True):
-            assert x["inputs"].startswith(word + " ") and x["targets"], name
-            assert y["inputs"] == x["inputs"].split(" ", 1)[1], name
+    words = {
+        name: rainbow.TASKS[name.removeprefix("spot_rainbow_").rsplit("_v", 1)[0]][3].word
+        for name in NAMES
+    }
+    check_taskless_twins(words)
 
 
 @pytest.mark.skipif(not SPM.exists(), reason="T5 SentencePiece model not available")
 def test_tasks_yield_tokenized_examples_under_mock_data(mock_data, monkeypatch):
-    monkeypatch.setenv("SPOT_JAX_VOCAB", str(SPM))
-    spot_tasks.register_all()
-    for name in NAMES:  # the vocabulary is fixed at registration: re-register under the env var
-        seqio.TaskRegistry.remove(name)
-        base.register_spec(base.SPECS[name])
-        task = seqio.get_mixture_or_task(name)
-        ds = task.get_dataset({"inputs": 64, "targets": 16}, split="validation", shuffle=False)
-        rows = list(ds.take(2).as_numpy_iterator())
-        assert rows, name
-        for x in rows:
-            assert 1 < len(x["inputs"]) <= 64 and x["inputs"][-1] == 1, name  # EOS appended
-            assert 1 < len(x["targets"]) <= 16 and x["targets"][-1] == 1, name
+    check_tokenized_examples(NAMES, monkeypatch, SPM)

@@ -1,0 +1,35 @@
+"""Checks every catalog family's tests run on its tasks (tests/data is on sys.path under pytest)."""
+
+import seqio
+
+from spot_jax.data import tasks as spot_tasks
+from spot_jax.data.commands import show_examples
+from spot_jax.data.tasks import base
+
+
+def check_taskless_twins(words: dict[str, str]) -> None:
+    """Each task (name -> its task word) and its twin yield the same examples under mock data,
+    the twin without the leading word."""
+    for name, word in words.items():
+        full = list(show_examples(name, "validation", n=2))
+        short = list(show_examples(name + "_taskless", "validation", n=2))
+        assert full and len(full) == len(short), name
+        for x, y in zip(full, short, strict=True):
+            assert x["inputs"].startswith(word + " ") and x["targets"], name
+            assert y["inputs"] == x["inputs"].split(" ", 1)[1], name
+
+
+def check_tokenized_examples(names, monkeypatch, spm) -> None:
+    """The tasks, registered again under the real vocabulary, give EOS-terminated token ids."""
+    monkeypatch.setenv("SPOT_JAX_VOCAB", str(spm))
+    spot_tasks.register_all()
+    for name in names:  # the vocabulary is fixed at registration: re-register under the env var
+        seqio.TaskRegistry.remove(name)
+        base.register_spec(base.SPECS[name])
+        task = seqio.get_mixture_or_task(name)
+        ds = task.get_dataset({"inputs": 64, "targets": 16}, split="validation", shuffle=False)
+        rows = list(ds.take(2).as_numpy_iterator())
+        assert rows, name
+        for x in rows:
+            assert 1 < len(x["inputs"]) <= 64 and x["inputs"][-1] == 1, name  # EOS appended
+            assert 1 < len(x["targets"]) <= 16 and x["targets"][-1] == 1, name
