@@ -11,8 +11,9 @@ import jax
 import jax.numpy as jnp
 import msgpack
 import numpy as np
-import optax
 import pytest
+from adafactor_helpers import factored_state, model_tune_adafactor
+from flax import traverse_util
 
 from spot_jax import axes
 from spot_jax.interop import t5x_states
@@ -72,18 +73,6 @@ def fresh_state(model, optimizer, mesh):
     return state
 
 
-def model_tune_adafactor(**kw):
-    """runs/model_tune.gin's Adafactor: parameter scaling, no weight decay, lr 1e-3."""
-    return optim.adafactor(
-        learning_rate=1e-3, weight_decay_rate=None, multiply_by_parameter_scale=True, **kw
-    )
-
-
-def factored_state(opt_state) -> optax.FactoredState:
-    is_fs = lambda n: isinstance(n, optax.FactoredState)  # noqa: E731
-    return next(n for n in jax.tree.leaves(opt_state, is_leaf=is_fs) if is_fs(n))
-
-
 # ---------------------------------------------------------------------------------------------
 # The real fixture: its unfactored `v` land in our state.
 
@@ -131,17 +120,6 @@ def test_the_fixtures_states_on_a_model_of_another_shape_name_the_param():
         optimizer_states.restore_t5x_states(opt_state, {wi: (4, 16)}, states, log=print)
 
 
-def nest(flat):
-    out = {}
-    for k, v in flat.items():
-        node = out
-        *parents, leaf = k.split("/")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = v
-    return out
-
-
 # ---------------------------------------------------------------------------------------------
 # Orbax T5X checkpoints, and checkpoints without states.
 
@@ -161,9 +139,12 @@ def orbax_t5x(path: Path, with_states: bool) -> Path:
             for p, slots in fixture_param_states().items()
             for s, a in slots.items()
         }
-        state["param_states"] = nest(flat)
+        state["param_states"] = traverse_util.unflatten_dict(flat, sep="/")
     with ocp.PyTreeCheckpointer() as ckptr:
-        ckptr.save(path / "state", {"target": nest(target), "state": state})
+        ckptr.save(
+            path / "state",
+            {"target": traverse_util.unflatten_dict(target, sep="/"), "state": state},
+        )
     return path
 
 

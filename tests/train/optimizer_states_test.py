@@ -3,28 +3,15 @@ update computed here in numpy from t5x/adafactor.py's rule, and the errors of a 
 
 from pathlib import Path
 
-import jax
 import jax.numpy as jnp
 import msgpack
 import numpy as np
-import optax
 import pytest
+from adafactor_helpers import factored_state, model_tune_adafactor
+from flax import traverse_util
 
 from spot_jax.interop import t5x_states
 from spot_jax.train import checkpoints, optim, optimizer_states
-
-
-def model_tune_adafactor(**kw):
-    """runs/model_tune.gin's Adafactor: parameter scaling, no weight decay, lr 1e-3."""
-    return optim.adafactor(
-        learning_rate=1e-3, weight_decay_rate=None, multiply_by_parameter_scale=True, **kw
-    )
-
-
-def factored_state(opt_state) -> optax.FactoredState:
-    is_fs = lambda n: isinstance(n, optax.FactoredState)  # noqa: E731
-    return next(n for n in jax.tree.leaves(opt_state, is_leaf=is_fs) if is_fs(n))
-
 
 # ---------------------------------------------------------------------------------------------
 # Hand-built factored states: one T5X update in numpy vs ours from the restored state.
@@ -118,17 +105,6 @@ def stored_slots(v_true, shape, fd, mesh_tf=False):
     }
 
 
-def nest(flat):
-    out = {}
-    for k, v in flat.items():
-        node = out
-        *parents, leaf = k.split("/")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = v
-    return out
-
-
 def write_legacy_t5x(path: Path, target, param_states, step):
     """A legacy T5X checkpoint (format 3) with every array inline (flax msgpack ext type 1)."""
 
@@ -138,8 +114,11 @@ def write_legacy_t5x(path: Path, target, param_states, step):
             return msgpack.ExtType(1, msgpack.packb(payload, use_bin_type=True))
         raise TypeError(type(obj))
 
-    state = {"step": step, "param_states": nest(param_states)}
-    root = {"version": 3, "optimizer": {"target": nest(target), "state": state}}
+    state = {"step": step, "param_states": traverse_util.unflatten_dict(param_states, sep="/")}
+    root = {
+        "version": 3,
+        "optimizer": {"target": traverse_util.unflatten_dict(target, sep="/"), "state": state},
+    }
     path.mkdir(parents=True, exist_ok=True)
     (path / "checkpoint").write_bytes(msgpack.packb(root, default=default, use_bin_type=True))
 
