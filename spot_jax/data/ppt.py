@@ -123,6 +123,21 @@ def blocks(docs: Iterable[Sequence[str]], pool_size: int) -> Iterator[list[Seque
         yield block
 
 
+def seeded_documents(
+    docs: Iterable[Sequence[str]], pool_size: int, seed: int, min_sentences: int
+) -> Iterator[tuple[list[Sequence[str]], int, Sequence[str], np.random.Generator]]:
+    """(block, index in the block, document, rng) of each document with at least
+    `min_sentences` (and 2) sentences; document number g of the stream, skipped ones counted,
+    draws from `np.random.default_rng([seed, g])`."""
+    g = 0
+    for block in blocks(docs, pool_size):
+        for i, doc in enumerate(block):
+            rng = np.random.default_rng([seed, g])
+            g += 1
+            if len(doc) >= max(min_sentences, 2):
+                yield block, i, doc, rng
+
+
 def _other_sentence(block, i: int, rng: np.random.Generator) -> str | None:
     others = [j for j in range(len(block)) if j != i]
     if not others:
@@ -199,39 +214,33 @@ def nsp_examples(
         counts[label] += 1
         return label
 
-    g = 0
-    for block in blocks(docs, pool_size):
-        for i, doc in enumerate(block):
-            rng = np.random.default_rng([seed, g])
-            g += 1
-            if len(doc) < max(min_sentences, 2):
-                continue
-            if queries == "one":
-                label = pick(rng, (True, len(doc) >= 3, len(block) >= 2))
-                if label == 2:
-                    pairs = [(doc[rng.integers(len(doc))], _other_sentence(block, i, rng))]
-                else:
-                    pairs = [nsp_pair(doc, label, rng)]
-                labels = [label]
+    for block, i, doc, rng in seeded_documents(docs, pool_size, seed, min_sentences):
+        if queries == "one":
+            label = pick(rng, (True, len(doc) >= 3, len(block) >= 2))
+            if label == 2:
+                pairs = [(doc[rng.integers(len(doc))], _other_sentence(block, i, rng))]
             else:
-                pairs, labels = [], []
-                for q in range(len(doc)):
-                    apart = [j for j in range(len(doc)) if abs(j - q) >= 2]
-                    label = pick(rng, (True, bool(apart), len(block) >= 2))
-                    if label == 0:
-                        s2 = doc[neighbour(q, len(doc), rng)]
-                    elif label == 1:
-                        s2 = doc[apart[rng.integers(len(apart))]]
-                    else:
-                        s2 = _other_sentence(block, i, rng)
-                    pairs.append((doc[q], s2))
-                    labels.append(label)
-            for (s1, s2), label in zip(pairs, labels, strict=True):
-                yield {
-                    "inputs": f"{s1} {mask} {s2}",
-                    "targets": f"{mask} {label_words[label]}",
-                    "label": label,
-                }
+                pairs = [nsp_pair(doc, label, rng)]
+            labels = [label]
+        else:
+            pairs, labels = [], []
+            for q in range(len(doc)):
+                apart = [j for j in range(len(doc)) if abs(j - q) >= 2]
+                label = pick(rng, (True, bool(apart), len(block) >= 2))
+                if label == 0:
+                    s2 = doc[neighbour(q, len(doc), rng)]
+                elif label == 1:
+                    s2 = doc[apart[rng.integers(len(apart))]]
+                else:
+                    s2 = _other_sentence(block, i, rng)
+                pairs.append((doc[q], s2))
+                labels.append(label)
+        for (s1, s2), label in zip(pairs, labels, strict=True):
+            yield {
+                "inputs": f"{s1} {mask} {s2}",
+                "targets": f"{mask} {label_words[label]}",
+                "label": label,
+            }
 
 
 def cls_examples(

@@ -27,7 +27,7 @@ from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 
-from spot_jax.data.ppt import MASK, Example, blocks, neighbour
+from spot_jax.data.ppt import MASK, Example, neighbour, seeded_documents
 
 OPTION_LETTERS = string.ascii_uppercase[:16]
 MC_NUM_OPTIONS = 6
@@ -136,46 +136,40 @@ def mc_examples(
         raise ValueError(f"queries must be 'every' or 'one', got {queries!r}")
     nss = num_options == MC_NUM_OPTIONS
     min_sentences = (5 if nss else 6) if min_sentences is None else min_sentences
-    g = 0
-    for block in blocks(docs, pool_size):
-        for i, doc in enumerate(block):
-            rng = np.random.default_rng([seed, g])
-            g += 1
-            if len(doc) < max(min_sentences, 2):
+    for block, i, doc, rng in seeded_documents(docs, pool_size, seed, min_sentences):
+        shape = NSS_LAYOUT if nss else layout(int(rng.integers(low, high + 1)))
+        others = _other_documents(block, i, shape, rng)
+        if others is None:
+            continue
+        option_tokens = shape.option_tokens
+        positions = range(len(doc)) if queries == "every" else [int(rng.integers(len(doc)))]
+        for q in positions:
+            p = neighbour(q, len(doc), rng)
+            apart = [j for j in range(len(doc)) if abs(j - q) >= 2]
+            if len(apart) < shape.same_document:
                 continue
-            shape = NSS_LAYOUT if nss else layout(int(rng.integers(low, high + 1)))
-            others = _other_documents(block, i, shape, rng)
-            if others is None:
+            answer = _cut(doc[p], option_tokens, words_per_token)
+            same = _sample(rng, apart, shape.same_document)
+            distractors = [_cut(doc[j], option_tokens, words_per_token) for j in same]
+            for other, count in others:
+                distractors += [
+                    _cut(s, option_tokens, words_per_token) for s in _sample(rng, other, count)
+                ]
+            if answer in distractors:
                 continue
-            option_tokens = shape.option_tokens
-            positions = range(len(doc)) if queries == "every" else [int(rng.integers(len(doc)))]
-            for q in positions:
-                p = neighbour(q, len(doc), rng)
-                apart = [j for j in range(len(doc)) if abs(j - q) >= 2]
-                if len(apart) < shape.same_document:
-                    continue
-                answer = _cut(doc[p], option_tokens, words_per_token)
-                same = _sample(rng, apart, shape.same_document)
-                distractors = [_cut(doc[j], option_tokens, words_per_token) for j in same]
-                for other, count in others:
-                    distractors += [
-                        _cut(s, option_tokens, words_per_token) for s in _sample(rng, other, count)
-                    ]
-                if answer in distractors:
-                    continue
-                options = [answer, *distractors]
-                order = rng.permutation(len(options))
-                label = int(np.flatnonzero(order == 0)[0])
-                yield {
-                    "inputs": mc_template(
-                        _cut(doc[q], shape.query_tokens, words_per_token),
-                        [options[k] for k in order],
-                        mask,
-                    ),
-                    "targets": f"{mask} {OPTION_LETTERS[label]}",
-                    "label": label,
-                    "num_options": len(options),
-                }
+            options = [answer, *distractors]
+            order = rng.permutation(len(options))
+            label = int(np.flatnonzero(order == 0)[0])
+            yield {
+                "inputs": mc_template(
+                    _cut(doc[q], shape.query_tokens, words_per_token),
+                    [options[k] for k in order],
+                    mask,
+                ),
+                "targets": f"{mask} {OPTION_LETTERS[label]}",
+                "label": label,
+                "num_options": len(options),
+            }
 
 
 def _other_documents(block, i: int, shape: Layout, rng: np.random.Generator):
