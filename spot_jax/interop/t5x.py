@@ -148,6 +148,22 @@ def ext_hook(code: int, data: bytes):
     return msgpack.ExtType(code, data)
 
 
+def read_msgpack(path: str) -> tuple[Any, str, str, int]:
+    """(root, msgpack file, checkpoint dir, format version) of a legacy T5X checkpoint: `path`
+    is its directory or the msgpack file itself; arrays stay unread (`ext_hook`)."""
+    msgpack_path = storage.join(path, "checkpoint")
+    raw = storage.read_bytes(msgpack_path)
+    if raw is None:  # the path is the msgpack file itself
+        msgpack_path, raw = path, storage.read_bytes(path)
+    ckpt_dir = msgpack_path.rsplit("/", 1)[0] if "/" in msgpack_path else "."
+    try:
+        root = msgpack.unpackb(raw, ext_hook=ext_hook, strict_map_key=False)
+    except Exception as e:  # noqa: BLE001
+        raise CheckpointError(f"{msgpack_path} is not a readable T5X msgpack: {e}") from e
+    version = int(root.get("version", 0)) if isinstance(root, Mapping) else 0
+    return root, msgpack_path, ckpt_dir, version
+
+
 def _is_ts_spec(node) -> bool:
     return isinstance(node, Mapping) and "driver" in node and ("kvstore" in node or "path" in node)
 
@@ -206,16 +222,7 @@ class T5XCheckpoint:
         self._cache: tuple[str, np.ndarray] | None = None
 
     def _open_legacy(self) -> None:
-        msgpack_path = storage.join(self.path, "checkpoint")
-        raw = storage.read_bytes(msgpack_path)
-        if raw is None:  # the path is the msgpack file itself
-            msgpack_path, raw = self.path, storage.read_bytes(self.path)
-        ckpt_dir = msgpack_path.rsplit("/", 1)[0] if "/" in msgpack_path else "."
-        try:
-            root = msgpack.unpackb(raw, ext_hook=ext_hook, strict_map_key=False)
-        except Exception as e:  # noqa: BLE001
-            raise CheckpointError(f"{msgpack_path} is not a readable T5X msgpack: {e}") from e
-        version = int(root.get("version", 0)) if isinstance(root, Mapping) else 0
+        root, msgpack_path, ckpt_dir, version = read_msgpack(self.path)
         if version < 2 or "optimizer" not in root:
             raise CheckpointError(
                 f"{msgpack_path} is not a T5X checkpoint of format version >= 2 (version {version})"

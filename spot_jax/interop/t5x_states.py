@@ -13,7 +13,6 @@ under `state/param_states/...` of the `state/` PyTree.
 
 from collections.abc import Mapping
 
-import msgpack
 import numpy as np
 from etils import epath
 
@@ -50,16 +49,7 @@ class T5XParamStates:
                 self.params.setdefault(param, {})[slot] = tuple(shape)
 
     def _open_legacy(self) -> None:
-        msgpack_path = storage.join(self.path, "checkpoint")
-        raw = storage.read_bytes(msgpack_path)
-        if raw is None:  # the path is the msgpack file itself
-            msgpack_path, raw = self.path, storage.read_bytes(self.path)
-        ckpt_dir = msgpack_path.rsplit("/", 1)[0] if "/" in msgpack_path else "."
-        try:
-            root = msgpack.unpackb(raw, ext_hook=t5x.ext_hook, strict_map_key=False)
-        except Exception as e:  # noqa: BLE001
-            raise CheckpointError(f"{msgpack_path} is not a readable T5X msgpack: {e}") from e
-        version = int(root.get("version", 0)) if isinstance(root, Mapping) else 0
+        root, _, ckpt_dir, version = t5x.read_msgpack(self.path)
         optimizer = root.get("optimizer") if isinstance(root, Mapping) else None
         state = optimizer.get("state") if isinstance(optimizer, Mapping) else None
         state = state if isinstance(state, Mapping) else {}
