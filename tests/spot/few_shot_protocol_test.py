@@ -3,6 +3,8 @@ data), each evaluated at its best dev step, mean ± std, zero-shot of the starti
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,24 +16,15 @@ pytest.importorskip("seqio")
 from spot_jax.spot import few_shot_protocol  # noqa: E402
 from spot_jax.spot import runs as runs_lib  # noqa: E402
 
+REPO = Path(__file__).resolve().parents[2]
 SPM = Path(os.environ.get("SPOT_JAX_TEST_SPM", "/work/shared/fixtures/t5_sentencepiece.model"))
 TASK = "spot_glue_rte_v200"
 
 
 @pytest.mark.skipif(not SPM.exists(), reason="T5 SentencePiece model not available")
-def test_five_seeds_give_mean_and_std(tmp_path, monkeypatch, capsys):
-    import seqio
-
-    from spot_jax.data import tasks
-    from spot_jax.data.tasks import base
-
-    # Tasks read the vocabulary path when registered: re-register T (and its variants).
-    monkeypatch.setenv("SPOT_JAX_VOCAB", str(SPM))
-    tasks.enable_mock_data(16)
-    for name in [TASK] + [f"{TASK}_4shot_seed{s}" for s in range(5)]:
-        if name in seqio.TaskRegistry.names():
-            seqio.TaskRegistry.remove(name)
-    base.register_spec(base.SPECS[TASK])
+def test_five_seeds_give_mean_and_std(tmp_path):
+    # Its own process: mock data's size is fixed by a process's first use (16 here, so every
+    # 4-shot dev set is full), and tasks read the vocabulary when registered.
     start = np.random.default_rng(0).uniform(0, 0.5, (5, 8)).astype(np.float32)
     np.save(tmp_path / "start.npy", start)
     gin_args = [
@@ -44,9 +37,14 @@ def test_five_seeds_give_mean_and_std(tmp_path, monkeypatch, capsys):
     out = tmp_path / "protocol"
     argv = ["--task", TASK, "--out", str(out), "--k", "4", "--in-process",
             "--full-data-steps", "2", "--", *gin_args]  # fmt: skip
-    assert few_shot_protocol.few_shot_main(argv) == 0
+    env = dict(os.environ, SPOT_JAX_TFDS_MOCK="16", SPOT_JAX_VOCAB=str(SPM))
+    done = subprocess.run(
+        [sys.executable, "-m", "spot_jax.cli", "few-shot", *argv],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads((out / "results.json").read_text())
-    assert capsys.readouterr().out.endswith((out / "results.md").read_text())
+    assert done.stdout.endswith((out / "results.md").read_text())
     runs = report["runs"]
     assert [r["seed"] for r in runs] == [0, 1, 2, 3, 4]
     assert len({r["task"] for r in runs}) == 5 and runs[0]["task"] == f"{TASK}_4shot_seed0"
@@ -60,8 +58,8 @@ def test_five_seeds_give_mean_and_std(tmp_path, monkeypatch, capsys):
             for s, m in runs_lib.read_metrics(run["model_dir"]).items()
             if "eval/sequence_accuracy" in m
         }
-        if dev:  # the best dev step (the later one on ties) is the one evaluated
-            assert run["step"] == max(dev, key=lambda s: (dev[s], s))
+        # The best dev step (the later one on ties) is the one evaluated.
+        assert dev and run["step"] == max(dev, key=lambda s: (dev[s], s))
     # Zero-shot is the starting prompt itself: every run's step 0 is PROMPT_FILE.
     step0 = np.load(runs_lib.prompt_file(runs[3]["model_dir"], 0))
     np.testing.assert_array_equal(step0, start)
