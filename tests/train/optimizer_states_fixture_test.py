@@ -55,7 +55,8 @@ def fixture_param_states() -> dict[str, dict[str, np.ndarray]]:
     return out
 
 
-def fresh_state(model, optimizer, mesh):
+def fixture_params(model, mesh):
+    """The model's params with the fixture's frozen weights."""
     params, _ = trainer.build_params(
         model,
         mesh,
@@ -65,7 +66,11 @@ def fresh_state(model, optimizer, mesh):
         initial_checkpoint_path=str(PT_TINY),
         seed=0,
     )
-    trainable, _ = optim.split_trainable(params, ".*")
+    return params
+
+
+def fresh_state(model, optimizer, mesh):
+    trainable, _ = optim.split_trainable(fixture_params(model, mesh), ".*")
     with sharding.active(mesh):
         state = jax.jit(
             lambda t: state_lib.create(t, optimizer, checkpoints.pretrained_step(PT_TINY))
@@ -181,16 +186,7 @@ def test_checkpoints_without_states_start_fresh_with_a_note(tmp_path, capsys):
 def test_prompt_tuning_restores_nothing(capsys):
     # Its only trainable param is the new prompt: no state to look for, nothing said.
     model = PromptedT5(named_config("pt_test_tiny"), prompt_length=3)
-    mesh = sharding.make_mesh(1)
-    params, _ = trainer.build_params(
-        model,
-        mesh,
-        axes.standard_rules(),
-        batch_size=8,
-        feature_lengths=LENGTHS,
-        initial_checkpoint_path=str(PT_TINY),
-        seed=0,
-    )
+    params = fixture_params(model, sharding.make_mesh(1))
     trainable, _ = optim.split_trainable(params, optim.PROMPT_REGEX)
     state = state_lib.create(trainable, optim.adafactor(), 3)
     assert optimizer_states.restore_for_run(str(PT_TINY), state, model, LENGTHS) is state
