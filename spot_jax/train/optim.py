@@ -14,6 +14,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from spot_jax.models import prompted
+
 # Default TRAINABLE: prompt-tuning's PROMPT_REGEX, matched (fullmatch) against 'a/b/c' paths.
 PROMPT_REGEX = r".*/prompt/.*"
 
@@ -111,6 +113,50 @@ def _decoupled_weight_decay(rate: float) -> optax.GradientTransformation:
     return optax.GradientTransformation(lambda _: optax.EmptyState(), update_fn)
 
 
+def _param_name(path) -> str:
+    return "/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path)
+
+
+def _averaged_axes(name: str, x: jax.Array) -> tuple[int, ...]:
+    """The axes T5X's Adafactor averages a param's update RMS and scale over: all but a scanned
+    stack's leading layer axis ('layers' is a BATCH axis in T5X's logical factor rules), so a
+    scanned model clips and scales each layer on its own, as an unscanned one does."""
+    return tuple(range(1 if prompted.is_stacked(name) else 0, x.ndim))
+
+
+def _rms(x: jax.Array, axes: tuple[int, ...]) -> jax.Array:
+    return jnp.sqrt(jnp.mean(jnp.square(x), axis=axes, keepdims=True))
+
+
+def _clip_by_rms(threshold: float) -> optax.GradientTransformation:
+    """T5X's update clipping: y / max(1, RMS(y) / threshold), per param (per layer if scanned)."""
+
+    def update_fn(updates, state, params=None):
+        def clip(path, u):
+            return u / jnp.maximum(1.0, _rms(u, _averaged_axes(_param_name(path), u)) / threshold)
+
+        return jax.tree_util.tree_map_with_path(clip, updates), state
+
+    return optax.GradientTransformation(lambda _: optax.EmptyState(), update_fn)
+
+
+def _scale_by_param_rms(min_scale: float) -> optax.GradientTransformation:
+    """T5X's multiply_by_parameter_scale: updates times max(RMS(param), min_scale), per param
+    (per layer if scanned)."""
+
+    def update_fn(updates, state, params=None):
+        if params is None:
+            raise ValueError("parameter scaling needs params")
+
+        def scale(path, u, p):
+            p = p.astype(jnp.float32)
+            return u * jnp.maximum(_rms(p, _averaged_axes(_param_name(path), p)), min_scale)
+
+        return jax.tree_util.tree_map_with_path(scale, updates, params), state
+
+    return optax.GradientTransformation(lambda _: optax.EmptyState(), update_fn)
+
+
 def adafactor(
     learning_rate: float | Callable = 0.3,
     decay_rate: float = 0.8,
@@ -135,9 +181,9 @@ def adafactor(
         )
     ]
     if clipping_threshold is not None:
-        chain.append(optax.clip_by_block_rms(clipping_threshold))
+        chain.append(_clip_by_rms(clipping_threshold))
     if multiply_by_parameter_scale:
-        chain.append(optax.scale_by_param_block_rms(min_scale=epsilon2))
+        chain.append(_scale_by_param_rms(epsilon2))
     chain.append(optax.scale_by_learning_rate(learning_rate))
     if beta1 is not None:
         chain.append(optax.ema(beta1, debias=False))

@@ -117,6 +117,70 @@ def test_adafactor_factored_second_moments(rng):
     assert not np.allclose(got, t5x_unfactored(param, grads), atol=1e-4)
 
 
+def _stacked_and_per_layer(opt, params, grads):
+    """`opt` run on scanned stacks (`encoder/layers/...`, layer axis first) and on the same
+    layers as unscanned params (`encoder/layers_<i>/...`); returns both final param dicts.
+    `grads[name]` is a list of per-step gradients of the stacked param."""
+    layer_of = {
+        name.replace("/layers/", f"/layers_{i}/"): (name, i)
+        for name, v in params.items()
+        for i in range(v.shape[0])
+    }
+    stacked = {k: jnp.asarray(v) for k, v in params.items()}
+    split = {k: jnp.asarray(params[name][i]) for k, (name, i) in layer_of.items()}
+    steps = len(next(iter(grads.values())))
+    results = []
+    for tree in (stacked, split):
+        state = opt.init(tree)
+        for step in range(steps):
+            g = {
+                k: jnp.asarray(
+                    grads[k][step] if k in grads else grads[layer_of[k][0]][step][layer_of[k][1]]
+                )
+                for k in tree
+            }
+            updates, state = opt.update(g, state, tree)
+            tree = optax.apply_updates(tree, updates)
+        results.append(tree)
+    return results
+
+
+def test_scanned_layers_clip_and_scale_each_layer_as_t5x(rng):
+    # T5X's factor rules make 'layers' a BATCH axis: update RMS clipping and the parameter scale
+    # average within each layer. Layers of very different scales tell that apart from one RMS
+    # over the whole stack (optax's clip_by_block_rms), which would clip all layers together.
+    scales = np.array([1e-3, 1.0, 30.0])[:, None, None]
+    params = {
+        "encoder/layers/mlp/wi/kernel": rng.normal(size=(3, 128, 256)) * scales,
+        "encoder/layers/pre_mlp_layer_norm/scale": 1.0 + rng.normal(size=(3, 64)) * scales[:, 0],
+    }
+    params = {k: v.astype(np.float32) for k, v in params.items()}
+    grads = {
+        k: [
+            (rng.normal(size=v.shape) * (s if v.ndim == 3 else s[:, 0])).astype(np.float32)
+            for s in (scales, 1 / scales)
+        ]
+        for k, v in params.items()
+    }
+    opt = optim.adafactor(
+        1e-2, weight_decay_rate=None, multiply_by_parameter_scale=True, decay_rate=0.8
+    )
+    stacked, split = _stacked_and_per_layer(opt, params, grads)
+    for name, got in stacked.items():
+        want = np.stack([split[name.replace("/layers/", f"/layers_{i}/")] for i in range(3)])
+        np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-7)
+    # The stack-wide rule (the one before) moves the layers differently.
+    whole = optax.chain(
+        optax.scale_by_factored_rms(decay_rate=0.8, epsilon=1e-30),
+        optax.clip_by_block_rms(1.0),
+        optax.scale_by_param_block_rms(1e-3),
+        optax.scale_by_learning_rate(1e-2),
+    )
+    old, _ = _stacked_and_per_layer(whole, params, grads)
+    name = "encoder/layers/mlp/wi/kernel"
+    assert not np.allclose(np.asarray(old[name]), np.asarray(stacked[name]), rtol=1e-3)
+
+
 def test_learning_rate_schedules():
     const = optim.learning_rate_schedule("constant", 0.3)
     assert float(const(0)) == pytest.approx(0.3) and float(const(10**6)) == pytest.approx(0.3)
