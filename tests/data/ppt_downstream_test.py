@@ -18,40 +18,57 @@ X = "<extra_id_0>"
 CORRECT = f"? The correct one is {X}"
 
 
-def _strings(task, unified, examples):
-    ds = pd.classification(tf.data.Dataset.from_tensor_slices(examples), task=task, unified=unified)
+def _strings(task, fmt, examples):
+    ds = pd.classification(tf.data.Dataset.from_tensor_slices(examples), task=task, fmt=fmt)
     return [(x["inputs"].decode(), x["targets"].decode()) for x in ds.as_numpy_iterator()]
 
 
 def test_ppt_formats_match_pre_training():
     sst2 = {"sentence": ["a gem .", "dull"], "label": [1, 0]}
-    assert _strings("sst2", False, sst2) == [
+    assert _strings("sst2", "ppt", sst2) == [
         (f"a gem . {X}", f"{X} good"),
         (f"dull {X}", f"{X} bad"),
     ]
     # RTE: premise first (nsp3's 's1 <X> s2'); CB: hypothesis first, as PPT's data code has it.
     pair = {"premise": ["P one."], "hypothesis": ["H one."], "label": [1]}
-    assert _strings("rte", False, pair) == [(f"P one. {X} H one.", f"{X} no")]
+    assert _strings("rte", "ppt", pair) == [(f"P one. {X} H one.", f"{X} no")]
     cb = {**pair, "label": [2]}
-    assert _strings("cb", False, cb) == [(f"H one. {X} P one.", f"{X} maybe")]
+    assert _strings("cb", "ppt", cb) == [(f"H one. {X} P one.", f"{X} maybe")]
     boolq = {"question": ["is it"], "passage": ["It is."], "label": [1]}
-    assert _strings("boolq", False, boolq) == [(f"is it {X} It is.", f"{X} yes")]
+    assert _strings("boolq", "ppt", boolq) == [(f"is it {X} It is.", f"{X} yes")]
     # Test splits have no labels (-1): dropped.
-    assert _strings("rte", False, {**pair, "label": [-1]}) == []
+    assert _strings("rte", "ppt", {**pair, "label": [-1]}) == []
 
 
 def test_unified_formats_list_the_label_words_as_options():
     sst2 = {"sentence": ["a gem ."], "label": [1]}
-    assert _strings("sst2", True, sst2) == [(f"a gem ? A. bad. B. good. {CORRECT}", f"{X} B")]
+    assert _strings("sst2", "unified", sst2) == [(f"a gem ? A. bad. B. good. {CORRECT}", f"{X} B")]
     pair = {"premise": ["P one."], "hypothesis": ["H one?"], "label": [0]}
-    assert _strings("rte", True, pair) == [(f"H one ? P one . A. no. B. yes. {CORRECT}", f"{X} B")]
+    assert _strings("rte", "unified", pair) == [
+        (f"H one ? P one . A. no. B. yes. {CORRECT}", f"{X} B")
+    ]
     # CB's classes (entailment, contradiction, neutral) as Unified PPT's A. no B. maybe C. yes.
-    cb = [_strings("cb", True, {**pair, "label": [c]})[0][1] for c in (0, 1, 2)]
+    cb = [_strings("cb", "unified", {**pair, "label": [c]})[0][1] for c in (0, 1, 2)]
     assert cb == [f"{X} C", f"{X} A", f"{X} B"]
     boolq = {"question": ["is it"], "passage": ["It is."], "label": [0]}
-    assert _strings("boolq", True, boolq) == [
+    assert _strings("boolq", "unified", boolq) == [
         (f"is it ? It is . A. no. B. yes. {CORRECT}", f"{X} A")
     ]
+
+
+def test_hybrid_formats_are_ppts_hard_templates():
+    # PPT's data code without a soft prompt (data_utils/*Datasets.py): Hybrid PT / PPT.
+    sst2 = {"sentence": ["a gem ."], "label": [1]}
+    assert _strings("sst2", "hybrid", sst2) == [(f"a gem . It was {X}.", f"{X} good")]
+    pair = {"premise": ["P one."], "hypothesis": ["H one"], "label": [1]}
+    assert _strings("rte", "hybrid", pair) == [(f"H one? {X}. P one.", f"{X} no")]
+    assert _strings("cb", "hybrid", {**pair, "label": [2]}) == [
+        (f"H one? {X}. P one.", f"{X} maybe")
+    ]
+    boolq = {"question": ["is it"], "passage": ["It is."], "label": [0]}
+    assert _strings("boolq", "hybrid", boolq) == [(f"question: is it? {X}. It is.", f"{X} no")]
+    with pytest.raises(ValueError, match="fmt must be one of"):
+        _strings("rte", "hard", pair)
 
 
 def test_race_makes_one_example_per_question():
@@ -91,7 +108,7 @@ def test_a_long_passage_is_cut_not_the_question_or_the_options():
     features = {"inputs": seqio.Feature(vocabulary, add_eos=True)}
     passage = " ".join(f"word{i}" for i in range(300))
     boolq = {"question": ["is it"], "passage": [passage], "label": [1]}
-    ds = pd.classification(tf.data.Dataset.from_tensor_slices(boolq), task="boolq", unified=True)
+    ds = pd.classification(tf.data.Dataset.from_tensor_slices(boolq), task="boolq", fmt="unified")
     ds = seqio.preprocessors.tokenize(ds, features)
     ds = pd.fit_inputs(ds, features, {"inputs": 64})
     ds = seqio.preprocessors.append_eos_after_trim(ds, features, {"inputs": 64})
@@ -100,7 +117,7 @@ def test_a_long_passage_is_cut_not_the_question_or_the_options():
     text = vocabulary.decode(x["inputs"][:-1].tolist())
     assert text.startswith("is it ? word0 word1") and text.endswith(f"B. yes. {CORRECT}")
     # Short enough: nothing cut, the same ids as tokenizing the whole input.
-    ds = pd.classification(tf.data.Dataset.from_tensor_slices(boolq), task="boolq", unified=True)
+    ds = pd.classification(tf.data.Dataset.from_tensor_slices(boolq), task="boolq", fmt="unified")
     whole = next(seqio.preprocessors.tokenize(ds, features).as_numpy_iterator())
     fitted = pd.fit_inputs(seqio.preprocessors.tokenize(ds, features), features, {"inputs": 999})
     fitted = next(fitted.as_numpy_iterator())
@@ -113,7 +130,9 @@ def mock_data():
 
 
 @pytest.mark.skipif(not SPM.exists(), reason="T5 SentencePiece model not available")
-@pytest.mark.parametrize("name", ["ppt_rte", "ppt_cb_unified", "ppt_sst2", "ppt_race_middle"])
+@pytest.mark.parametrize(
+    "name", ["ppt_rte", "ppt_cb_unified", "ppt_sst2", "ppt_boolq_hybrid", "ppt_race_middle"]
+)
 def test_tasks_yield_fitted_examples_under_mock_data(mock_data, monkeypatch, name):
     monkeypatch.setenv("SPOT_JAX_VOCAB", str(SPM))
     for spec in pd.specs():  # tasks read the vocabulary when registered

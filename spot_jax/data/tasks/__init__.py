@@ -20,7 +20,7 @@ Importing this package registers every task; `register_all()` does it again afte
     c4.py          spot_c4_span_corruption_v310, spot_c4_prefix_lm_v310 (no taskless twins)
     few_shot.py    <task>_<k>shot_seed<s> (PPT's 32-train / 32-dev protocol)
     ppt.py         ppt_{nsp3,mc,unified}_c4, ppt_mixture_c4 (PPT pre-training formats)
-    ppt_downstream.py  ppt_{sst2,rte,cb,boolq}[_unified], ppt_race_{high,middle} (PPT's
+    ppt_downstream.py  ppt_{sst2,rte,cb,boolq}[_unified|_hybrid], ppt_race_{high,middle} (PPT's
                    target formats; no taskless twins)
     ../mixtures.py spot_glue_mixture, spot_super_glue_mixture, spot_glue_super_glue_mixture,
                    spot_<family>_mixture, spot_all_mixture (C4 + all supervised),

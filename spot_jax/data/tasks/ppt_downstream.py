@@ -14,6 +14,11 @@ PPT rewrites every task as its multiple-choice template (facts from PPT's data_u
     race_high   'article ; question ? A. o1. B. o2. C. o3. D. o4. ? The correct one is <X>'
     race_middle -> A..D (mc; the same in both, so one task each)
 
+`ppt_<task>_hybrid` holds PPT's hard templates, which its data code uses without a soft prompt
+and the paper's Hybrid PT / Hybrid PPT put after one (same answers as PPT's format):
+
+    sst2 's It was <X>.'   rte, cb 'hypothesis? <X>. premise'   boolq 'question: q? <X>. passage'
+
 Targets are '<X> word' or '<X> LETTER' with <X> = `<extra_id_0>`; predictions are mapped back
 to class ids (an answer outside the label words counts wrong). The long field (passage, article,
 premise, sentence) is the one cut to fit the inputs length, as PPT cuts BoolQ's passage and
@@ -47,10 +52,12 @@ _CLASSIFICATION = {
     "boolq": ("super_glue/boolq:1.0.2", ("no", "yes"), ("no", "yes")),
 }
 RACE_LEVELS = ("high", "middle")
+# PPT's own format, Unified PPT's multiple choice, PPT's hard template (Hybrid PT / PPT).
+FORMATS = ("ppt", "unified", "hybrid")
 
 
-def task_name(task: str, unified: bool = False) -> str:
-    return f"ppt_{task}{'_unified' if unified else ''}"
+def task_name(task: str, fmt: str = "ppt") -> str:
+    return f"ppt_{task}" if fmt == "ppt" else f"ppt_{task}_{fmt}"
 
 
 def _strip(text: tf.Tensor) -> tf.Tensor:
@@ -69,35 +76,43 @@ def _example(head, body, tail, target, label) -> dict[str, tf.Tensor]:
     return {"inputs": inputs, "targets": target, "label": label, **parts}
 
 
-def _classification_parts(task: str, x: dict[str, tf.Tensor], unified: bool):
+def _classification_parts(task: str, x: dict[str, tf.Tensor], fmt: str):
     """(head, body, tail) of one example: the body is the field cut to fit."""
+    join = lambda *parts: tf.strings.join(list(parts), " ")  # noqa: E731
     if task == "sst2":
         sentence = x["sentence"]
-        return ("", _strip(sentence), "?") if unified else ("", sentence, MASK)
-    if task == "rte":
-        if unified:
-            return tf.strings.join([_strip(x["hypothesis"]), "?"], " "), _strip(x["premise"]), "."
-        return "", x["premise"], tf.strings.join([MASK, x["hypothesis"]], " ")
-    if task == "cb":
-        if unified:
-            return tf.strings.join([_strip(x["hypothesis"]), "?"], " "), _strip(x["premise"]), "."
-        return tf.strings.join([x["hypothesis"], MASK], " "), x["premise"], ""
+        if fmt == "unified":
+            return "", _strip(sentence), "?"
+        return "", sentence, f"It was {MASK}." if fmt == "hybrid" else MASK
+    if task in ("rte", "cb"):
+        if fmt == "unified":
+            return join(_strip(x["hypothesis"]), "?"), _strip(x["premise"]), "."
+        if fmt == "hybrid":
+            return join(tf.strings.join([x["hypothesis"], "?"]), f"{MASK}."), x["premise"], ""
+        if task == "rte":  # premise first: nsp3's 's1 <X> s2'
+            return "", x["premise"], join(MASK, x["hypothesis"])
+        return join(x["hypothesis"], MASK), x["premise"], ""
     if task == "boolq":
         question = x["question"]
-        if unified:
-            return tf.strings.join([_strip(question), "?"], " "), _strip(x["passage"]), "."
-        return tf.strings.join([question, MASK], " "), x["passage"], ""
+        if fmt == "unified":
+            return join(_strip(question), "?"), _strip(x["passage"]), "."
+        if fmt == "hybrid":
+            return join("question:", tf.strings.join([question, "?"]), f"{MASK}."), x["passage"], ""
+        return join(question, MASK), x["passage"], ""
     raise ValueError(f"no PPT format for {task!r}")
 
 
-def classification(dataset: tf.data.Dataset, *, task: str, unified: bool) -> tf.data.Dataset:
-    """TFDS examples of a classification task -> PPT's (or Unified PPT's) format."""
+def classification(dataset: tf.data.Dataset, *, task: str, fmt: str) -> tf.data.Dataset:
+    """TFDS examples of a classification task -> PPT's, Unified PPT's or the hybrid format."""
+    if fmt not in FORMATS:
+        raise ValueError(f"fmt must be one of {FORMATS}, got {fmt!r}")
     _, words, order = _CLASSIFICATION[task]
+    unified = fmt == "unified"
     answers = [OPTION_LETTERS[order.index(w)] for w in words] if unified else list(words)
     listed = f"{_listed(order)} {_CORRECT}" if unified else ""
 
     def fn(x):
-        head, body, tail = _classification_parts(task, x, unified)
+        head, body, tail = _classification_parts(task, x, fmt)
         if unified:
             tail = tf.strings.join([tail, listed], " ")
         target = tf.strings.join([MASK, tf.gather(answers, x["label"])], " ")
@@ -182,16 +197,16 @@ def _spec(name, tfds_name, splits, text_preprocessor, answers, metric_fns, class
 
 
 def specs() -> list[base.TaskSpec]:
-    """Every task of this module, PPT's and Unified PPT's formats."""
+    """Every task of this module, in PPT's, Unified PPT's and the hybrid formats."""
     out = []
     for task, (tfds_name, words, order) in _CLASSIFICATION.items():
         metric_fns = [metrics.accuracy]
         if task == "cb":  # SuperGLUE's CB score: macro F1 beside accuracy
             metric_fns = [metrics.mean_multiclass_f1(num_classes=3), metrics.accuracy]
-        for unified in (False, True):
-            answers = [OPTION_LETTERS[order.index(w)] for w in words] if unified else words
-            pp = functools.partial(classification, task=task, unified=unified)
-            name = task_name(task, unified)
+        for fmt in FORMATS:
+            answers = [OPTION_LETTERS[order.index(w)] for w in words] if fmt == "unified" else words
+            pp = functools.partial(classification, task=task, fmt=fmt)
+            name = task_name(task, fmt)
             out.append(_spec(name, tfds_name, _SPLITS, pp, answers, metric_fns))
     for level in RACE_LEVELS:
         splits = {"train": "train", "validation": "dev", "test": "test"}
