@@ -11,9 +11,11 @@ half and half (the only one at either end of the document). The distractors foll
 layout for n (`layout`): some sentences of the query's own document that are neither the query
 nor one of its neighbours, and the rest from 4 other documents of the block, spread evenly.
 Query and options are cut to PPT's per-n token budgets, which shrink as n grows so that 16
-options still fit a 512-token input; budgets are counted in words here (`WORDS_PER_TOKEN`, about
-what T5's SentencePiece gives English text), and the tasks cut any overflow from the front of
-the input (`tasks.ppt`), so the options and `<extra_id_0>` always survive.
+options still fit a 512-token input. A `cut` function applies a budget: the corpus tasks count
+the model's tokens as PPT does (`token_cutter`: the first n SentencePiece pieces), plain calls
+count words (`word_cutter`, `WORDS_PER_TOKEN` about what T5's SentencePiece gives English
+text); the tasks cut any overflow from the front of the input (`tasks.ppt`), so the options and
+`<extra_id_0>` always survive.
 
 Determinism: as for every PPT builder, the choices for document number g of the stream come
 from `np.random.default_rng([seed, g])` (see `spot_jax.data.ppt`).
@@ -23,7 +25,8 @@ from __future__ import annotations
 
 import dataclasses
 import string
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -89,8 +92,28 @@ def mc_template(query: str, options: Sequence[str], mask: str = MASK) -> str:
     return f"{query.rstrip('.!?')} ? {listed} ? The correct one is {mask}"
 
 
-def _cut(text: str, tokens: int, words_per_token: float) -> str:
-    return " ".join(text.split()[: max(1, int(tokens * words_per_token))])
+# (text, token budget) -> the text cut to the budget.
+Cutter = Callable[[str, int], str]
+
+
+def word_cutter(words_per_token: float = WORDS_PER_TOKEN) -> Cutter:
+    """Budgets in words: the first `budget * words_per_token` words (at least one)."""
+
+    def cut(text: str, tokens: int) -> str:
+        return " ".join(text.split()[: max(1, int(tokens * words_per_token))])
+
+    return cut
+
+
+def token_cutter(vocabulary: Any) -> Cutter:
+    """Budgets in the model's tokens, as PPT cuts (`encode(text)[:budget]`): the text of the
+    first `budget` pieces of a SeqIO vocabulary (anything with `encode` and `decode`)."""
+
+    def cut(text: str, tokens: int) -> str:
+        ids = vocabulary.encode(text)
+        return text if len(ids) <= tokens else vocabulary.decode(list(ids[:tokens])).strip()
+
+    return cut
 
 
 def _sample(rng: np.random.Generator, items: Sequence, k: int) -> list:
@@ -105,7 +128,7 @@ def mc_examples(
     pool_size: int = 32,
     queries: str = "every",
     min_sentences: int | None = None,
-    words_per_token: float = WORDS_PER_TOKEN,
+    cut: Cutter | None = None,
     mask: str = MASK,
 ) -> Iterator[Example]:
     """Next-sentence selection: which option neighbours the query sentence.
@@ -120,7 +143,7 @@ def mc_examples(
         queries: 'every' sentence of a document is a query (PPT), or 'one' per document.
         min_sentences: shorter documents are skipped (PPT: 5 for NSS, 6 for Unified PPT, the
             default by `num_options`).
-        words_per_token: converts PPT's token budgets to words.
+        cut: applies PPT's token budgets to the query and options (default `word_cutter()`).
         mask: the mask token `<X>`.
 
     Returns:
@@ -135,6 +158,7 @@ def mc_examples(
     if queries not in ("every", "one"):
         raise ValueError(f"queries must be 'every' or 'one', got {queries!r}")
     nss = num_options == MC_NUM_OPTIONS
+    cut = cut or word_cutter()
     min_sentences = (5 if nss else 6) if min_sentences is None else min_sentences
     for block, i, doc, rng in seeded_documents(docs, pool_size, seed, min_sentences):
         shape = NSS_LAYOUT if nss else layout(int(rng.integers(low, high + 1)))
@@ -148,13 +172,11 @@ def mc_examples(
             apart = [j for j in range(len(doc)) if abs(j - q) >= 2]
             if len(apart) < shape.same_document:
                 continue
-            answer = _cut(doc[p], option_tokens, words_per_token)
+            answer = cut(doc[p], option_tokens)
             same = _sample(rng, apart, shape.same_document)
-            distractors = [_cut(doc[j], option_tokens, words_per_token) for j in same]
+            distractors = [cut(doc[j], option_tokens) for j in same]
             for other, count in others:
-                distractors += [
-                    _cut(s, option_tokens, words_per_token) for s in _sample(rng, other, count)
-                ]
+                distractors += [cut(s, option_tokens) for s in _sample(rng, other, count)]
             if answer in distractors:
                 continue
             options = [answer, *distractors]
@@ -162,7 +184,7 @@ def mc_examples(
             label = int(np.flatnonzero(order == 0)[0])
             yield {
                 "inputs": mc_template(
-                    _cut(doc[q], shape.query_tokens, words_per_token),
+                    cut(doc[q], shape.query_tokens),
                     [options[k] for k in order],
                     mask,
                 ),

@@ -149,6 +149,31 @@ def test_mc_inputs_fit_512_tokens_and_keep_the_mask():
         assert x["inputs"].endswith(f"The correct one is {ppt.MASK}")
 
 
+@pytest.mark.skipif(not SPM.exists(), reason="T5 SentencePiece model not available")
+def test_token_cutter_counts_the_vocabularys_pieces_as_ppt():
+    import sentencepiece
+
+    spm = sentencepiece.SentencePieceProcessor(model_file=str(SPM))
+    cut = ppt_choice.token_cutter(spm)
+    long = "Internationalization considerations notwithstanding, extraordinarily verbose " * 12
+    assert len(spm.encode(cut(long, 20))) <= 20 < len(spm.encode(long))
+    assert cut("a short one.", 20) == "a short one."
+    # 16 options: every option within Unified PPT's 20 tokens, the query within 150 (in words
+    # these sentences would keep 15 and 112 words, which tokenize to far more).
+    docs = [[f"Document {d} sentence {i}: {long}" for i in range(8)] for d in range(8)]
+    examples = list(ppt_choice.mc_examples(docs, num_options=16, pool_size=8, cut=cut))
+    assert examples
+    for x in examples:
+        query, rest = x["inputs"].split(" ? A. ", 1)
+        options = _split_options(
+            "A. " + rest.rsplit(" ? The correct one is", 1)[0], "ABCDEFGHIJKLMNOP"
+        )
+        assert len(spm.encode(query)) <= 150
+        assert all(len(spm.encode(o.rstrip("."))) <= 20 for o in options)
+    word_cut = ppt_choice.word_cutter()(long, 20)
+    assert len(spm.encode(word_cut)) > 20
+
+
 def _split_options(listed, letters):
     parts = []
     rest = listed

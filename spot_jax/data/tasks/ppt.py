@@ -30,7 +30,7 @@ from collections.abc import Callable, Mapping, Sequence
 import seqio
 import tensorflow as tf
 
-from spot_jax.data import metrics, ppt
+from spot_jax.data import metrics, ppt, ppt_choice
 from spot_jax.data.tasks import base
 
 PRETRAIN_FORMATS = ("nsp3", "mc", "unified")
@@ -146,6 +146,16 @@ def keep_input_end(
     return dataset.map(trim, num_parallel_calls=tf.data.AUTOTUNE)
 
 
+def _in_vocabulary_tokens(build: Callable) -> Callable:
+    """A multiple-choice builder whose budgets count the task vocabulary's tokens, as PPT's."""
+
+    def run(docs, seed: int):
+        vocabulary = base.output_features()["inputs"].vocabulary
+        return build(docs, seed=seed, cut=ppt_choice.token_cutter(vocabulary))
+
+    return run
+
+
 def _add_task(name: str, corpus: Corpus, build: Callable) -> str:
     if name in seqio.TaskRegistry.names():
         return name
@@ -173,6 +183,8 @@ def register_corpus(corpus: Corpus = C4) -> list[str]:
     names = []
     for fmt in PRETRAIN_FORMATS:
         build = functools.partial(ppt.examples, fmt, pool_size=corpus.pool_size)
+        if fmt in ("mc", "unified"):
+            build = _in_vocabulary_tokens(build)
         names.append(_add_task(task_name(fmt, corpus.name), corpus, build))
     if mixture_name(corpus.name) not in seqio.MixtureRegistry.names():
         seqio.MixtureRegistry.add(mixture_name(corpus.name), [(n, 1.0) for n in names])
