@@ -16,6 +16,9 @@ split (eval-only twins) get rate 0 and are evaluated, not trained on.
                                     the mixtures above, each once
     spot_glue_mnli_and_dev_v200     SPoT's MNLI mixture: train on MNLI, eval on both dev sets
 
+`STUDY_SOURCES` and `STUDY_TARGETS` name the transferability study's tasks (paper §3, Table 2:
+16 sources, each trained on its own, and 10 low-resource targets), CxC and CR left out.
+
 Not here, because TFDS lacks them: CxC, CR and αNLI, so "All" has fewer than the paper's C4 +
 55 datasets. (WikiLingua is GEM's `gem/wiki_lingua_english_en`; GEM's XSum subset and the
 summarization family's full XSum are both in "All".)
@@ -41,6 +44,7 @@ from spot_jax.data.tasks import (
     nli,
     qa,
     rainbow,
+    reading,
     sentiment,
     summarization,
     super_glue,
@@ -86,6 +90,36 @@ ALL_TASKS = (
     *dict.fromkeys(
         GLUE_TASKS + SUPER_GLUE_TASKS + tuple(t for ts in FAMILY_TASKS.values() for t in ts)
     ),
+)
+# The transferability study (paper §3): 16 source tasks (CxC: not in TFDS) and 10 targets (CR:
+# not in TFDS). RACE's 25K is RACE-middle's train set.
+STUDY_SOURCES = (
+    c4.PREFIX_LM_NAME,
+    nli.doc_nli_task_name(),
+    sentiment.task_name("yelp_polarity_reviews"),
+    glue.task_name("mnli"),
+    glue.task_name("qqp"),
+    glue.task_name("qnli"),
+    super_glue.task_name("record"),
+    qa.SQUAD_NAME,
+    reading.DROP_NAME,
+    glue.task_name("sst2"),
+    rainbow.task_name("winogrande"),
+    rainbow.task_name("hellaswag"),
+    super_glue.task_name("multirc"),
+    rainbow.task_name("cosmos_qa"),
+    reading.race_task_name("middle"),
+)
+STUDY_TARGETS = (
+    super_glue.task_name("boolq"),
+    glue.task_name("cola"),
+    glue.task_name("stsb"),
+    super_glue.task_name("wic"),
+    glue.task_name("mrpc"),
+    glue.task_name("rte"),
+    super_glue.task_name("wsc"),
+    super_glue.task_name("copa"),
+    super_glue.task_name("cb"),
 )
 MIXTURES = {
     "spot_glue_mixture": GLUE_TASKS,

@@ -333,12 +333,12 @@ def squad(x: dict, benchmark_name: str = "squad") -> dict:
     T5's input); all answers are kept for the metric ('<unk>' target when there are none).
     """
     return {
-        **_extractive_qa(benchmark_name, x["question"], x["context"], x["answers"]["text"]),
+        **extractive_qa(benchmark_name, x["question"], x["context"], x["answers"]["text"]),
         "id": x["id"],
     }
 
 
-def _extractive_qa(benchmark_name: str, question, context, answers) -> dict:
+def extractive_qa(benchmark_name: str, question, context, answers) -> dict:
     """'<benchmark> question: q context: c' -> the first answer ('<unk>' when none), every
     string with T5's SQuAD punctuation padding; all answers kept for the metric."""
     answers = pad_punctuation(answers)
@@ -432,7 +432,7 @@ def mrqa(x: dict, benchmark_name: str) -> dict:
     all answers stay for the metric, with the question id `qid`.
     """
     return {
-        **_extractive_qa(benchmark_name, x["question"], x["context"], x["answers"]),
+        **extractive_qa(benchmark_name, x["question"], x["context"], x["answers"]),
         "qid": x["qid"],
     }
 

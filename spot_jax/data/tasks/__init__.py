@@ -15,6 +15,7 @@ Importing this package registers every task; `register_all()` does it again afte
     summarization.py spot_<name>_v<ver>: aeslc, billsum, cnn_dailymail, gigaword, ... (ROUGE)
     rainbow.py     spot_rainbow_{cosmos_qa,piqa,socialiqa}_v100, spot_rainbow_hellaswag_v110,
                    spot_rainbow_winogrande_v120 (SPoT's multiple-choice format; accuracy)
+    reading.py     spot_drop_v200, spot_race_{middle,high}_v200 (sources of SPoT's Table 2)
     gem.py         spot_gem_<config>_v110: common_gen, dart, e2e_nlg, schema_guided_dialog,
                    web_nlg_en, wiki_auto_asset_turk, xsum, wiki_lingua_english_en (ROUGE, BLEU)
     c4.py          spot_c4_span_corruption_v310, spot_c4_prefix_lm_v310 (no taskless twins)
@@ -49,6 +50,7 @@ from spot_jax.data.tasks import (
     ppt_downstream,
     qa,
     rainbow,
+    reading,
     sentiment,
     summarization,
     super_glue,
@@ -89,6 +91,7 @@ def register_all() -> None:
     summarization.register()
     translation.register()
     rainbow.register()
+    reading.register()
     gem.register()
     c4.register()
     few_shot.register()

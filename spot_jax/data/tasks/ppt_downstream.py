@@ -39,7 +39,7 @@ import tensorflow as tf
 from spot_jax.data import metrics
 from spot_jax.data.ppt import MASK
 from spot_jax.data.ppt_choice import OPTION_LETTERS
-from spot_jax.data.tasks import base
+from spot_jax.data.tasks import base, reading
 
 _PARTS = ("inputs_head", "inputs_body", "inputs_tail")
 _SPLITS = {"train": "train", "validation": "validation"}
@@ -121,25 +121,9 @@ def classification(dataset: tf.data.Dataset, *, task: str, fmt: str) -> tf.data.
     return dataset.filter(lambda x: x["label"] >= 0).map(fn, num_parallel_calls=tf.data.AUTOTUNE)
 
 
-def _rows(t) -> tf.Tensor:
-    return t.nrows() if isinstance(t, tf.RaggedTensor) else tf.shape(t, out_type=tf.int64)[0]
-
-
 def race(dataset: tf.data.Dataset) -> tf.data.Dataset:
     """RACE articles -> one example per question, PPT's multiple-choice format (4 options)."""
     letters = tf.constant(list(OPTION_LETTERS))
-
-    def per_question(x):
-        # Real articles hold as many answers and option lists as questions; mock data may not.
-        n = tf.reduce_min([_rows(x[k]) for k in ("questions", "answers", "options")])
-        questions = tf.data.Dataset.from_tensor_slices(
-            {
-                "question": x["questions"][:n],
-                "options": x["options"][:n],
-                "answer": x["answers"][:n],
-            }
-        )
-        return questions.map(lambda q: {**q, "article": x["article"]})
 
     def fn(q):
         options = _strip(q["options"])[: len(OPTION_LETTERS)]
@@ -150,7 +134,7 @@ def race(dataset: tf.data.Dataset) -> tf.data.Dataset:
         target = tf.strings.join([MASK, q["answer"]], " ")
         return _example("", q["article"], tail, target, label)
 
-    return dataset.flat_map(per_question).map(fn, num_parallel_calls=tf.data.AUTOTUNE)
+    return reading.race_questions(dataset).map(fn, num_parallel_calls=tf.data.AUTOTUNE)
 
 
 def fit_inputs(dataset: tf.data.Dataset, output_features, sequence_length=None) -> tf.data.Dataset:

@@ -1,0 +1,102 @@
+"""DROP and RACE (SPoT's Table 2 sources): strings, answers, metrics, mock data; the study's
+source and target lists."""
+
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.tf
+seqio = pytest.importorskip("seqio")
+tf = pytest.importorskip("tensorflow")
+
+from catalog_checks import check_taskless_twins, check_tokenized_examples  # noqa: E402
+
+from spot_jax.data import metrics, mixtures, postprocessors  # noqa: E402
+from spot_jax.data import tasks as spot_tasks  # noqa: E402
+from spot_jax.data.tasks import base, ppt_downstream, reading  # noqa: E402
+
+SPM = Path("/work/shared/fixtures/t5_sentencepiece.model")
+NAMES = (reading.DROP_NAME, "spot_race_middle_v200", "spot_race_high_v200")
+
+
+def _rows(name, examples):
+    spot_tasks.register_all()
+    out = base.SPECS[name].text_preprocessor(tf.data.Dataset.from_tensor_slices(examples))
+    return list(out.as_numpy_iterator())
+
+
+def test_drop_is_squad_style_qa_scored_against_every_answer():
+    example = {
+        "passage": ["The Bears scored 7, then 10."],
+        "question": ["How many points in all?"],
+        "answer": ["17"],
+        "validated_answers": [["17", "seventeen"]],
+        "query_id": ["q1"],
+    }
+    (x,) = _rows(reading.DROP_NAME, example)
+    want = "drop question: How many points in all ? context: The Bears scored 7 , then 10 . "
+    assert x["inputs"].decode() == want
+    assert x["targets"].decode() == "17" and x["query_id"] == b"q1"
+    answers = [a.decode() for a in x["answers"]]
+    assert answers == ["17", "17", "seventeen"]
+    target = postprocessors.qa(x["targets"], example=x, is_target=True)
+    assert metrics.squad([target], ["seventeen"])["em"] == 100.0
+    # No answer at all (mock data): scored against '<unk>', never an empty ground-truth list.
+    (y,) = _rows(reading.DROP_NAME, {**example, "answer": [""], "validated_answers": [[""]]})
+    assert [a.decode() for a in y["answers"]] == ["<unk>"] and y["targets"] == b"<unk>"
+
+
+RACE_ARTICLE = {
+    "article": ["The cat sat."],
+    "questions": [["Who sat?", "Where _ ."]],
+    "answers": [["B", "D"]],
+    "options": [[["a dog", "the cat", "a man", "nobody"], ["mat", "hat", "bed", "chair."]]],
+    "example_id": ["e"],
+}
+
+
+def test_race_makes_one_multiple_choice_example_per_question():
+    rows = [(x["inputs"].decode(), x["targets"].decode()) for x in _rows(NAMES[1], RACE_ARTICLE)]
+    assert rows == [
+        (
+            "race question: Who sat? answer0: a dog answer1: the cat answer2: a man "
+            "answer3: nobody article: The cat sat.",
+            "the cat",
+        ),
+        (
+            "race question: Where _ . answer0: mat answer1: hat answer2: bed answer3: chair. "
+            "article: The cat sat.",
+            "chair.",
+        ),
+    ]
+    # PPT's RACE format reads the same questions.
+    ppt = ppt_downstream.race(tf.data.Dataset.from_tensor_slices(RACE_ARTICLE))
+    assert [x["targets"].decode() for x in ppt.as_numpy_iterator()] == [
+        "<extra_id_0> B",
+        "<extra_id_0> D",
+    ]
+
+
+def test_study_lists_name_registered_tasks_with_the_papers_sizes():
+    spot_tasks.register_all()
+    registered = set(seqio.TaskRegistry.names())
+    assert len(mixtures.STUDY_SOURCES) == 15 and len(mixtures.STUDY_TARGETS) == 9  # no CxC, CR
+    assert set(mixtures.STUDY_SOURCES + mixtures.STUDY_TARGETS) <= registered
+    # Table 2's sizes: DROP 77K, RACE 25K (RACE-middle's questions, not its 6,409 articles).
+    assert base.train_size(reading.DROP_NAME) == 77_409
+    assert base.train_size("spot_race_middle_v200") == 25_421
+    assert base.train_size("spot_race_high_v200_taskless") == 62_445
+
+
+@pytest.fixture(scope="module")
+def mock_data():
+    spot_tasks.enable_mock_data(4)  # the process's first call sets the size; any size works
+
+
+def test_tasks_and_twins_yield_examples_under_mock_data(mock_data):
+    check_taskless_twins({NAMES[0]: "drop", NAMES[1]: "race", NAMES[2]: "race"})
+
+
+@pytest.mark.skipif(not SPM.exists(), reason="T5 SentencePiece model not available")
+def test_tasks_yield_tokenized_examples_under_mock_data(mock_data, monkeypatch):
+    check_tokenized_examples(NAMES, monkeypatch, SPM)
