@@ -9,19 +9,21 @@ split (eval-only twins) get rate 0 and are evaluated, not trained on.
     spot_super_glue_mixture         the 8 SuperGLUE tasks, WSC as T5 trains it: the simple
                                     train variant (259) + its eval twin (rate 0)
     spot_glue_super_glue_mixture    both (RTE appears in each benchmark; both copies are kept)
-    spot_<family>_mixture           SPoT's other source families, as far as TFDS has them (paper
-                                    App. B): nli, paraphrase, sentiment, mrqa, summarization,
-                                    translation, rainbow (5 of 6: no αNLI), gem (all 8)
+    spot_<family>_mixture           SPoT's other source families (paper App. B): nli,
+                                    paraphrase (3 of 4: no CxC), sentiment, mrqa, summarization,
+                                    translation, rainbow, gem
     spot_all_mixture                the paper's "All": C4 prefix LM + every supervised task of
                                     the mixtures above, each once
     spot_glue_mnli_and_dev_v200     SPoT's MNLI mixture: train on MNLI, eval on both dev sets
 
 `STUDY_SOURCES` and `STUDY_TARGETS` name the transferability study's tasks (paper §3, Table 2:
-16 sources, each trained on its own, and 10 low-resource targets), CxC and CR left out.
+16 sources, each trained on its own, and 10 low-resource targets), CxC left out.
 
-Not here, because TFDS lacks them: CxC, CR and αNLI, so "All" has fewer than the paper's C4 +
-55 datasets. (WikiLingua is GEM's `gem/wiki_lingua_english_en`; GEM's XSum subset and the
-summarization family's full XSum are both in "All".)
+CR and αNLI are read from their published files (`tasks.files`: a mixture holding them needs
+the files, or mock data). CxC is not registered (its captions and scores are separate
+downloads), so "All" has one dataset fewer than the paper's C4 + 55. (WikiLingua is GEM's
+`gem/wiki_lingua_english_en`; GEM's XSum subset and the summarization family's full XSum are
+both in "All".)
 
 `register_mixture(name, task_names, cap)` builds one from any tasks at run time (SPoT's
 top-k multi-task transfer mixes the retrieved source tasks this way). A mixture can also be
@@ -39,6 +41,7 @@ from spot_jax.data import config
 from spot_jax.data.tasks import (
     base,
     c4,
+    files,
     gem,
     glue,
     nli,
@@ -60,7 +63,7 @@ SUPER_GLUE_TASKS = (
     super_glue.WSC_SIMPLE_TRAIN,
     super_glue.WSC_SIMPLE_EVAL,
 )
-# SPoT's families less their datasets TFDS lacks (CxC, CR, αNLI); ANLI's three rounds.
+# SPoT's families less CxC (not registered); ANLI's three rounds.
 FAMILY_TASKS = {
     "nli": (
         *(nli.anli_task_name(r) for r in nli.ANLI_ROUNDS),
@@ -77,11 +80,12 @@ FAMILY_TASKS = {
         sentiment.sentiment140_spec().name,
         glue.task_name("sst2"),
         sentiment.task_name("yelp_polarity_reviews"),
+        files.CR_NAME,
     ),
     "mrqa": tuple(qa.mrqa_task_name(s) for s in qa.MRQA_IN_DOMAIN),
     "summarization": tuple(summarization.task_name(t) for t in summarization.TASKS),
     "translation": tuple(translation.task_name(p) for p in translation.PAIRS),
-    "rainbow": tuple(rainbow.task_name(t) for t in rainbow.TASKS),
+    "rainbow": (files.ALPHA_NLI_NAME, *(rainbow.task_name(t) for t in rainbow.TASKS)),
     "gem": tuple(gem.task_name(c) for c in gem.TASKS),
 }
 # The paper's "All": C4 (prefix LM, SPoT's C4 source) and every supervised task, once each.
@@ -91,8 +95,8 @@ ALL_TASKS = (
         GLUE_TASKS + SUPER_GLUE_TASKS + tuple(t for ts in FAMILY_TASKS.values() for t in ts)
     ),
 )
-# The transferability study (paper §3): 16 source tasks (CxC: not in TFDS) and 10 targets (CR:
-# not in TFDS). RACE's 25K is RACE-middle's train set.
+# The transferability study (paper §3): 16 source tasks (CxC not registered) and 10 targets.
+# RACE's 25K is RACE-middle's train set.
 STUDY_SOURCES = (
     c4.PREFIX_LM_NAME,
     nli.doc_nli_task_name(),
@@ -115,6 +119,7 @@ STUDY_TARGETS = (
     glue.task_name("cola"),
     glue.task_name("stsb"),
     super_glue.task_name("wic"),
+    files.CR_NAME,
     glue.task_name("mrpc"),
     glue.task_name("rte"),
     super_glue.task_name("wsc"),

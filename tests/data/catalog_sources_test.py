@@ -176,6 +176,7 @@ def test_family_mixtures_cap_the_big_sets():
         "spot_sentiment140_v100": 524_288.0,  # 1.6M tweets, capped at 2**19
         "spot_glue_sst2_v200": 67_349.0,
         "spot_yelp_polarity_reviews_v020": 524_288.0,
+        "spot_cr_v100": 3_020.0,  # read from SentEval's files (tasks.files)
     }
     assert set(mixtures.rates("spot_mrqa_mixture")) == {
         qa.mrqa_task_name(s) for s in qa.MRQA_IN_DOMAIN

@@ -149,7 +149,8 @@ def test_accuracy_compares_choice_texts_with_whitespace_normalised():
 def test_rainbow_mixture_and_all():
     spot_tasks.register_all()
     rates = mixtures.rates("spot_rainbow_mixture")
-    assert rates == {name: float(base.KNOWN_TRAIN_SIZES[name]) for name in NAMES}
+    in_tfds = {name: float(base.KNOWN_TRAIN_SIZES[name]) for name in NAMES}
+    assert rates == {**in_tfds, "spot_alpha_nli_v100": 169_654.0}  # αNLI: from AI2's files
     assert rates["spot_rainbow_winogrande_v120"] == 40_398.0  # train_xl
     assert set(NAMES) <= set(mixtures.rates("spot_all_mixture"))
 

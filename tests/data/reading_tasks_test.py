@@ -80,7 +80,7 @@ def test_race_makes_one_multiple_choice_example_per_question():
 def test_study_lists_name_registered_tasks_with_the_papers_sizes():
     spot_tasks.register_all()
     registered = set(seqio.TaskRegistry.names())
-    assert len(mixtures.STUDY_SOURCES) == 15 and len(mixtures.STUDY_TARGETS) == 9  # no CxC, CR
+    assert len(mixtures.STUDY_SOURCES) == 15 and len(mixtures.STUDY_TARGETS) == 10  # no CxC
     assert set(mixtures.STUDY_SOURCES + mixtures.STUDY_TARGETS) <= registered
     # Table 2's sizes: DROP 77K, RACE 25K (RACE-middle's questions, not its 6,409 articles).
     assert base.train_size(reading.DROP_NAME) == 77_409

@@ -16,6 +16,7 @@ Importing this package registers every task; `register_all()` does it again afte
     rainbow.py     spot_rainbow_{cosmos_qa,piqa,socialiqa}_v100, spot_rainbow_hellaswag_v110,
                    spot_rainbow_winogrande_v120 (SPoT's multiple-choice format; accuracy)
     reading.py     spot_drop_v200, spot_race_{middle,high}_v200 (sources of SPoT's Table 2)
+    files.py       spot_cr_v100, spot_alpha_nli_v100 (read from their published files)
     gem.py         spot_gem_<config>_v110: common_gen, dart, e2e_nlg, schema_guided_dialog,
                    web_nlg_en, wiki_auto_asset_turk, xsum, wiki_lingua_english_en (ROUGE, BLEU)
     c4.py          spot_c4_span_corruption_v310, spot_c4_prefix_lm_v310 (no taskless twins)
@@ -43,6 +44,7 @@ from spot_jax.data.tasks import (
     c4,
     demo,
     few_shot,
+    files,
     gem,
     glue,
     nli,
@@ -60,17 +62,24 @@ from spot_jax.data.tasks import world as world_tasks
 
 MOCK_ENV_VAR = "SPOT_JAX_TFDS_MOCK"
 _mock_context = None
+_mock_size = 0
 
 
 def enable_mock_data(num_examples: int) -> None:
     """Serves every TFDS dataset from `tfds.testing.mock_data` from now on (tests, demos)."""
-    global _mock_context
+    global _mock_context, _mock_size
     if _mock_context is not None:
         return
     import tensorflow_datasets as tfds
 
     _mock_context = tfds.testing.mock_data(num_examples=num_examples)
     _mock_context.__enter__()
+    _mock_size = num_examples
+
+
+def mock_size() -> int:
+    """Examples per split under mock data (0 when mock data is off)."""
+    return _mock_size
 
 
 def mock_data_enabled() -> bool:
@@ -92,6 +101,7 @@ def register_all() -> None:
     translation.register()
     rainbow.register()
     reading.register()
+    files.register()
     gem.register()
     c4.register()
     few_shot.register()

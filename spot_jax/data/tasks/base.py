@@ -111,6 +111,8 @@ class TaskSpec:
             inputs from the middle rather than the end).
         taskless_twin: also register `<name>_taskless` (inputs without the leading task word);
             False for formats that start with no task word.
+        source: builds the data source when the data is not a TFDS builder (`files`: datasets
+            read from their published files); `tfds_name` then only names the data.
     """
 
     name: str
@@ -124,6 +126,14 @@ class TaskSpec:
     few_shot_classes: Sequence[int] | None = None
     token_preprocessors: Sequence[Callable] = ()
     taskless_twin: bool = True
+    source: Callable[[], seqio.DataSource] | None = None
+
+
+def data_source(spec: TaskSpec) -> seqio.DataSource:
+    """The spec's raw examples: its own source, else its TFDS builder."""
+    if spec.source is not None:
+        return spec.source()
+    return TfdsSource(tfds_name=spec.tfds_name, splits=dict(spec.splits))
 
 
 SPECS: dict[str, TaskSpec] = {}
@@ -176,7 +186,7 @@ def register_spec(spec: TaskSpec) -> None:
             continue
         seqio.TaskRegistry.add(
             name,
-            source=TfdsSource(tfds_name=spec.tfds_name, splits=dict(spec.splits)),
+            source=data_source(spec),
             output_features=output_features(),
             preprocessors=preprocessor_chain(spec, taskless),
             postprocess_fn=spec.postprocess_fn,

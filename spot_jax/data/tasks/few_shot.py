@@ -47,7 +47,7 @@ def few_shot_name(task: str, k: int = DEFAULT_K, seed: int = 0) -> str:
 
 def _dataset_fn(split: str, shuffle_files: bool, seed: int | None = None, *, spec, k, subset_seed):
     del shuffle_files, seed  # the subset is fixed by subset_seed; the Task shuffles it
-    source = seqio.TfdsDataSource(tfds_name=spec.tfds_name, splits=dict(spec.splits))
+    source = base.data_source(spec)
     if split == "test":
         return source.get_dataset(split="validation", shuffle=False)
     raw = source.get_dataset(split="train", shuffle=False)
