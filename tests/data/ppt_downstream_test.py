@@ -10,7 +10,7 @@ seqio = pytest.importorskip("seqio")
 tf = pytest.importorskip("tensorflow")
 
 from spot_jax.data import tasks as spot_tasks  # noqa: E402
-from spot_jax.data.tasks import base, few_shot  # noqa: E402
+from spot_jax.data.tasks import base, few_shot, reading  # noqa: E402
 from spot_jax.data.tasks import ppt_downstream as pd  # noqa: E402
 
 SPM = Path(os.environ.get("SPOT_JAX_TEST_SPM", "/work/shared/fixtures/t5_sentencepiece.model"))
@@ -79,7 +79,7 @@ def test_race_makes_one_example_per_question():
         "options": [[["a dog", "the cat", "a man", "nobody"], ["mat", "hat", "bed", "chair."]]],
         "example_id": ["e"],
     }
-    ds = pd.race(tf.data.Dataset.from_tensor_slices(article))
+    ds = pd.race(reading.race_questions(tf.data.Dataset.from_tensor_slices(article)))
     rows = [
         (x["inputs"].decode(), x["targets"].decode(), x["label"]) for x in ds.as_numpy_iterator()
     ]
@@ -98,7 +98,8 @@ def test_answers_map_back_to_class_ids():
     cb_uni = specs["ppt_cb_unified"]
     assert cb_uni.label_names == (f"{X} C", f"{X} A", f"{X} B")
     assert cb_uni.postprocess_fn(f"{X} A") == 1
-    assert specs["ppt_race_high"].label_names is None
+    # RACE's classes are the answer letters (few-shot balances questions over them).
+    assert specs["ppt_race_high"].label_names == tuple(f"{X} {c}" for c in "ABCD")
     assert not any(s.taskless_twin for s in specs.values())
 
 

@@ -11,18 +11,22 @@ tf = pytest.importorskip("tensorflow")
 
 from catalog_checks import check_taskless_twins, check_tokenized_examples  # noqa: E402
 
-from spot_jax.data import metrics, mixtures, postprocessors  # noqa: E402
+from spot_jax.data import metrics, mixtures, postprocessors, preprocessors  # noqa: E402
 from spot_jax.data import tasks as spot_tasks  # noqa: E402
-from spot_jax.data.tasks import base, ppt_downstream, reading  # noqa: E402
+from spot_jax.data.tasks import base, few_shot, ppt_downstream, reading  # noqa: E402
 
 SPM = Path("/work/shared/fixtures/t5_sentencepiece.model")
 NAMES = (reading.DROP_NAME, "spot_race_middle_v200", "spot_race_high_v200")
 
 
 def _rows(name, examples):
+    """The task's text preprocessing (after splitting rows, as its chain does) on raw rows."""
     spot_tasks.register_all()
-    out = base.SPECS[name].text_preprocessor(tf.data.Dataset.from_tensor_slices(examples))
-    return list(out.as_numpy_iterator())
+    spec = base.SPECS[name]
+    raw = tf.data.Dataset.from_tensor_slices(examples)
+    return list(
+        spec.text_preprocessor((spec.examples_of or (lambda d: d))(raw)).as_numpy_iterator()
+    )
 
 
 def test_drop_is_squad_style_qa_scored_against_every_answer():
@@ -70,11 +74,33 @@ def test_race_makes_one_multiple_choice_example_per_question():
         ),
     ]
     # PPT's RACE format reads the same questions.
-    ppt = ppt_downstream.race(tf.data.Dataset.from_tensor_slices(RACE_ARTICLE))
+    questions = reading.race_questions(tf.data.Dataset.from_tensor_slices(RACE_ARTICLE))
+    ppt = ppt_downstream.race(questions)
     assert [x["targets"].decode() for x in ppt.as_numpy_iterator()] == [
         "<extra_id_0> B",
         "<extra_id_0> D",
     ]
+
+
+def test_race_few_shot_sets_count_and_balance_questions():
+    # 6 articles x 4 questions, answers cycling A-D: a 4-shot set is 4 questions, one per letter.
+    articles = {
+        "article": [f"Article {a}." for a in range(6)],
+        "questions": [[f"Q{a}.{q}?" for q in range(4)] for a in range(6)],
+        "answers": [["A", "B", "C", "D"] for _ in range(6)],
+        "options": [[["o1", "o2", "o3", "o4"]] * 4 for _ in range(6)],
+        "example_id": [str(a) for a in range(6)],
+    }
+    questions = reading.race_questions(tf.data.Dataset.from_tensor_slices(articles))
+    for block in (0, 1):
+        shot = preprocessors.few_shot(questions, k=4, seed=0, num_classes=4, block=block)
+        assert sorted(int(x["label"]) for x in shot.as_numpy_iterator()) == [0, 1, 2, 3]
+    # The registered k-shot tasks split articles once (their source rows are questions already).
+    spot_tasks.register_all()
+    for task in ("ppt_race_middle", "spot_race_middle_v200"):
+        task = seqio.get_mixture_or_task(few_shot.register_few_shot(task, k=4, seed=0))
+        assert reading.race_questions not in task.preprocessors
+    assert reading.race_questions in seqio.get_mixture_or_task("ppt_race_middle").preprocessors
 
 
 def test_study_lists_name_registered_tasks_with_the_papers_sizes():

@@ -113,6 +113,8 @@ class TaskSpec:
             False for formats that start with no task word.
         source: builds the data source when the data is not a TFDS builder (`files`: datasets
             read from their published files); `tfds_name` then only names the data.
+        examples_of: splits raw rows into the task's examples before anything else (RACE:
+            articles -> one row per question); few-shot subsets count and balance these rows.
     """
 
     name: str
@@ -127,6 +129,7 @@ class TaskSpec:
     token_preprocessors: Sequence[Callable] = ()
     taskless_twin: bool = True
     source: Callable[[], seqio.DataSource] | None = None
+    examples_of: Callable | None = None
 
 
 def data_source(spec: TaskSpec) -> seqio.DataSource:
@@ -159,13 +162,16 @@ class TfdsSource(seqio.TfdsDataSource):
             return None
 
 
-def preprocessor_chain(spec: TaskSpec, taskless: bool = False) -> list:
+def preprocessor_chain(spec: TaskSpec, taskless: bool = False, split_rows: bool = True) -> list:
     """Text preprocessing, then (after the cache point) tokenize and append EOS.
 
     The cache placeholder sits before tokenization, so `Task.preprocess_precache` yields
-    the strings the model will read (what `spot-jax tasks show` prints).
+    the strings the model will read (what `spot-jax tasks show` prints). `split_rows=False`
+    leaves out `spec.examples_of`, for sources that already give one row per example.
     """
     chain = [spec.text_preprocessor]
+    if spec.examples_of is not None and split_rows:
+        chain.insert(0, spec.examples_of)
     if taskless:
         chain.append(preprocessors.remove_task_prefix)
     return [

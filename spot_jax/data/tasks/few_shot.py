@@ -48,9 +48,10 @@ def few_shot_name(task: str, k: int = DEFAULT_K, seed: int = 0) -> str:
 def _dataset_fn(split: str, shuffle_files: bool, seed: int | None = None, *, spec, k, subset_seed):
     del shuffle_files, seed  # the subset is fixed by subset_seed; the Task shuffles it
     source = base.data_source(spec)
+    rows = spec.examples_of or (lambda ds: ds)  # one row per example (RACE: per question)
     if split == "test":
-        return source.get_dataset(split="validation", shuffle=False)
-    raw = source.get_dataset(split="train", shuffle=False)
+        return rows(source.get_dataset(split="validation", shuffle=False))
+    raw = rows(source.get_dataset(split="train", shuffle=False))
     return preprocessors.few_shot(
         raw,
         k=k,
@@ -104,7 +105,7 @@ def register_few_shot(task: str, k: int = DEFAULT_K, seed: int = 0) -> str:
             num_input_examples={"train": k, "validation": k},
         ),
         output_features=base.output_features(),
-        preprocessors=base.preprocessor_chain(spec),
+        preprocessors=base.preprocessor_chain(spec, split_rows=False),
         postprocess_fn=spec.postprocess_fn,
         metric_fns=list(spec.metric_fns),
     )

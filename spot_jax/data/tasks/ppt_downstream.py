@@ -24,8 +24,8 @@ to class ids (an answer outside the label words counts wrong). The long field (p
 premise, sentence) is the one cut to fit the inputs length, as PPT cuts BoolQ's passage and
 RACE's article, so the mask and the options always reach the model (`fit_inputs`). SST-5 is in
 PPT's set but not in TFDS. Few-shot variants come as for every catalog task
-(`ppt_rte_32shot_seed0`, `few_shot.register_few_shot`), except RACE, whose TFDS examples are
-articles holding several questions (its k-shot sets would count articles).
+(`ppt_rte_32shot_seed0`, `few_shot.register_few_shot`); RACE's count and balance questions
+(its TFDS examples are articles, split by `reading.race_questions`).
 """
 
 from __future__ import annotations
@@ -121,8 +121,8 @@ def classification(dataset: tf.data.Dataset, *, task: str, fmt: str) -> tf.data.
     return dataset.filter(lambda x: x["label"] >= 0).map(fn, num_parallel_calls=tf.data.AUTOTUNE)
 
 
-def race(dataset: tf.data.Dataset) -> tf.data.Dataset:
-    """RACE articles -> one example per question, PPT's multiple-choice format (4 options)."""
+def race(questions: tf.data.Dataset) -> tf.data.Dataset:
+    """RACE questions (`reading.race_questions`) -> PPT's multiple-choice format (4 options)."""
     letters = tf.constant(list(OPTION_LETTERS))
 
     def fn(q):
@@ -130,11 +130,10 @@ def race(dataset: tf.data.Dataset) -> tf.data.Dataset:
         shown = letters[: tf.size(options)]
         listed = tf.strings.reduce_join(tf.strings.join([shown, ". ", options, "."]), separator=" ")
         tail = tf.strings.join([";", _strip(q["question"]), "?", listed, _CORRECT], " ")
-        label = tf.argmax(tf.cast(tf.equal(letters, q["answer"]), tf.int32), output_type=tf.int32)
         target = tf.strings.join([MASK, q["answer"]], " ")
-        return _example("", q["article"], tail, target, label)
+        return _example("", q["article"], tail, target, q["label"])
 
-    return reading.race_questions(dataset).map(fn, num_parallel_calls=tf.data.AUTOTUNE)
+    return questions.map(fn, num_parallel_calls=tf.data.AUTOTUNE)
 
 
 def fit_inputs(dataset: tf.data.Dataset, output_features, sequence_length=None) -> tf.data.Dataset:
@@ -165,7 +164,7 @@ def answer_id(text: Any, example: Any = None, is_target: bool = False, *, answer
     return answers.index(word) if word in answers else -1
 
 
-def _spec(name, tfds_name, splits, text_preprocessor, answers, metric_fns, classes=True):
+def _spec(name, tfds_name, splits, text_preprocessor, answers, metric_fns, examples_of=None):
     return base.TaskSpec(
         name=name,
         tfds_name=tfds_name,
@@ -174,9 +173,10 @@ def _spec(name, tfds_name, splits, text_preprocessor, answers, metric_fns, class
         postprocess_fn=functools.partial(answer_id, answers=tuple(answers)),
         metric_fns=metric_fns,
         # The targets of class ids 0, 1, ... (few-shot balancing, rank classification).
-        label_names=tuple(f"{MASK} {a}" for a in answers) if classes else None,
+        label_names=tuple(f"{MASK} {a}" for a in answers),
         token_preprocessors=(fit_inputs,),
         taskless_twin=False,  # no task word to drop
+        examples_of=examples_of,
     )
 
 
@@ -196,9 +196,12 @@ def specs() -> list[base.TaskSpec]:
         splits = {"train": "train", "validation": "dev", "test": "test"}
         letters = OPTION_LETTERS[:4]
         name = task_name(f"race_{level}")
-        # RACE's TFDS examples are articles: no class key for few-shot subsets to balance on.
+        # RACE's TFDS examples are articles: split into questions first (few-shot counts them).
+        tfds_name = f"race/{level}:2.0.0"
         out.append(
-            _spec(name, f"race/{level}:2.0.0", splits, race, letters, [metrics.accuracy], False)
+            _spec(
+                name, tfds_name, splits, race, letters, [metrics.accuracy], reading.race_questions
+            )
         )
     return out
 

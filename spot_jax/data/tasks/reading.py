@@ -15,7 +15,8 @@ formats follow its nearest ones: DROP is extractive-style QA as its `mrqa` prepr
 it (DROP's answers are numbers, dates or spans, generated as text), RACE is multiple choice in
 its `preprocess_multiple_choice` layout (`rainbow.multiple_choice`: task word, question, every
 option under its key, the context last). RACE's TFDS examples are articles holding several
-questions; `race_questions` splits them (also used by PPT's RACE format).
+questions; `race_questions` splits them (the spec's `examples_of`, so few-shot subsets count
+questions; PPT's RACE format reads the same rows).
 """
 
 from __future__ import annotations
@@ -45,8 +46,14 @@ def _rows(t) -> tf.Tensor:
 
 
 def race_questions(dataset: tf.data.Dataset) -> tf.data.Dataset:
-    """RACE articles -> one element per question: {'article', 'question', 'options', 'answer'}
-    (the answer a letter A-D)."""
+    """RACE articles -> one element per question: {'article', 'question', 'options', 'answer',
+    'label'} (the answer a letter A-D, the label its index; -1 for anything else)."""
+    letters = tf.constant(["A", "B", "C", "D"])
+
+    def with_label(q):
+        hits = tf.cast(tf.equal(letters, q["answer"]), tf.int32)
+        label = tf.where(tf.reduce_any(hits > 0), tf.argmax(hits, output_type=tf.int32), -1)
+        return {**q, "label": label}
 
     def per_question(x):
         # Real articles hold as many answers and option lists as questions; mock data may not.
@@ -58,19 +65,15 @@ def race_questions(dataset: tf.data.Dataset) -> tf.data.Dataset:
                 "answer": x["answers"][:n],
             }
         )
-        return questions.map(lambda q: {**q, "article": x["article"]})
+        return questions.map(lambda q: with_label({**q, "article": x["article"]}))
 
     return dataset.flat_map(per_question)
 
 
 def _race_fields(q: dict) -> dict:
-    """A question's options under SPoT-style keys answer0..answer3 (padded with ''); the label
-    is the answer letter's index (-1, hence '<unk>', for anything but A-D)."""
+    """A question's options under SPoT-style keys answer0..answer3 (padded with '')."""
     options = tf.concat([q["options"], tf.fill([RACE_OPTIONS], "")], axis=0)
-    letters = tf.constant(["A", "B", "C", "D"])
-    hits = tf.cast(tf.equal(letters, q["answer"]), tf.int32)
-    label = tf.where(tf.reduce_any(hits > 0), tf.argmax(hits, output_type=tf.int32), -1)
-    out = {"question": q["question"], "article": q["article"], "label": label}
+    out = {"question": q["question"], "article": q["article"], "label": q["label"]}
     for i, key in enumerate(_RACE_CHOICES):
         out[key] = options[i]
     return out
@@ -79,9 +82,9 @@ def _race_fields(q: dict) -> dict:
 RACE_FORMAT = rainbow.Format("race", "question", _RACE_CHOICES, "article", fields=_race_fields)
 
 
-def race(dataset: tf.data.Dataset) -> tf.data.Dataset:
-    """RACE articles -> one multiple-choice example per question."""
-    return rainbow.multiple_choice(race_questions(dataset), layout=RACE_FORMAT)
+def race(questions: tf.data.Dataset) -> tf.data.Dataset:
+    """RACE questions (`race_questions`) -> SPoT-style multiple-choice examples."""
+    return rainbow.multiple_choice(questions, layout=RACE_FORMAT)
 
 
 @seqio.map_over_dataset
@@ -116,6 +119,7 @@ def race_spec(level: str) -> base.TaskSpec:
         text_preprocessor=race,
         postprocess_fn=postprocessors.squeezed_text,
         metric_fns=[metrics.accuracy],
+        examples_of=race_questions,
     )
 
 
