@@ -21,8 +21,8 @@ unified; `queries='one'` takes one per document instead.
 Determinism: documents are processed in blocks of `pool_size`; "other document" sentences come
 from the other documents of the block, and every choice for the document number g of the
 stream uses `np.random.default_rng([seed, g])`, so the k-th example of a stream is a fixed
-thing (resume skips batches and relies on it). NSP labels stay balanced: each example takes
-the least-used label it can have.
+thing (resume skips batches and relies on it). NSP labels stay balanced by default: each
+example takes the least-used label it can have (`label_draw='random'` draws them as PPT does).
 """
 
 from __future__ import annotations
@@ -178,6 +178,7 @@ def nsp_examples(
     min_sentences: int = 5,
     label_words: Sequence[str] = NSP_LABEL_WORDS,
     mask: str = MASK,
+    label_draw: str = "balanced",
 ) -> Iterator[Example]:
     """PPT's 3-way next-sentence prediction.
 
@@ -194,23 +195,27 @@ def nsp_examples(
         label_words: the words of labels 0 adjacent, 1 same document, 2 other document.
         mask: the mask token `<X>` (T5's first sentinel; a vocabulary without sentinels,
             such as a demo's, passes its own).
+        label_draw: 'balanced': each example takes the least-used label it can have (ties at
+            random), so the labels stay balanced in every prefix of the stream; 'random':
+            uniformly among those it can have, as PPT's preprocessing draws them.
 
     Returns:
-        Examples `{'inputs': 's1 <X> s2', 'targets': '<X> word', 'label': 0|1|2}`. PPT draws
-        each label with probability 1/3; here each example takes the least-used label it can
-        have (ties at random), so the labels stay balanced in every prefix of the stream.
+        Examples `{'inputs': 's1 <X> s2', 'targets': '<X> word', 'label': 0|1|2}`.
     """
     if len(label_words) != 3:
         raise ValueError(f"nsp3 needs 3 label words, got {list(label_words)}")
     if queries not in ("every", "one"):
         raise ValueError(f"queries must be 'every' or 'one', got {queries!r}")
+    if label_draw not in ("balanced", "random"):
+        raise ValueError(f"label_draw must be 'balanced' or 'random', got {label_draw!r}")
     counts = [0, 0, 0]
 
     def pick(rng, possible):
         eligible = [label for label, ok in enumerate(possible) if ok]
-        fewest = min(counts[label] for label in eligible)
-        tied = [label for label in eligible if counts[label] == fewest]
-        label = tied[rng.integers(len(tied))]
+        if label_draw == "balanced":
+            fewest = min(counts[label] for label in eligible)
+            eligible = [label for label in eligible if counts[label] == fewest]
+        label = eligible[rng.integers(len(eligible))]
         counts[label] += 1
         return label
 

@@ -74,6 +74,18 @@ def test_nsp_labels_match_the_pair_and_are_balanced(queries):
     assert examples != list(ppt.nsp_examples(_corpus(), seed=4, pool_size=8, queries=queries))
 
 
+def test_nsp_random_labels_are_drawn_uniformly_as_ppt():
+    examples = list(ppt.nsp_examples(_corpus(), seed=0, pool_size=8, label_draw="random"))
+    counts = Counter(x["label"] for x in examples)
+    assert len(examples) == 240 and all(55 <= counts[k] <= 105 for k in range(3))
+    assert sorted(counts.values()) == [74, 82, 84]  # not the balanced draw's 80 each
+    for x in examples:  # still the label of the pair
+        (d1, i1), (d2, i2) = (_where(s) for s in x["inputs"].split(f" {ppt.MASK} "))
+        assert x["label"] == (2 if d1 != d2 else (0 if abs(i1 - i2) == 1 else 1))
+    with pytest.raises(ValueError, match="label_draw"):
+        list(ppt.nsp_examples(_corpus(), label_draw="uniform"))
+
+
 def test_nsp_skips_short_documents_and_labels_a_document_cannot_support():
     docs = [["only one."], ["a0.", "a1."], ["b0.", "b1."]]
     one = ppt.nsp_examples(docs, seed=0, pool_size=2, queries="one", min_sentences=2)
@@ -222,12 +234,14 @@ def test_cls_uses_the_labeler_and_drops_minus_one():
 
 
 @pytest.mark.tf
+@pytest.mark.skipif(not SPM.exists(), reason="T5 SentencePiece model not available")
 def test_tasks_show_with_mock_data():
     pytest.importorskip("seqio")
+    env = dict(os.environ, SPOT_JAX_VOCAB=str(SPM))  # budgets count the vocabulary's tokens
     out = subprocess.run(
         [sys.executable, "-m", "spot_jax.cli", "tasks", "show", "ppt_unified_c4", "--mock-data",
          "--mock-examples", "64", "-n", "3", "--split", "train"],
-        cwd=REPO, capture_output=True, text=True, timeout=120,
+        cwd=REPO, capture_output=True, text=True, timeout=120, env=env,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr[-2000:]
     rows = [json.loads(line) for line in out.stdout.splitlines()]
