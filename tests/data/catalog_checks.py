@@ -33,3 +33,13 @@ def check_tokenized_examples(names, monkeypatch, spm) -> None:
         for x in rows:
             assert 1 < len(x["inputs"]) <= 64 and x["inputs"][-1] == 1, name  # EOS appended
             assert 1 < len(x["targets"]) <= 16 and x["targets"][-1] == 1, name
+
+
+# One RACE article (TFDS race/*: an article and its questions) for the RACE format tests.
+RACE_ARTICLE = {
+    "article": ["The cat sat."],
+    "questions": [["Who sat?", "Where _ ."]],
+    "answers": [["B", "D"]],
+    "options": [[["a dog", "the cat", "a man", "nobody"], ["mat", "hat", "bed", "chair."]]],
+    "example_id": ["e"],
+}

@@ -9,6 +9,8 @@ pytestmark = pytest.mark.tf
 seqio = pytest.importorskip("seqio")
 tf = pytest.importorskip("tensorflow")
 
+from catalog_checks import RACE_ARTICLE  # noqa: E402
+
 from spot_jax.data import tasks as spot_tasks  # noqa: E402
 from spot_jax.data.tasks import base, few_shot, reading  # noqa: E402
 from spot_jax.data.tasks import ppt_downstream as pd  # noqa: E402
@@ -72,14 +74,7 @@ def test_hybrid_formats_are_ppts_hard_templates():
 
 
 def test_race_makes_one_example_per_question():
-    article = {
-        "article": ["The cat sat."],
-        "questions": [["Who sat?", "Where _ ."]],
-        "answers": [["B", "D"]],
-        "options": [[["a dog", "the cat", "a man", "nobody"], ["mat", "hat", "bed", "chair."]]],
-        "example_id": ["e"],
-    }
-    ds = pd.race(reading.race_questions(tf.data.Dataset.from_tensor_slices(article)))
+    ds = pd.race(reading.race_questions(tf.data.Dataset.from_tensor_slices(RACE_ARTICLE)))
     rows = [
         (x["inputs"].decode(), x["targets"].decode(), x["label"]) for x in ds.as_numpy_iterator()
     ]

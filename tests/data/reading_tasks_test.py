@@ -9,7 +9,11 @@ pytestmark = pytest.mark.tf
 seqio = pytest.importorskip("seqio")
 tf = pytest.importorskip("tensorflow")
 
-from catalog_checks import check_taskless_twins, check_tokenized_examples  # noqa: E402
+from catalog_checks import (  # noqa: E402
+    RACE_ARTICLE,
+    check_taskless_twins,
+    check_tokenized_examples,
+)
 
 from spot_jax.data import metrics, mixtures, postprocessors, preprocessors  # noqa: E402
 from spot_jax.data import tasks as spot_tasks  # noqa: E402
@@ -48,15 +52,6 @@ def test_drop_is_squad_style_qa_scored_against_every_answer():
     # No answer at all (mock data): scored against '<unk>', never an empty ground-truth list.
     (y,) = _rows(reading.DROP_NAME, {**example, "answer": [""], "validated_answers": [[""]]})
     assert [a.decode() for a in y["answers"]] == ["<unk>"] and y["targets"] == b"<unk>"
-
-
-RACE_ARTICLE = {
-    "article": ["The cat sat."],
-    "questions": [["Who sat?", "Where _ ."]],
-    "answers": [["B", "D"]],
-    "options": [[["a dog", "the cat", "a man", "nobody"], ["mat", "hat", "bed", "chair."]]],
-    "example_id": ["e"],
-}
 
 
 def test_race_makes_one_multiple_choice_example_per_question():
