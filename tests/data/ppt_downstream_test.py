@@ -73,6 +73,43 @@ def test_hybrid_formats_are_ppts_hard_templates():
         _strings("rte", "hard", pair)
 
 
+def test_sst5_formats_use_ppts_five_label_words():
+    sst5 = {"sentence": ["a gem ."], "label": [4]}
+    assert _strings("sst5", "ppt", sst5) == [(f"a gem . {X}", f"{X} great")]
+    listed = "A. terrible. B. bad. C. maybe. D. good. E. great."
+    assert _strings("sst5", "unified", sst5) == [(f"a gem ? {listed} {CORRECT}", f"{X} E")]
+    assert _strings("sst5", "hybrid", sst5) == [(f"a gem . It was {X}.", f"{X} great")]
+
+
+def test_sst5_reads_the_treebanks_ptb_files(tmp_path, monkeypatch):
+    from spot_jax.data.tasks import files
+
+    assert files.ptb_sentence("(3 (2 It) (4 (4 (2 -LRB-) (4 works) (2 -RRB-)) (2 .)))") == (
+        "It ( works ) .",
+        3,
+    )
+    with pytest.raises(ValueError, match="not a labelled PTB tree"):
+        files.ptb_sentence("It works.")
+    folder = tmp_path / "sst5"
+    folder.mkdir()
+    trees = [f"({c} (2 film) (2 {c}))" for c in range(5)] * 4  # 4 sentences per class
+    for name in files.SST5_FILES.values():
+        (folder / name).write_text("\n".join(trees) + "\n")
+    monkeypatch.setenv(files.DATA_DIR_ENV_VAR, str(tmp_path))
+    spot_tasks.register_all()
+    rows = base.data_source(base.SPECS["ppt_sst5"]).get_dataset("validation", shuffle=False)
+    assert [(x["sentence"], x["label"]) for x in rows.as_numpy_iterator()][:2] == [
+        (b"film 0", 0),
+        (b"film 1", 1),
+    ]
+    # Few-shot sets balance the 5 classes.
+    name = few_shot.register_few_shot("ppt_sst5", k=10, seed=0)
+    from spot_jax.data.commands import show_examples
+
+    targets = sorted(x["targets"] for x in show_examples(name, "train", n=10))
+    assert targets == sorted(f"{X} {w}" for w in ("terrible", "bad", "maybe", "good", "great") * 2)
+
+
 def test_race_makes_one_example_per_question():
     ds = pd.race(reading.race_questions(tf.data.Dataset.from_tensor_slices(RACE_ARTICLE)))
     rows = [
@@ -127,7 +164,15 @@ def mock_data():
 
 @pytest.mark.skipif(not SPM.exists(), reason="T5 SentencePiece model not available")
 @pytest.mark.parametrize(
-    "name", ["ppt_rte", "ppt_cb_unified", "ppt_sst2", "ppt_boolq_hybrid", "ppt_race_middle"]
+    "name",
+    [
+        "ppt_rte",
+        "ppt_cb_unified",
+        "ppt_sst2",
+        "ppt_sst5_unified",
+        "ppt_boolq_hybrid",
+        "ppt_race_middle",
+    ],
 )
 def test_tasks_yield_fitted_examples_under_mock_data(mock_data, monkeypatch, name):
     monkeypatch.setenv("SPOT_JAX_VOCAB", str(SPM))

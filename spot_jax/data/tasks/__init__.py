@@ -16,13 +16,14 @@ Importing this package registers every task; `register_all()` does it again afte
     rainbow.py     spot_rainbow_{cosmos_qa,piqa,socialiqa}_v100, spot_rainbow_hellaswag_v110,
                    spot_rainbow_winogrande_v120 (SPoT's multiple-choice format; accuracy)
     reading.py     spot_drop_v200, spot_race_{middle,high}_v200 (sources of SPoT's Table 2)
-    files.py       spot_cr_v100, spot_alpha_nli_v100 (read from their published files)
+    files.py       spot_cr_v100, spot_alpha_nli_v100 (read from their published files; also
+                   SST-5 for ppt_sst5*)
     gem.py         spot_gem_<config>_v110: common_gen, dart, e2e_nlg, schema_guided_dialog,
                    web_nlg_en, wiki_auto_asset_turk, xsum, wiki_lingua_english_en (ROUGE, BLEU)
     c4.py          spot_c4_span_corruption_v310, spot_c4_prefix_lm_v310 (no taskless twins)
     few_shot.py    <task>_<k>shot_seed<s> (PPT's 32-train / 32-dev protocol)
     ppt.py         ppt_{nsp3,mc,unified}_c4, ppt_mixture_c4 (PPT pre-training formats)
-    ppt_downstream.py  ppt_{sst2,rte,cb,boolq}[_unified|_hybrid], ppt_race_{high,middle} (PPT's
+    ppt_downstream.py  ppt_{sst2,sst5,rte,cb,boolq}[_unified|_hybrid], ppt_race_{high,middle} (PPT's
                    target formats; no taskless twins)
     ../mixtures.py spot_glue_mixture, spot_super_glue_mixture, spot_glue_super_glue_mixture,
                    spot_<family>_mixture, spot_all_mixture (C4 + all supervised),

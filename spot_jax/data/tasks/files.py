@@ -8,6 +8,11 @@
                          + `dev-labels.lst` (labels 1 | 2, one per line)
         'alpha_nli obs1: o1 hyp1: h1 hyp2: h2 obs2: o2' -> the right hypothesis's text; accuracy
 
+SST-5 (Socher et al. 2013) is read the same way for PPT's downstream tasks (`ppt_sst5*`): the
+Stanford Sentiment Treebank's PTB trees, `trainDevTestTrees_PTB.zip`'s `train.txt`, `dev.txt`
+and `test.txt` in `<data dir>/sst5/`, one sentence per line with its root's label 0-4
+(`sst5_source`).
+
 The data directory is `$SPOT_JAX_DATA_DIR` (default `~/spot_jax_data`). CR is SPoT's sentiment
 source and one of its low-resource targets; αNLI completes its Rainbow family (both in "All").
 SPoT's code has neither, so the formats are its nearest: CR as its sentiment tasks ('<task>
@@ -29,6 +34,7 @@ import functools
 import json
 import os
 import pathlib
+import re
 import zlib
 
 import seqio
@@ -118,6 +124,45 @@ def _alpha_nli_rows(split: str) -> list[dict]:
         x = json.loads(line)
         rows.append({**{k: x[k] for k in _ALPHA_NLI_KEYS}, "label": int(answer)})
     return rows
+
+
+SST5_FILES = {"train": "train.txt", "validation": "dev.txt", "test": "test.txt"}
+SST5_SPLITS = {split: split for split in SST5_FILES}
+SST5_TRAIN_SIZE = 8_544
+_PTB_LEAF = re.compile(r"\(\d+ ([^()\s]+)\)")
+_PTB_BRACKETS = {"-LRB-": "(", "-RRB-": ")"}
+
+
+def ptb_sentence(line: str) -> tuple[str, int]:
+    """A PTB tree line '(3 (2 It) (4 (4 works) (2 .)))' -> ('It works .', 3): the leaves in
+    order and the root's label."""
+    match = re.match(r"\s*\((\d+) ", line)
+    if not match:
+        raise ValueError(f"not a labelled PTB tree: {line[:80]!r}")
+    words = [_PTB_BRACKETS.get(w, w) for w in _PTB_LEAF.findall(line)]
+    return " ".join(words), int(match.group(1))
+
+
+def _sst5_rows(split: str) -> list[dict]:
+    folder = data_dir("sst5")
+    path = folder / SST5_FILES[split]
+    if not path.exists():
+        rows = _mock_rows(split, lambda text, i: {"sentence": text, "label": i % 5})
+        if rows:
+            return rows
+        raise _missing("SST-5", list(SST5_FILES.values()), folder)
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            sentence, label = ptb_sentence(line)
+            rows.append({"sentence": sentence, "label": label})
+    return rows
+
+
+def sst5_source() -> seqio.DataSource:
+    """SST-5's {'sentence', 'label'} rows from the treebank's PTB files (train/validation/test)."""
+    signature = {"sentence": tf.TensorSpec((), tf.string), "label": tf.TensorSpec((), tf.int64)}
+    return _source(_sst5_rows, signature, tuple(SST5_FILES))
 
 
 def _source(read_rows, signature: dict, splits) -> seqio.DataSource:

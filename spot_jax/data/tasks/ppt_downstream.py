@@ -7,6 +7,7 @@ PPT rewrites every task as its multiple-choice template (facts from PPT's data_u
     task        PPT format (pre-trained in)                     Unified PPT
     sst2        's <X>' -> bad | good            (cls)          's ? A. bad. B. good. ? The
                                                                 correct one is <X>' -> A | B
+    sst5        's <X>' -> terrible | bad | maybe | good | great  ... A. terrible. ... E. great. ...
     rte         'premise <X> hypothesis' -> yes | no (nsp3)     'hypothesis ? premise . A. no.
                                                                 B. yes. ? The correct one is <X>'
     cb          'hypothesis <X> premise' -> yes | maybe | no    ... A. no. B. maybe. C. yes. ...
@@ -17,15 +18,16 @@ PPT rewrites every task as its multiple-choice template (facts from PPT's data_u
 `ppt_<task>_hybrid` holds PPT's hard templates, which its data code uses without a soft prompt
 and the paper's Hybrid PT / Hybrid PPT put after one (same answers as PPT's format):
 
-    sst2 's It was <X>.'   rte, cb 'hypothesis? <X>. premise'   boolq 'question: q? <X>. passage'
+    sst2, sst5  's It was <X>.'             rte, cb  'hypothesis? <X>. premise'
+    boolq       'question: q? <X>. passage'
 
 Targets are '<X> word' or '<X> LETTER' with <X> = `<extra_id_0>`; predictions are mapped back
 to class ids (an answer outside the label words counts wrong). The long field (passage, article,
 premise, sentence) is the one cut to fit the inputs length, as PPT cuts BoolQ's passage and
-RACE's article, so the mask and the options always reach the model (`fit_inputs`). SST-5 is in
-PPT's set but not in TFDS. Few-shot variants come as for every catalog task
-(`ppt_rte_32shot_seed0`, `few_shot.register_few_shot`); RACE's count and balance questions
-(its TFDS examples are articles, split by `reading.race_questions`).
+RACE's article, so the mask and the options always reach the model (`fit_inputs`). SST-5 is not
+in TFDS: it is read from the treebank's PTB files (`files.sst5_source`). Few-shot variants come
+as for every catalog task (`ppt_rte_32shot_seed0`, `few_shot.register_few_shot`); RACE's count
+and balance questions (its TFDS examples are articles, split by `reading.race_questions`).
 """
 
 from __future__ import annotations
@@ -39,14 +41,18 @@ import tensorflow as tf
 from spot_jax.data import metrics
 from spot_jax.data.ppt import MASK
 from spot_jax.data.ppt_choice import OPTION_LETTERS
-from spot_jax.data.tasks import base, reading
+from spot_jax.data.tasks import base, files, reading
 
 _PARTS = ("inputs_head", "inputs_body", "inputs_tail")
 _SPLITS = {"train": "train", "validation": "validation"}
 _CORRECT = f"? The correct one is {MASK}"
+_SST5_WORDS = ("terrible", "bad", "maybe", "good", "great")  # PPT's cls label words
+# Tasks read from files (not in TFDS): task -> data source factory.
+_FILE_SOURCES = {"sst5": files.sst5_source}
 # task -> (tfds name, label words by TFDS class id, their order as Unified PPT lists options)
 _CLASSIFICATION = {
     "sst2": ("glue/sst2:2.0.0", ("bad", "good"), ("bad", "good")),
+    "sst5": ("sst5 (SST PTB files)", _SST5_WORDS, _SST5_WORDS),
     "rte": ("super_glue/rte:1.0.2", ("yes", "no"), ("no", "yes")),
     "cb": ("super_glue/cb:1.0.2", ("yes", "no", "maybe"), ("no", "maybe", "yes")),
     "boolq": ("super_glue/boolq:1.0.2", ("no", "yes"), ("no", "yes")),
@@ -79,7 +85,7 @@ def _example(head, body, tail, target, label) -> dict[str, tf.Tensor]:
 def _classification_parts(task: str, x: dict[str, tf.Tensor], fmt: str):
     """(head, body, tail) of one example: the body is the field cut to fit."""
     join = lambda *parts: tf.strings.join(list(parts), " ")  # noqa: E731
-    if task == "sst2":
+    if task in ("sst2", "sst5"):
         sentence = x["sentence"]
         if fmt == "unified":
             return "", _strip(sentence), "?"
@@ -164,7 +170,7 @@ def answer_id(text: Any, example: Any = None, is_target: bool = False, *, answer
     return answers.index(word) if word in answers else -1
 
 
-def _spec(name, tfds_name, splits, text_preprocessor, answers, metric_fns, examples_of=None):
+def _spec(name, tfds_name, splits, text_preprocessor, answers, metric_fns, **kw):
     return base.TaskSpec(
         name=name,
         tfds_name=tfds_name,
@@ -176,7 +182,7 @@ def _spec(name, tfds_name, splits, text_preprocessor, answers, metric_fns, examp
         label_names=tuple(f"{MASK} {a}" for a in answers),
         token_preprocessors=(fit_inputs,),
         taskless_twin=False,  # no task word to drop
-        examples_of=examples_of,
+        **kw,
     )
 
 
@@ -191,7 +197,9 @@ def specs() -> list[base.TaskSpec]:
             answers = [OPTION_LETTERS[order.index(w)] for w in words] if fmt == "unified" else words
             pp = functools.partial(classification, task=task, fmt=fmt)
             name = task_name(task, fmt)
-            out.append(_spec(name, tfds_name, _SPLITS, pp, answers, metric_fns))
+            source = _FILE_SOURCES.get(task)
+            splits = files.SST5_SPLITS if source else _SPLITS
+            out.append(_spec(name, tfds_name, splits, pp, answers, metric_fns, source=source))
     for level in RACE_LEVELS:
         splits = {"train": "train", "validation": "dev", "test": "test"}
         letters = OPTION_LETTERS[:4]
@@ -200,7 +208,13 @@ def specs() -> list[base.TaskSpec]:
         tfds_name = f"race/{level}:2.0.0"
         out.append(
             _spec(
-                name, tfds_name, splits, race, letters, [metrics.accuracy], reading.race_questions
+                name,
+                tfds_name,
+                splits,
+                race,
+                letters,
+                [metrics.accuracy],
+                examples_of=reading.race_questions,
             )
         )
     return out
