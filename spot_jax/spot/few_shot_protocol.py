@@ -33,7 +33,8 @@ from etils import epath
 from spot_jax.spot import runs as runs_lib
 
 DEFAULT_SEEDS = (0, 1, 2, 3, 4)
-DEFAULT_METRIC = "eval/sequence_accuracy"
+# The report's fallback when the task has no metric of its own (e.g. the demo's world tasks).
+FALLBACK_METRIC = "eval/sequence_accuracy"
 # Runs a gin train job: (argv after `spot-jax train`) -> None, raising on failure.
 Runner = Callable[[list[str]], None]
 
@@ -76,8 +77,8 @@ def run_protocol(
     out: epath.PathLike,
     seeds: Sequence[int] = DEFAULT_SEEDS,
     k: int = 32,
-    metric: str = DEFAULT_METRIC,
-    select_metric: str = DEFAULT_METRIC,
+    metric: str | None = None,
+    select_metric: str | None = None,
     zero_shot: bool = True,
     full_data_steps: int | None = None,
     full_data_period: int = 1000,
@@ -97,8 +98,10 @@ def run_protocol(
       out: the output directory.
       seeds: one run per seed (the subset and the run's SEED).
       k: examples in the few-shot train (and dev) set.
-      metric: the test metric reported (a `evaluation.Evaluator` key).
-      select_metric: the dev metric that picks each run's checkpoint.
+      metric: the test metric reported (a `evaluation.Evaluator` key; None: the task's first
+        metric, as `runs.task_metrics` reads it, else eval/sequence_accuracy).
+      select_metric: the dev metric that picks each run's checkpoint (None: the task's, as
+        `library add` picks 'best'; PPT selects by dev accuracy).
       zero_shot: also evaluate the starting prompt.
       full_data_steps: also train on T itself for this many steps.
       full_data_period: that run's eval and checkpoint period (the few-shot files evaluate
@@ -137,9 +140,16 @@ def run_protocol(
                 f"--gin.SEED={seed}",
             ]
         )
-        step, why = runs_lib.select_step(run_dir, "best", select_metric)
+        chosen = runs_lib.select_checkpoint(run_dir, "best", select_metric)
         runs.append(
-            {"seed": seed, "task": name, "model_dir": str(run_dir), "step": step, "selected": why}
+            {
+                "seed": seed,
+                "task": name,
+                "model_dir": str(run_dir),
+                "step": chosen.step,
+                "selected": chosen.reason,
+                "select_metric": chosen.metric,
+            }
         )
     # Every variant's test split is T's `test_split` (validation): one evaluator serves all
     # prompts, reading T itself (the variants list no size for that split, which the
@@ -153,15 +163,17 @@ def run_protocol(
     def test(run_dir, step) -> dict[str, float]:
         return evaluate(np.load(runs_lib.prompt_file(run_dir, step)))
 
+    for run in runs:
+        run["test"] = test(run["model_dir"], run["step"])
+    metric = metric or next(iter(runs_lib.task_metrics(list(runs[0]["test"]))), FALLBACK_METRIC)
     report: dict[str, Any] = {
         "task": task,
         "k": k,
         "metric": metric,
-        "select_metric": select_metric,
+        "select_metric": select_metric or runs[0]["select_metric"],
         "test_split": test_split,
     }
     for run in runs:
-        run["test"] = test(run["model_dir"], run["step"])
         say(f"seed {run['seed']}: {metric} {run['test'].get(metric)} ({run['selected']})")
     values = np.array([run["test"][metric] for run in runs], np.float64)
     report.update(runs=runs, mean=float(values.mean()), std=float(values.std()))
@@ -216,8 +228,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--seeds", default="0,1,2,3,4", help="comma-separated seeds")
     p.add_argument("--k", type=int, default=32, help="few-shot train (and dev) examples")
-    p.add_argument("--metric", default=DEFAULT_METRIC, help="test metric reported")
-    p.add_argument("--select-metric", default=DEFAULT_METRIC, help="dev metric picking a step")
+    p.add_argument("--metric", default=None, help="test metric reported (default: the task's)")
+    p.add_argument(
+        "--select-metric", default=None, help="dev metric picking a step (default: the task's)"
+    )
     p.add_argument("--no-zero-shot", action="store_true", help="skip the starting prompt's eval")
     p.add_argument("--full-data-steps", type=int, default=None, help="also train on the task")
     p.add_argument(
