@@ -7,7 +7,8 @@
 #   base         decode (greedy, 32 tokens, vs HF generate), rank classification (3 labels,
 #                one encoder pass per example vs T5X's pair rows vs PEFT), packing (train and
 #                per-example scoring, 512 GLUE-like examples padded vs packed 4 per 256-token
-#                row) and the base train step vs PEFT with cross_projection=projected as A/B.
+#                row) and the base train step vs PEFT with cross_projection=projected and
+#                attention_padding=key_mask (no [B, heads, L, L] bias; key counts to cuDNN) as A/B.
 # All with bf16 frozen weights, batch 32, inputs 512 + 100 prompt tokens.
 # FULL=1 adds xxl at batch 32 (memory goal; another ~3.5 minutes).
 # cuDNN attention is tried first (large) and XLA attention used if it fails.
@@ -49,8 +50,8 @@ run 60 --mode packing --targets 4 --examples 512 --max-segments 4 --packed-input
   --repeats 3 --attention $ATT
 run 45 --mode packing --packed-work score --targets 4 --examples 512 --max-segments 4 \
   --packed-inputs 256 --repeats 3 --attention $ATT
-run 90 --mode train --targets 32 --steps 5 --repeats 3 --attention $ATT --compare-peft \
-  --baseline cross_projection=projected
+run 120 --mode train --targets 32 --steps 5 --repeats 3 --attention $ATT --compare-peft \
+  --baseline cross_projection=projected --baseline attention_padding=key_mask
 if [ "${FULL:-0}" = 1 ]; then
   BUDGET=$((BUDGET + 210))
   run 200 --size xxl --scan --remat dots --targets 32 --steps 5 --attention $ATT

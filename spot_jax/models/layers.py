@@ -6,7 +6,7 @@ created in `param_dtype` (float32) and cast to the activation dtype at use.
 """
 
 import functools
-from typing import Any
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -20,6 +20,22 @@ Array = jax.Array
 # Attention bias for masked positions: large negative, not -inf, so fully masked rows (padding)
 # give a uniform softmax instead of NaN.
 NEG_INF = -1e10
+
+
+class KeyMask(NamedTuple):
+    """An attention bias without the padding (e.g. T5's relative positions, [1, heads, Q, K])
+    and the keys each row may attend to ([B, K], 1 = attend), kept apart so that the fused
+    kernel gets the padding as per-row key counts, not inside a [B, heads, Q, K] bias. Query
+    rows are not masked (a padded query's output is garbage the caller zeroes)."""
+
+    bias: Array
+    keys: Array
+
+    def dense(self) -> Array:
+        """The whole additive bias, broadcastable to [B, heads, Q, K]."""
+        padding = jnp.where(self.keys > 0, 0.0, NEG_INF)[:, None, None, :]
+        return self.bias + padding.astype(jnp.float32)
+
 
 attention_kernel_init = nn.initializers.variance_scaling(1.0, "fan_in", "normal")
 mlp_kernel_init = nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal")
@@ -282,7 +298,9 @@ class MultiHeadAttention(nn.Module):
         deterministic: bool,
         decode: bool = False,
     ) -> Array:
-        """inputs_q: [B, Q, H]; inputs_kv: [B, K, H]; bias: broadcastable to [B, heads, Q, K]."""
+        """inputs_q: [B, Q, H]; inputs_kv: [B, K, H]; bias: broadcastable to [B, heads, Q, K],
+        or a `KeyMask` (the fused kernel then reads the padding as key counts: valid keys must
+        lead each row, as SeqIO pads at the end)."""
         features = inputs_q.shape[-1]
         joined = self.num_heads * self.head_dim
         dense = functools.partial(
@@ -294,6 +312,15 @@ class MultiHeadAttention(nn.Module):
         query_init = lambda *a: attention_kernel_init(*a) / np.sqrt(self.head_dim)  # noqa: E731
         split = lambda x: x.reshape(x.shape[:2] + (self.num_heads, self.head_dim))  # noqa: E731
         q = split(dense(joined, kernel_init=query_init, name="query")(inputs_q))
+        dropout = not deterministic and self.dropout_rate > 0
+        fused = self.implementation == "cudnn" and not decode and not dropout
+        key_counts = None
+        if isinstance(bias, KeyMask):
+            if fused and not self._absorb(inputs_q, inputs_kv, decode):
+                key_counts = jnp.sum(bias.keys > 0, axis=-1).astype(jnp.int32)
+                bias = bias.bias
+            else:
+                bias = bias.dense()
         if self._absorb(inputs_q, inputs_kv, decode):
             out = self._absorbed(q, inputs_kv, bias, deterministic=deterministic)
             return self._out(out.reshape(inputs_q.shape[:2] + (joined,)), features)
@@ -305,12 +332,17 @@ class MultiHeadAttention(nn.Module):
         if decode:
             k, v, bias = self._update_cache(k, v, bias)
 
-        dropout = not deterministic and self.dropout_rate > 0
-        if self.implementation == "cudnn" and not decode and not dropout:
+        if fused:
             # Fused attention; scale 1 because T5 folds 1/sqrt(d) into the query init.
             bias_q = None if bias is None else jnp.asarray(bias, q.dtype)
             out = jax.nn.dot_product_attention(
-                q, k, v, bias=bias_q, scale=1.0, implementation="cudnn"
+                q,
+                k,
+                v,
+                bias=bias_q,
+                scale=1.0,
+                key_value_seq_lengths=key_counts,
+                implementation="cudnn",
             )
             return self._out(out.reshape(inputs_q.shape[:2] + (joined,)), features)
         logits_dtype = jnp.float32 if self.float32_logits else self.dtype

@@ -184,7 +184,9 @@ class Encoder(nn.Module):
         relpos = layers.RelativePositionBias(
             c.relpos_buckets, c.relpos_max_distance, c.num_heads, True, name="relpos_bias", **kw
         )
-        if segment_ids is None:
+        if segment_ids is None and c.attention_padding == "key_mask":
+            bias = layers.KeyMask(relpos(length, length), mask)
+        elif segment_ids is None:
             bias = attention_bias(mask, mask) + relpos(length, length)
         else:
             bias = segments.segment_bias(segment_ids, segment_ids) + relpos(
