@@ -23,7 +23,7 @@ import re
 import seqio
 
 from spot_jax.data import preprocessors
-from spot_jax.data.tasks import base, glue, super_glue
+from spot_jax.data.tasks import base, files, glue, super_glue
 
 DEFAULT_K = 32
 DEFAULT_SEEDS = (0, 1, 2)
@@ -37,6 +37,7 @@ DEFAULT_TASKS = (
     super_glue.task_name("copa"),
     super_glue.task_name("wic"),
     super_glue.task_name("wsc"),
+    files.CR_NAME,
 )
 _NAME = re.compile(r"^(?P<task>.+)_(?P<k>\d+)shot_seed(?P<seed>\d+)$")
 
