@@ -21,7 +21,7 @@ contradict and the repository's later version removed; we write no 'None:'.
 
 IMDB, Yelp and Sentiment140 have no validation split: `validation` (and `test`) read TFDS's
 `test`. Metrics: accuracy; GoEmotions exact-set accuracy and per-emotion macro F1. SST-2 is
-GLUE's (`spot_glue_sst2_v200`); CR is not in TFDS.
+GLUE's (`spot_glue_sst2_v200`); CR is read from SentEval's files (`files`).
 """
 
 from __future__ import annotations
