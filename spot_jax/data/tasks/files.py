@@ -92,7 +92,8 @@ def _cr_rows(split: str) -> list[dict]:
         raise _missing(CR_NAME, CR_FILES, folder)
     rows = []
     for path, label in paths.items():
-        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        # Latin-1, as SentEval reads these files (any byte decodes).
+        for line in path.read_text(encoding="latin-1").splitlines():
             sentence = line.strip()
             if sentence and cr_split(sentence) == split:
                 rows.append({"sentence": sentence, "label": label})
@@ -128,7 +129,6 @@ def _alpha_nli_rows(split: str) -> list[dict]:
 
 SST5_FILES = {"train": "train.txt", "validation": "dev.txt", "test": "test.txt"}
 SST5_SPLITS = {split: split for split in SST5_FILES}
-SST5_TRAIN_SIZE = 8_544
 _PTB_LEAF = re.compile(r"\(\d+ ([^()\s]+)\)")
 _PTB_BRACKETS = {"-LRB-": "(", "-RRB-": ")"}
 
