@@ -86,7 +86,9 @@ def register_few_shot(task: str, k: int = DEFAULT_K, seed: int = 0) -> str:
 
         tasks.register_all()
     if task not in base.SPECS:
-        raise ValueError(f"No TFDS task {task!r} to subsample; choose one of {sorted(base.SPECS)}.")
+        raise ValueError(
+            f"No catalog task {task!r} to subsample; choose one of {sorted(base.SPECS)}."
+        )
     spec = base.SPECS[task]
     if "train" not in spec.splits or "validation" not in spec.splits:
         hint = " (for MNLI: spot_glue_mnli_v200, tested on validation_matched)"
