@@ -1,13 +1,15 @@
 """`spot-jax tasks`: list the registered tasks and mixtures, show preprocessed examples.
 
-    spot-jax tasks list [--mixtures]
+    spot-jax tasks list [--mixtures | --study sources|targets]
     spot-jax tasks show spot_glue_rte_v200 [--split validation] [-n 5] [--mock-data]
 
 `show` prints one JSON object a line with the `inputs` / `targets` strings the model reads
 (after text preprocessing, before tokenization; for C4's objectives, which work on token ids,
 the detokenized model features, sentinels as `<extra_id_k>`). `--mock-data` serves the TFDS
 data from `tfds.testing.mock_data` (random examples, no download). Few-shot names such as
-`spot_glue_rte_v200_16shot_seed7` are registered on demand.
+`spot_glue_rte_v200_16shot_seed7` are registered on demand. `list --study` prints SPoT's
+transferability study's source or target tasks in the paper's order (Table 2), one a line, for
+scripting its runs.
 """
 
 from __future__ import annotations
@@ -25,6 +27,9 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="action", required=True)
     ls = sub.add_parser("list", help="print registered task (and mixture) names")
     ls.add_argument("--mixtures", action="store_true", help="list mixtures instead of tasks")
+    ls.add_argument(
+        "--study", choices=("sources", "targets"), help="SPoT's Table 2 tasks, in its order"
+    )
     show = sub.add_parser("show", help="print preprocessed examples as JSON lines")
     show.add_argument("name", help="task name, e.g. spot_glue_rte_v200")
     show.add_argument("--split", default="validation")
@@ -120,6 +125,12 @@ def tasks_main(argv: list[str]) -> int:
 
     if args.action == "list":
         tasks.register_all()
+        if args.study:
+            from spot_jax.data import mixtures
+
+            study = {"sources": mixtures.STUDY_SOURCES, "targets": mixtures.STUDY_TARGETS}
+            print("\n".join(study[args.study]))
+            return 0
         registry = seqio.MixtureRegistry if args.mixtures else seqio.TaskRegistry
         for name in sorted(registry.names()):
             print(name)

@@ -17,6 +17,7 @@ from catalog_checks import (  # noqa: E402
 
 from spot_jax.data import metrics, mixtures, postprocessors, preprocessors  # noqa: E402
 from spot_jax.data import tasks as spot_tasks  # noqa: E402
+from spot_jax.data.commands import tasks_main  # noqa: E402
 from spot_jax.data.tasks import base, few_shot, ppt_downstream, reading  # noqa: E402
 
 SPM = Path("/work/shared/fixtures/t5_sentencepiece.model")
@@ -107,6 +108,13 @@ def test_study_lists_name_registered_tasks_with_the_papers_sizes():
     assert base.train_size(reading.DROP_NAME) == 77_409
     assert base.train_size("spot_race_middle_v200") == 25_421
     assert base.train_size("spot_race_high_v200_taskless") == 62_445
+
+
+def test_tasks_list_prints_the_study(capsys):
+    assert tasks_main(["list", "--study", "sources"]) == 0
+    assert capsys.readouterr().out.split() == list(mixtures.STUDY_SOURCES)
+    assert tasks_main(["list", "--study", "targets"]) == 0
+    assert capsys.readouterr().out.split()[4] == "spot_cr_v100"
 
 
 @pytest.fixture(scope="module")
