@@ -57,6 +57,15 @@ def test_modes_write_one_result_line_with_rates(benchmark, tmp_path, mode):
     assert r["examples_per_s"] > 0
 
 
+def test_a_failing_baseline_is_reported_and_the_rest_timed(benchmark, tmp_path, capsys):
+    results = _run(
+        benchmark, tmp_path, "--mode=score", "--baseline=attention_padding=nope",
+        "--baseline=attention_padding=key_mask",
+    )  # fmt: skip
+    assert [r["impl"] for r in results] == ["spot_jax", "spot_jax[attention_padding=key_mask]"]
+    assert "baseline attention_padding=nope failed: ValueError" in capsys.readouterr().out
+
+
 def test_packing_mode_packs_fewer_rows_than_examples(benchmark, tmp_path):
     args = ("--mode=packing", "--examples=16", "--max-segments=4", "--inputs=128")
     results = _run(benchmark, tmp_path, *args)
