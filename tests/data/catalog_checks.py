@@ -1,10 +1,29 @@
 """Checks every catalog family's tests run on its tasks (tests/data is on sys.path under pytest)."""
 
 import seqio
+import tensorflow as tf
 
 from spot_jax.data import tasks as spot_tasks
 from spot_jax.data.commands import show_examples
 from spot_jax.data.tasks import base
+
+
+def preprocessed_rows(name: str, examples: dict) -> list[dict]:
+    """A catalog task's text preprocessing (after its row splitter, as its chain runs them) on
+    hand-made raw examples (column lists), as numpy rows."""
+    spot_tasks.register_all()
+    spec = base.SPECS[name]
+    ds = tf.data.Dataset.from_tensor_slices(examples)
+    if spec.examples_of is not None:
+        ds = spec.examples_of(ds)
+    return list(spec.text_preprocessor(ds).as_numpy_iterator())
+
+
+def preprocessed_strings(name: str, examples: dict) -> list[tuple[str, str]]:
+    """`preprocessed_rows` as (inputs, targets) strings."""
+    return [
+        (x["inputs"].decode(), x["targets"].decode()) for x in preprocessed_rows(name, examples)
+    ]
 
 
 def check_taskless_twins(words: dict[str, str]) -> None:

@@ -8,19 +8,14 @@ pytestmark = pytest.mark.tf
 seqio = pytest.importorskip("seqio")
 tf = pytest.importorskip("tensorflow")
 
+from catalog_checks import preprocessed_strings  # noqa: E402
+
 from spot_jax.data import metrics, postprocessors  # noqa: E402
 from spot_jax.data import tasks as spot_tasks  # noqa: E402
 from spot_jax.data.commands import show_examples  # noqa: E402
 from spot_jax.data.tasks import base, c4, qa, sentiment, summarization  # noqa: E402
 
 SPM = Path("/work/shared/fixtures/t5_sentencepiece.model")
-
-
-def _run(task_name, examples):
-    spot_tasks.register_all()
-    ds = tf.data.Dataset.from_tensor_slices(examples)
-    out = base.SPECS[task_name].text_preprocessor(ds)
-    return [(x["inputs"].decode(), x["targets"].decode()) for x in out.as_numpy_iterator()]
 
 
 def test_every_new_task_and_its_twin_is_registered():
@@ -43,7 +38,7 @@ def test_every_new_task_and_its_twin_is_registered():
 def test_sentiment140_polarity_and_goemotions_label_lists():
     # SPoT fbfab63 `preprocess_sentiment140` / `preprocess_goemotions` strings.
     tweets = {"text": ["ugh.", "meh", "yay!  so\n\tgood", "odd"], "polarity": [0, 2, 4, 7]}
-    assert _run("spot_sentiment140_v100", tweets) == [
+    assert preprocessed_strings("spot_sentiment140_v100", tweets) == [
         ("sentiment140 text: ugh.", "negative"),
         ("sentiment140 text: meh", "neutral"),
         ("sentiment140 text: yay! so good", "positive"),  # T5's _string_join collapses
@@ -53,7 +48,7 @@ def test_sentiment140_polarity_and_goemotions_label_lists():
     for emotion in sentiment.EMOTIONS:
         comments[emotion] = [emotion in ("love", "joy"), False, emotion == "neutral"]
     # Emotions in TFDS feature order, joined by a backslash-n between spaces (not a newline).
-    assert _run("spot_goemotions_v010", comments) == [
+    assert preprocessed_strings("spot_goemotions_v010", comments) == [
         ("goemotions comment: So sweet ", "joy \\n love"),
         ("goemotions comment: Hm", ""),
         ("goemotions comment: Wow?", "neutral"),
@@ -66,7 +61,7 @@ def test_doc_nli_strings():
         "hypothesis": ["A claim."],
         "label": [1],
     }
-    assert _run("spot_doc_nli_v100", examples) == [
+    assert preprocessed_strings("spot_doc_nli_v100", examples) == [
         ("doc_nli hypothesis: A claim. premise: A long document. Two spaces.", "entailment")
     ]
 
@@ -102,12 +97,12 @@ def test_mrqa_strings_keep_every_answer():
 
 
 def test_summarization_strings_use_each_sets_features():
-    assert _run("spot_aeslc_v100", {"email_body": ["Meet at 5."], "subject_line": ["Meeting"]}) == [
-        ("aeslc summarize: Meet at 5.", "Meeting")
-    ]
-    assert _run("spot_cnn_dailymail_v340", {"article": ["A b."], "highlights": ["A."]}) == [
-        ("cnn_dailymail summarize: A b.", "A.")
-    ]
+    assert preprocessed_strings(
+        "spot_aeslc_v100", {"email_body": ["Meet at 5."], "subject_line": ["Meeting"]}
+    ) == [("aeslc summarize: Meet at 5.", "Meeting")]
+    assert preprocessed_strings(
+        "spot_cnn_dailymail_v340", {"article": ["A b."], "highlights": ["A."]}
+    ) == [("cnn_dailymail summarize: A b.", "A.")]
     assert base.SPECS["spot_billsum_v300"].splits["validation"] == "test"
 
 

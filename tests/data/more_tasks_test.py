@@ -6,6 +6,8 @@ pytestmark = pytest.mark.tf
 seqio = pytest.importorskip("seqio")
 tf = pytest.importorskip("tensorflow")
 
+from catalog_checks import preprocessed_strings  # noqa: E402
+
 from spot_jax.data import mixtures, postprocessors  # noqa: E402
 from spot_jax.data import tasks as spot_tasks  # noqa: E402
 from spot_jax.data.commands import show_examples  # noqa: E402
@@ -20,13 +22,6 @@ NEW_TASKS = (
     "spot_yelp_polarity_reviews_v020",
     "spot_squad_v11_v300",
 )
-
-
-def _run(task_name, examples):
-    spot_tasks.register_all()
-    ds = tf.data.Dataset.from_tensor_slices(examples)
-    out = base.SPECS[task_name].text_preprocessor(ds)
-    return [(x["inputs"].decode(), x["targets"].decode()) for x in out.as_numpy_iterator()]
 
 
 def test_names_follow_the_tfds_versions():
@@ -47,7 +42,7 @@ def test_snli_strings_and_unlabeled_pairs_dropped():
         "hypothesis": ["A man makes music.", "Kids sit.", "An animal rests."],
         "label": [0, -1, 2],
     }
-    assert _run("spot_snli_v110", examples) == [
+    assert preprocessed_strings("spot_snli_v110", examples) == [
         ("snli hypothesis: A man makes music. premise: A man plays a guitar.", "entailment"),
         ("snli hypothesis: An animal rests. premise: A dog sleeps.", "contradiction"),
     ]
@@ -57,7 +52,7 @@ def test_snli_strings_and_unlabeled_pairs_dropped():
 def test_anli_strings(round_):
     # SPoT registers each round with task_name=dataset: the round's name is the task word.
     examples = {"uid": ["u"], "context": ["C.\n\nMore."], "hypothesis": ["H."], "label": [1]}
-    assert _run(nli.anli_task_name(round_), examples) == [
+    assert preprocessed_strings(nli.anli_task_name(round_), examples) == [
         (f"anli_{round_} hypothesis: H. context: C. More.", "neutral")
     ]
 
@@ -65,11 +60,11 @@ def test_anli_strings(round_):
 def test_sentiment_strings():
     # SPoT fbfab63 `spot/data/sentiment.py`: the TFDS name, then 'text:'; whitespace collapsed.
     examples = {"text": ["Great  film!<br /><br />Go.", "Dull.\n"], "label": [1, 0]}
-    assert _run("spot_imdb_reviews_v100", examples) == [
+    assert preprocessed_strings("spot_imdb_reviews_v100", examples) == [
         ("imdb_reviews text: Great film!<br /><br />Go.", "positive"),
         ("imdb_reviews text: Dull. ", "negative"),
     ]
-    assert _run("spot_yelp_polarity_reviews_v020", examples) == [
+    assert preprocessed_strings("spot_yelp_polarity_reviews_v020", examples) == [
         ("yelp_polarity_reviews text: Great film!<br /><br />Go.", "positive"),
         ("yelp_polarity_reviews text: Dull. ", "negative"),
     ]

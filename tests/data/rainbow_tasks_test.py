@@ -8,7 +8,11 @@ pytestmark = pytest.mark.tf
 seqio = pytest.importorskip("seqio")
 tf = pytest.importorskip("tensorflow")
 
-from catalog_checks import check_taskless_twins, check_tokenized_examples  # noqa: E402
+from catalog_checks import (  # noqa: E402
+    check_taskless_twins,
+    check_tokenized_examples,
+    preprocessed_strings,
+)
 
 from spot_jax.data import mixtures, postprocessors  # noqa: E402
 from spot_jax.data import tasks as spot_tasks  # noqa: E402
@@ -22,14 +26,6 @@ NAMES = (
     "spot_rainbow_socialiqa_v100",
     "spot_rainbow_winogrande_v120",
 )
-
-
-def _run(name, examples):
-    """The task's text preprocessor on hand-made raw examples: [(inputs, targets)]."""
-    spot_tasks.register_all()
-    ds = tf.data.Dataset.from_tensor_slices(examples)
-    out = base.SPECS[name].text_preprocessor(ds)
-    return [(x["inputs"].decode(), x["targets"].decode()) for x in out.as_numpy_iterator()]
 
 
 def test_names_sources_splits_and_sizes():
@@ -61,7 +57,7 @@ def test_cosmos_qa_question_choices_then_context():
         "answer3": ["Snow.", "w"],
         "label": tf.constant([0, -1], tf.int64),  # TFDS's test split has label -1
     }
-    assert _run(NAMES[0], examples) == [
+    assert preprocessed_strings(NAMES[0], examples) == [
         (
             "cosmo_qa question: Why stay in? answer0: Rain. answer1: Sun. "
             "answer2: None of the above choices . answer3: Snow. context: It rained all day.",
@@ -81,7 +77,7 @@ def test_hellaswag_names_each_ending_by_its_index():
         "split_type": ["", ""],
         "source_id": ["", ""],
     }
-    assert _run(NAMES[1], examples) == [
+    assert preprocessed_strings(NAMES[1], examples) == [
         (
             "hellaswag context: A man holds a knife. the man endings 0: cuts a lemon. "
             "endings 1: sings. endings 2: flies. endings 3: sleeps.",
@@ -99,7 +95,7 @@ def test_piqa_and_winogrande_have_no_context():
         "sol2": ["Eat the lid."],
         "label": tf.constant([0], tf.int64),
     }
-    assert _run(NAMES[2], piqa) == [
+    assert preprocessed_strings(NAMES[2], piqa) == [
         ("piqa goal: Open a jar? sol1: Twist the lid. sol2: Eat the lid.", "Twist the lid.")
     ]
     # TFDS's ClassLabel(names=['1', '2']): answer '2' is label 1, the second option.
@@ -109,7 +105,7 @@ def test_piqa_and_winogrande_have_no_context():
         "option2": ["cup"],
         "label": tf.constant([1], tf.int64),
     }
-    assert _run(NAMES[4], wino) == [
+    assert preprocessed_strings(NAMES[4], wino) == [
         ("winogrande sentence: The cup fit in the box because the _ was small. option1: box "
          "option2: cup", "cup"),
     ]  # fmt: skip
@@ -124,7 +120,7 @@ def test_socialiqa_fields_come_back_out_of_unifiedqa():
         "input": [encoded, "not UnifiedQA's encoding"],
         "output": ["eat (with friends)", "x"],
     }
-    assert _run(NAMES[3], examples) == [
+    assert preprocessed_strings(NAMES[3], examples) == [
         (
             "socialiqa question: What will Others want to do next? answerA: stay home "
             "answerB: eat (with friends) answerC: leave context: Cameron had a barbecue at home.",

@@ -13,6 +13,8 @@ from catalog_checks import (  # noqa: E402
     RACE_ARTICLE,
     check_taskless_twins,
     check_tokenized_examples,
+    preprocessed_rows,
+    preprocessed_strings,
 )
 
 from spot_jax.data import metrics, mixtures, postprocessors, preprocessors  # noqa: E402
@@ -24,16 +26,6 @@ SPM = Path("/work/shared/fixtures/t5_sentencepiece.model")
 NAMES = (reading.DROP_NAME, "spot_race_middle_v200", "spot_race_high_v200")
 
 
-def _rows(name, examples):
-    """The task's text preprocessing (after splitting rows, as its chain does) on raw rows."""
-    spot_tasks.register_all()
-    spec = base.SPECS[name]
-    raw = tf.data.Dataset.from_tensor_slices(examples)
-    return list(
-        spec.text_preprocessor((spec.examples_of or (lambda d: d))(raw)).as_numpy_iterator()
-    )
-
-
 def test_drop_is_squad_style_qa_scored_against_every_answer():
     example = {
         "passage": ["The Bears scored 7, then 10."],
@@ -42,7 +34,7 @@ def test_drop_is_squad_style_qa_scored_against_every_answer():
         "validated_answers": [["17", "seventeen"]],
         "query_id": ["q1"],
     }
-    (x,) = _rows(reading.DROP_NAME, example)
+    (x,) = preprocessed_rows(reading.DROP_NAME, example)
     want = "drop question: How many points in all ? context: The Bears scored 7 , then 10 . "
     assert x["inputs"].decode() == want
     assert x["targets"].decode() == "17" and x["query_id"] == b"q1"
@@ -51,12 +43,14 @@ def test_drop_is_squad_style_qa_scored_against_every_answer():
     target = postprocessors.qa(x["targets"], example=x, is_target=True)
     assert metrics.squad([target], ["seventeen"])["em"] == 100.0
     # No answer at all (mock data): scored against '<unk>', never an empty ground-truth list.
-    (y,) = _rows(reading.DROP_NAME, {**example, "answer": [""], "validated_answers": [[""]]})
+    (y,) = preprocessed_rows(
+        reading.DROP_NAME, {**example, "answer": [""], "validated_answers": [[""]]}
+    )
     assert [a.decode() for a in y["answers"]] == ["<unk>"] and y["targets"] == b"<unk>"
 
 
 def test_race_makes_one_multiple_choice_example_per_question():
-    rows = [(x["inputs"].decode(), x["targets"].decode()) for x in _rows(NAMES[1], RACE_ARTICLE)]
+    rows = preprocessed_strings(NAMES[1], RACE_ARTICLE)
     assert rows == [
         (
             "race question: Who sat? answer0: a dog answer1: the cat answer2: a man "
