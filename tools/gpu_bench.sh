@@ -46,7 +46,7 @@ timed large || { ATT=xla; echo "cudnn attention failed; using xla"; }
 # PEFT's cache is emptied, not an H100's 80 GB); dots remat (32 GB) otherwise or on failure.
 GPU_MIB=$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits | head -1)
 if [ "${GPU_MIB:-0}" -gt 110000 ]; then
-  run 170 --size xl --scan --remat none $big --attention $ATT --profile "$PROF/xl_profile"
+  run 230 --size xl --scan --remat none $big --attention $ATT --profile "$PROF/xl_profile"
 fi
 timed xl || run 200 --size xl --scan --remat dots $big --attention $ATT --profile "$PROF/xl_profile"
 fi
