@@ -51,6 +51,11 @@ def _timer(device: str, work: Callable[[], object]) -> Callable[[], float]:
     import torch
 
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    if device == "cuda":
+        # The warm-up's cached activations (about 100 GB at xl) go back before spot_jax
+        # compiles and runs in this process; each timed call hands its own back below.
+        sync()
+        torch.cuda.empty_cache()
 
     def timed() -> float:
         sync()

@@ -11,7 +11,8 @@
 #                attention_padding=key_mask (no [B, heads, L, L] bias; key counts to cuDNN) as A/B.
 # All with bf16 frozen weights, batch 32, inputs 512 + 100 prompt tokens.
 # FULL=1 adds xxl at batch 32 (memory goal; another ~3.5 minutes). PARTS=goals runs only the
-# large and xl lines, PARTS=eval only the base ones (to split the script over two calls).
+# large and xl lines (PARTS=large or xl: one of them), PARTS=eval only the base ones (to split
+# the script over two calls).
 # cuDNN attention is tried first (large) and XLA attention used if it fails.
 # Results go to ${OUT:-/tmp}/bench.jsonl, the log to ${OUT:-/tmp}/bench.log, and the large and
 # xl steps' device time by XLA op to ${PROF:-$OUT}/{large,xl}_profile/op_profile.json.
@@ -39,16 +40,18 @@ big="--targets 32 --steps 5 --repeats 2 --compare-peft --baseline attention_padd
 # Did a size's timing land in bench.jsonl? (A run can fail after it: its --profile, say.)
 timed() { grep -q "\"size\": \"$1\"" "$OUT/bench.jsonl" 2>/dev/null; }
 # --profile: one more traced run, device time by XLA op and category (op_profile.json).
-if [[ $PARTS == *goals* ]]; then
-run 170 --size large --scan $big --attention cudnn --profile "$PROF/large_profile"
-timed large || { ATT=xla; echo "cudnn attention failed; using xla"; }
-# XL without remat first where it fits (no recomputed elementwise work; ~97 GB: an H200 once
-# PEFT's cache is emptied, not an H100's 80 GB); dots remat (32 GB) otherwise or on failure.
-GPU_MIB=$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits | head -1)
-if [ "${GPU_MIB:-0}" -gt 110000 ]; then
-  run 230 --size xl --scan --remat none $big --attention $ATT --profile "$PROF/xl_profile"
+if [[ $PARTS == *goals* || $PARTS == *large* ]]; then
+  run 170 --size large --scan $big --attention cudnn --profile "$PROF/large_profile"
+  timed large || { ATT=xla; echo "cudnn attention failed; using xla"; }
 fi
-timed xl || run 200 --size xl --scan --remat dots $big --attention $ATT --profile "$PROF/xl_profile"
+if [[ $PARTS == *goals* || $PARTS == *xl* ]]; then
+  # XL without remat first where it fits (no recomputed elementwise work; ~97 GB: an H200 once
+  # PEFT's cache is emptied, not an H100's 80 GB); dots remat (32 GB) otherwise or on failure.
+  GPU_MIB=$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits | head -1)
+  if [ "${GPU_MIB:-0}" -gt 110000 ]; then
+    run 230 --size xl --scan --remat none $big --attention $ATT --profile "$PROF/xl_profile"
+  fi
+  timed xl || run 200 --size xl --scan --remat dots $big --attention $ATT --profile "$PROF/xl_profile"
 fi
 [[ $PARTS == *eval* ]] || { echo "== total $((SECONDS - START)) s"; exit 0; }
 run 60 --mode decode --targets 32 --repeats 3 --attention $ATT --compare-peft
