@@ -30,7 +30,11 @@ Synthetic batches (no TF). Modes:
 `--compare-peft` times transformers + PEFT prompt tuning (encoder-only prompt,
 `num_transformer_submodules=1`) on the same shapes in the same process (HF `generate` for
 decode, a teacher-forced forward for score) and prints the ratio. `--repeats N` interleaves N
-rounds of the implementations and reports medians (use it on a shared machine).
+rounds of the implementations and reports medians (use it on a shared machine). On a GPU
+PEFT runs all its rounds first and hands its memory back before spot_jax compiles
+(`--peft-apart`): the two frameworks each keep a memory pool, and PEFT's (~100 GB at xl)
+would leave XLA too little, or XLA's PEFT. Progress lines (`[12.3 s] ...`) say where a run
+that was stopped by a time limit had got to.
 `--profile DIR` traces one more spot_jax run and prints its device time by XLA op and
 category (matmul, attention, fusion, copy, ...): `tools/op_profile.py`.
 """
@@ -86,6 +90,33 @@ def peak_memory_gb() -> float | None:
     return stats.get("peak_bytes_in_use", 0) / 1e9
 
 
+_START = time.perf_counter()
+
+
+def say(message: str) -> None:
+    """A progress line with the seconds since start (a killed run's log shows its last stage)."""
+    print(f"[{time.perf_counter() - _START:6.1f} s] {message}", flush=True)
+
+
+def _peft_apart(args) -> bool:
+    if not args.compare_peft or args.peft_apart == "off":
+        return False
+    return args.peft_apart == "on" or jax.default_backend() == "gpu"
+
+
+def _rounds_apart(make, repeats: int) -> list[float]:
+    """All `repeats` rounds of one implementation, then its memory handed back."""
+    import bench_peft
+
+    run = make()
+    say("hf_peft built and warmed up")
+    times = [run() for _ in range(repeats)]
+    del run  # the last reference to the model, its optimizer and activations
+    bench_peft.free_memory()
+    say(f"hf_peft timed ({repeats} rounds) and released")
+    return times
+
+
 def _interleaved(runners: dict, repeats: int) -> dict[str, list[float]]:
     """Seconds of each runner's work, `repeats` rounds, runners alternating within a round."""
     times = {name: [] for name in runners}
@@ -112,10 +143,18 @@ def _runners(args, cfg):
 
         peft = {"train": bench_peft.train_runner, "decode": bench_peft.decode_runner}
         peft["score"] = bench_peft.score_runner
-        runners["hf_peft"] = peft[args.mode](args, local)
+        runners["hf_peft"] = _peft(args, lambda: peft[args.mode](args, local))
     runners["spot_jax"], finishers["spot_jax"] = spot[args.mode](args, local)
+    say("spot_jax compiled and warmed up")
     _add_baselines(args, runners, finishers, lambda o: spot[args.mode](args, local, o))
     return runners, finishers, {}
+
+
+def _peft(args, make):
+    """PEFT's runner; with `--peft-apart`, its rounds are run now and replayed in order."""
+    if not _peft_apart(args):
+        return make()
+    return iter(_rounds_apart(make, args.repeats)).__next__
 
 
 def _add_baselines(args, runners, finishers, make) -> None:
@@ -126,6 +165,7 @@ def _add_baselines(args, runners, finishers, make) -> None:
         name = f"spot_jax[{override}]"
         try:
             runners[name], finishers[name] = make({key: value})
+            say(f"{name} compiled and warmed up")
         except Exception as e:  # noqa: BLE001 - report it, time the rest
             print(f"baseline {override} failed: {type(e).__name__}: {e}", flush=True)
 
@@ -141,7 +181,7 @@ def _rank_runners(args, cfg, local):
         import bench_peft
 
         pairs = bench_spot.ranking.candidate_batch(local, candidates)
-        runners["hf_peft"] = bench_peft.score_runner(args, pairs)
+        runners["hf_peft"] = _peft(args, lambda: bench_peft.score_runner(args, pairs))
     runners["spot_jax"], finishers["spot_jax"] = bench_spot.rank_runner(args, local, candidates)
     name = "spot_jax_pairs"
     runners[name], finishers[name] = bench_spot.pairs_runner(args, local, candidates)
@@ -232,6 +272,13 @@ def main(argv=None) -> int:
         help="device peak bf16 TFLOP/s for MFU (e.g. 851 measured on an H200)",
     )
     p.add_argument("--compare-peft", action="store_true")
+    p.add_argument(
+        "--peft-apart",
+        default="auto",
+        choices=["auto", "on", "off"],
+        help="run all of PEFT's rounds before spot_jax compiles and release its memory (auto: "
+        "on a GPU; off interleaves PEFT's rounds with spot_jax's, for a busy CPU)",
+    )
     p.add_argument(
         "--mode",
         default="train",

@@ -75,7 +75,7 @@ def summarize(trace: str | Path, calls: int = 1) -> dict:
     counts: collections.Counter = collections.Counter()
     longest: dict[str, tuple[float, str]] = {}
     for e in chosen:
-        op = e["args"]["hlo_op"]
+        op = _op_name(e)
         time_us[op] += e["dur"]
         counts[op] += 1
         if e["dur"] > longest.get(op, (-1.0, ""))[0]:
@@ -101,6 +101,15 @@ def summarize(trace: str | Path, calls: int = 1) -> dict:
         "categories": {k: v / 1e3 / calls for k, v in by_category.most_common()},
         "ops": rows,
     }
+
+
+def _op_name(event: dict) -> str:
+    """The event's XLA op. Kernels that XLA:GPU runs inside a CUDA graph (a command buffer)
+    carry the buffer's name as their op, so one buffer would hold a whole layer's matmuls,
+    attention and fusions: those are named by their kernel instead (XLA names a fusion's
+    kernel after the fusion: `loop_add_fusion_3`, `gemm_fusion_dot_35`)."""
+    op = event["args"]["hlo_op"]
+    return event["name"] if op.startswith("command_buffer") else op
 
 
 def _leaves(events: list[dict]) -> list[dict]:

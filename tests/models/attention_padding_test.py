@@ -43,7 +43,8 @@ def _loss_and_prompt_grad(cfg, params, batch):
 
 @pytest.fixture(scope="module")
 def reference():
-    cfg = config.named_config("tiny", dtype="float32")
+    # The reference is T5X's [B, heads, L, L] padding-plus-position bias.
+    cfg = config.named_config("tiny", dtype="float32", attention_padding="bias")
     batch = _batch()
     model = prompted.PromptedT5(cfg, prompt_length=PROMPT)
     params = jax.jit(lambda r: nn.unbox(model.init(r, batch)))(jax.random.PRNGKey(0))
@@ -85,9 +86,9 @@ def test_key_mask_gives_t5xs_loss_and_prompt_gradient(reference, impl, monkeypat
         assert all(kw["bias"].shape[0] == 1 for kw in encoder)
 
 
-def test_the_default_is_t5xs_bias_and_bad_values_are_refused(reference):
+def test_the_default_is_the_key_mask_and_bad_values_are_refused(reference):
     cfg = reference[0]
-    assert cfg.attention_padding == "bias"
+    assert config.T5Config().attention_padding == "key_mask"
     with pytest.raises(ValueError, match="attention_padding must be bias or key_mask"):
         dataclasses.replace(cfg, attention_padding="lengths")
 
