@@ -1,26 +1,37 @@
 #!/usr/bin/env bash
-# One prepared GPU session, at most ~9 minutes in all (BUDGET seconds; each run gets what is
-# left, capped by its own limit). The issue's open goals first, then eval speed:
-#   large        train step, --scan, fused cuDNN attention, vs HF PEFT (goal: >= 3x PEFT)
-#   xl           train step, --scan, no remat (else --remat dots), cuDNN attention, vs HF PEFT
-#                (goals: >= 3x PEFT, >= 50% MFU)
-#   base         decode (greedy, 32 tokens, vs HF generate), rank classification (3 labels,
-#                one encoder pass per example vs T5X's pair rows vs PEFT), packing (train and
-#                per-example scoring, 512 GLUE-like examples padded vs packed 4 per 256-token
-#                row) and the base train step vs PEFT with cross_projection=projected and
-#                attention_padding=key_mask (no [B, heads, L, L] bias; key counts to cuDNN) as A/B.
-# All with bf16 frozen weights, batch 32, inputs 512 + 100 prompt tokens.
-# FULL=1 adds xxl at batch 32 (memory goal; another ~3.5 minutes). PARTS=goals runs only the
-# large and xl lines (PARTS=large or xl: one of them), PARTS=eval only the base ones (to split
-# the script over two calls).
-# cuDNN attention is tried first (large) and XLA attention used if it fails.
+# The prepared GPU runs, in two calls of the device tool (each call <= 10 minutes; a session has
+# 15 minutes of device time, each machine start ~35 s):
+#   PARTS=goals BUDGET=330  the issue's open goals:
+#     large  train step, --scan, fused cuDNN attention, vs HF PEFT (goal: >= 3x PEFT)
+#     xl     train step, --scan, no remat (else --remat dots), cuDNN attention, vs HF PEFT
+#            (goals: >= 3x PEFT, >= 50% MFU)
+#     each with attention_padding=bias (T5X's [B, heads, L, L] bias) as the A/B, and profiled
+#     (device time by kernel); with NOGRAPH=1 also the large step without CUDA graphs.
+#   PARTS=eval BUDGET=500   base size: decode (greedy, 32 tokens, vs HF generate), rank
+#     classification (3 labels, one encoder pass per example vs T5X's pair rows vs PEFT),
+#     packing (train and per-example scoring, 512 GLUE-like examples padded vs packed 4 per
+#     256-token row) and the base train step vs PEFT with cross_projection=projected and
+#     attention_padding=bias as A/B.
+# All with bf16 frozen weights, batch 32, inputs 512 + 100 prompt tokens. FULL=1 adds xxl at
+# batch 32 (memory goal; another ~3.5 minutes). PARTS=large or PARTS=xl runs one goal line.
+# cuDNN attention is tried first (large) and XLA attention used if it fails. On 2026-11-27 the
+# eval lines each ran past their 45-120 s limits with nothing printed (compile time, we think:
+# the benchmark now prints timed progress lines, so the log says); their limits are doubled.
 # Results go to ${OUT:-/tmp}/bench.jsonl, the log to ${OUT:-/tmp}/bench.log, and the large and
-# xl steps' device time by XLA op to ${PROF:-$OUT}/{large,xl}_profile/op_profile.json.
+# xl steps' device time by kernel to ${PROF:-$OUT}/{large,xl}_profile/op_profile.json, copied
+# to $OUT/{large,xl}_profile.json at exit (the traces beside them are too big to come back).
 set -u
 OUT=${OUT:-/tmp}
 BUDGET=${BUDGET:-540}
 PROF=${PROF:-$OUT}  # profiler traces (large); the lent machine's \$OUT brings back only small files
 START=$SECONDS
+bring_back() {
+  for f in "$PROF"/*_profile/op_profile.json; do
+    [ -f "$f" ] && [ "$PROF" != "$OUT" ] && cp "$f" "$OUT/$(basename "$(dirname "$f")").json"
+  done
+  return 0
+}
+trap bring_back EXIT
 export PYTHONPATH=$PWD XLA_PYTHON_CLIENT_PREALLOCATE=false TF_CPP_MIN_LOG_LEVEL=3
 exec > >(tee -a "$OUT/bench.log") 2>&1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
@@ -35,14 +46,18 @@ run() {  # run LIMIT_S ARGS...: one benchmark, within both its limit and what is
 }
 ATT=cudnn
 PARTS=${PARTS:-goals,eval}
-# key_mask: padding as cuDNN key counts, the relative-position bias [1, heads, L, L] (A/B).
-big="--targets 32 --steps 5 --repeats 2 --compare-peft --baseline attention_padding=key_mask"
+# bias: T5X's padding-plus-position bias [B, heads, L, L] (A/B against the key_mask default).
+big="--targets 32 --steps 5 --repeats 2 --compare-peft --baseline attention_padding=bias"
 # Did a size's timing land in bench.jsonl? (A run can fail after it: its --profile, say.)
 timed() { grep -q "\"size\": \"$1\"" "$OUT/bench.jsonl" 2>/dev/null; }
 # --profile: one more traced run, device time by XLA op and category (op_profile.json).
 if [[ $PARTS == *goals* || $PARTS == *large* ]]; then
   run 170 --size large --scan $big --attention cudnn --profile "$PROF/large_profile"
   timed large || { ATT=xla; echo "cudnn attention failed; using xla"; }
+  if [ "${NOGRAPH:-0}" = 1 ]; then  # CUDA graphs off: launch gaps and per-kernel names
+    XLA_FLAGS="--xla_gpu_enable_command_buffer=" run 90 --size large --scan --targets 32 \
+      --steps 5 --attention $ATT --profile "$PROF/large_nograph_profile"
+  fi
 fi
 if [[ $PARTS == *goals* || $PARTS == *xl* ]]; then
   # XL without remat first where it fits (no recomputed elementwise work; ~97 GB: an H200 once
@@ -54,14 +69,14 @@ if [[ $PARTS == *goals* || $PARTS == *xl* ]]; then
   timed xl || run 200 --size xl --scan --remat dots $big --attention $ATT --profile "$PROF/xl_profile"
 fi
 [[ $PARTS == *eval* ]] || { echo "== total $((SECONDS - START)) s"; exit 0; }
-run 60 --mode decode --targets 32 --repeats 3 --attention $ATT --compare-peft
-run 60 --mode rank --targets 4 --candidates 3 --repeats 3 --attention $ATT --compare-peft
-run 60 --mode packing --targets 4 --examples 512 --max-segments 4 --packed-inputs 256 \
+run 120 --mode decode --targets 32 --repeats 3 --attention $ATT --compare-peft
+run 120 --mode rank --targets 4 --candidates 3 --repeats 3 --attention $ATT --compare-peft
+run 100 --mode packing --targets 4 --examples 512 --max-segments 4 --packed-inputs 256 \
   --repeats 3 --attention $ATT
-run 45 --mode packing --packed-work score --targets 4 --examples 512 --max-segments 4 \
+run 90 --mode packing --packed-work score --targets 4 --examples 512 --max-segments 4 \
   --packed-inputs 256 --repeats 3 --attention $ATT
-run 120 --mode train --targets 32 --steps 5 --repeats 3 --attention $ATT --compare-peft \
-  --baseline cross_projection=projected --baseline attention_padding=key_mask
+run 150 --mode train --targets 32 --steps 5 --repeats 3 --attention $ATT --compare-peft \
+  --baseline cross_projection=projected --baseline attention_padding=bias
 if [ "${FULL:-0}" = 1 ]; then
   BUDGET=$((BUDGET + 210))
   run 200 --size xxl --scan --remat dots --targets 32 --steps 5 --attention $ATT
