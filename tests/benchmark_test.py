@@ -66,6 +66,13 @@ def test_a_failing_baseline_is_reported_and_the_rest_timed(benchmark, tmp_path, 
     assert "baseline attention_padding=nope failed: ValueError" in capsys.readouterr().out
 
 
+def test_baseline_values_take_the_config_fields_type(benchmark):
+    assert benchmark._config_value("scan_unroll", "2") == 2
+    assert benchmark._config_value("scan_layers", "true") is True
+    assert benchmark._config_value("dropout_rate", "0.1") == 0.1
+    assert benchmark._config_value("attention_padding", "bias") == "bias"
+
+
 def test_packing_mode_packs_fewer_rows_than_examples(benchmark, tmp_path):
     args = ("--mode=packing", "--examples=16", "--max-segments=4", "--inputs=128")
     results = _run(benchmark, tmp_path, *args)

@@ -152,6 +152,18 @@ def score_runner(args, batch: Mapping[str, np.ndarray]) -> Callable[[], float]:
     return _timer(device, score)
 
 
+def rounds_apart(make: Callable[[], Callable[[], float]], repeats: int, say) -> list[float]:
+    """All `repeats` rounds of the runner `make()` builds, then its memory handed back (the
+    model, optimizer and cached activations), so that XLA can have the GPU's memory."""
+    run = make()
+    say("hf_peft built and warmed up")
+    times = [run() for _ in range(repeats)]
+    del run  # the last reference to the model, its optimizer and activations
+    free_memory()
+    say(f"hf_peft timed ({repeats} rounds) and released")
+    return times
+
+
 def free_memory() -> None:
     import gc
 

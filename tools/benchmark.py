@@ -40,6 +40,7 @@ category (matmul, attention, fusion, copy, ...): `tools/op_profile.py`.
 """
 
 import argparse
+import dataclasses
 import importlib.util
 import json
 import os
@@ -104,19 +105,6 @@ def _peft_apart(args) -> bool:
     return args.peft_apart == "on" or jax.default_backend() == "gpu"
 
 
-def _rounds_apart(make, repeats: int) -> list[float]:
-    """All `repeats` rounds of one implementation, then its memory handed back."""
-    import bench_peft
-
-    run = make()
-    say("hf_peft built and warmed up")
-    times = [run() for _ in range(repeats)]
-    del run  # the last reference to the model, its optimizer and activations
-    bench_peft.free_memory()
-    say(f"hf_peft timed ({repeats} rounds) and released")
-    return times
-
-
 def _interleaved(runners: dict, repeats: int) -> dict[str, list[float]]:
     """Seconds of each runner's work, `repeats` rounds, runners alternating within a round."""
     times = {name: [] for name in runners}
@@ -154,7 +142,9 @@ def _peft(args, make):
     """PEFT's runner; with `--peft-apart`, its rounds are run now and replayed in order."""
     if not _peft_apart(args):
         return make()
-    return iter(_rounds_apart(make, args.repeats)).__next__
+    import bench_peft
+
+    return iter(bench_peft.rounds_apart(make, args.repeats, say)).__next__
 
 
 def _add_baselines(args, runners, finishers, make) -> None:
@@ -164,10 +154,20 @@ def _add_baselines(args, runners, finishers, make) -> None:
         key, _, value = override.partition("=")
         name = f"spot_jax[{override}]"
         try:
-            runners[name], finishers[name] = make({key: value})
+            runners[name], finishers[name] = make({key: _config_value(key, value)})
             say(f"{name} compiled and warmed up")
         except Exception as e:  # noqa: BLE001 - report it, time the rest
             print(f"baseline {override} failed: {type(e).__name__}: {e}", flush=True)
+
+
+def _config_value(key: str, text: str):
+    """A `--baseline` value as the T5Config field's type (`scan_unroll=2` is an int)."""
+    default = {f.name: f.default for f in dataclasses.fields(config_lib.T5Config)}.get(key)
+    if isinstance(default, bool):
+        return text.lower() in ("1", "true", "yes")
+    if isinstance(default, int | float):
+        return type(default)(text)
+    return text
 
 
 def _rank_runners(args, cfg, local):

@@ -36,6 +36,8 @@ class T5Config:
       float32_attention_logits: compute attention softmax in float32.
       remat_policy: 'none', 'full' (recompute each layer) or 'dots' (save matmul outputs).
       scan_layers: stack layers and run them with `nn.scan` (faster compiles at depth).
+      scan_unroll: with scan_layers, layers per loop iteration (`nn.scan`'s unroll: fewer
+        loop trips and launches per step for longer compiles; params and checkpoints alike).
       attention_impl: 'xla' (einsum + softmax, any device) or 'cudnn' (fused attention via
         `jax.nn.dot_product_attention` on NVIDIA GPUs; used when no attention dropout applies).
       attention_padding: how the encoder's self-attention masks padding: 'key_mask' (the
@@ -70,6 +72,7 @@ class T5Config:
     float32_attention_logits: bool = False
     remat_policy: str = "none"
     scan_layers: bool = False
+    scan_unroll: int = 1
     attention_impl: str = "xla"
     attention_padding: str = "key_mask"
     cross_projection: str = "auto"
@@ -86,6 +89,8 @@ class T5Config:
             raise ValueError(
                 f"attention_padding must be bias or key_mask, got {self.attention_padding!r}"
             )
+        if self.scan_unroll < 1:
+            raise ValueError(f"scan_unroll must be >= 1, got {self.scan_unroll}")
         if self.remat_policy not in ("none", "full", "dots"):
             raise ValueError(f"remat_policy must be none, full or dots, got {self.remat_policy!r}")
         if self.attention_impl == "cudnn" and self.attention_dropout > 0:

@@ -122,6 +122,7 @@ def _stack(layer_cls, config: T5Config, num_layers: int, num_broadcast: int, **l
             split_rngs={"params": True, "dropout": True},
             in_axes=(nn.broadcast,) * num_broadcast,
             length=num_layers,
+            unroll=config.scan_unroll,
             metadata_params={nn.PARTITION_NAME: axes.LAYERS},
         )(config, name="layers", **layer_kw)
         return lambda x, *args: scanned(x, *args)[0]

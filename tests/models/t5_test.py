@@ -99,6 +99,12 @@ def test_scan_layers_matches_unrolled_after_stack_layers(tiny):
     want = _logits(model, params, batch)
     got = _logits(scan_model, stacked, batch)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    # Two layers per loop trip: same params, same function.
+    unrolled = prompted.PromptedT5(
+        _config(scan_layers=True, scan_unroll=2), prompt_length=PROMPT_LENGTH
+    )
+    np.testing.assert_allclose(_logits(unrolled, stacked, batch), want, rtol=1e-5, atol=1e-5)
+    assert "unroll=2" in str(jax.make_jaxpr(lambda p: unrolled.loss(p, batch)[0])(stacked))
     # And back again.
     roundtrip = prompted.unstack_layers(stacked)
     jax.tree.map(np.testing.assert_array_equal, roundtrip, params)
