@@ -5,8 +5,9 @@
 #     large  train step, --scan, fused cuDNN attention, vs HF PEFT (goal: >= 3x PEFT)
 #     xl     train step, --scan, no remat (else --remat dots), cuDNN attention, vs HF PEFT
 #            (goals: >= 3x PEFT, >= 50% MFU)
-#     each with attention_padding=bias (T5X's [B, heads, L, L] bias) as the A/B, and profiled
-#     (device time by kernel); with NOGRAPH=1 also the large step without CUDA graphs.
+#     each with attention_padding=bias (T5X's [B, heads, L, L] bias) as the A/B (large also
+#     scan_unroll=2: two layers per loop trip), and profiled (device time by kernel); with
+#     NOGRAPH=1 also the large step without CUDA graphs.
 #   PARTS=eval BUDGET=500   base size: decode (greedy, 32 tokens, vs HF generate), rank
 #     classification (3 labels, one encoder pass per example vs T5X's pair rows vs PEFT),
 #     packing (train and per-example scoring, 512 GLUE-like examples padded vs packed 4 per
@@ -52,7 +53,8 @@ big="--targets 32 --steps 5 --repeats 2 --compare-peft --baseline attention_padd
 timed() { grep -q "\"size\": \"$1\"" "$OUT/bench.jsonl" 2>/dev/null; }
 # --profile: one more traced run, device time by XLA op and category (op_profile.json).
 if [[ $PARTS == *goals* || $PARTS == *large* ]]; then
-  run 170 --size large --scan $big --attention cudnn --profile "$PROF/large_profile"
+  run 170 --size large --scan $big --baseline scan_unroll=2 --attention cudnn \
+    --profile "$PROF/large_profile"
   timed large || { ATT=xla; echo "cudnn attention failed; using xla"; }
   if [ "${NOGRAPH:-0}" = 1 ]; then  # CUDA graphs off: launch gaps and per-kernel names
     XLA_FLAGS="--xla_gpu_enable_command_buffer=" run 90 --size large --scan --targets 32 \
