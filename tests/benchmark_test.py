@@ -71,6 +71,8 @@ def test_baseline_values_take_the_config_fields_type(benchmark):
     assert benchmark._config_value("scan_layers", "true") is True
     assert benchmark._config_value("dropout_rate", "0.1") == 0.1
     assert benchmark._config_value("attention_padding", "bias") == "bias"
+    assert benchmark._config_value("attention_dropout_rate", "0.0") == 0.0
+    assert benchmark._config_value("frozen_dtype", "bfloat16") == "bfloat16"
 
 
 def test_packing_mode_packs_fewer_rows_than_examples(benchmark, tmp_path):

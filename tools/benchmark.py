@@ -167,6 +167,8 @@ def _config_value(key: str, text: str):
         return text.lower() in ("1", "true", "yes")
     if isinstance(default, int | float):
         return type(default)(text)
+    if default is None and text.replace(".", "", 1).isdigit():  # attention_dropout_rate=0.0
+        return float(text)
     return text
 
 
