@@ -186,8 +186,8 @@ def task_metrics(recorded: list[str]) -> list[str]:
     first of each task's, one key per task, whose mean is the score.
 
     The Evaluator's own keys (loss, token_accuracy, sequence_accuracy) and eval/rank_* never
-    count: a task whose metric fn reports only one of them (the world tasks' exact match,
-    sequence_accuracy) reads as having none; name it with `metric` instead.
+    count: a task whose metric fn reports only one of them (T5's sequence_accuracy, say) reads
+    as having none; name it with `metric` instead.
     """
     top = [k for k in recorded if k.count("/") == 1 and is_task_metric(k)]
     if top:

@@ -176,7 +176,7 @@ def test_demo_task_is_registered_with_its_splits_metrics_and_postprocessor():
     task = seqio.get_mixture_or_task(demo.TASK_NAME)
     assert demo.register() is task  # idempotent
     assert set(task.splits) == {"train", "validation"}
-    assert [fn.__name__ for fn in task.metric_fns] == ["accuracy", "sequence_accuracy"]
+    assert [fn.__name__ for fn in task.metric_fns] == ["accuracy"]
     assert task.postprocess_fn(b" Plum \n") == "plum"
     train, validation = demo.examples("train"), demo.examples("validation")
     assert (len(train), len(validation)) == (384, 64)
