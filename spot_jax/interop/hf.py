@@ -4,7 +4,8 @@ HF's `T5ForConditionalGeneration` names and layouts differ from T5X's in three w
   - every `nn.Linear.weight` is [out, in], so each kernel is transposed (the embedding is
     not; `relative_attention_bias` is an nn.Embedding [buckets, heads], transposed too);
   - the relative-position bias lives in block 0 of each stack only, which is exactly T5X's
-    one shared `relpos_bias` per stack;
+    one shared `relpos_bias` per stack (umT5, HF's `UMT5ForConditionalGeneration`, has one in
+    every block: `T5Config.relpos_per_layer`, each layer's own `relpos_bias`);
   - `shared` is the embedding and `lm_head` the (untied, T5 1.1) logits kernel.
 Vocab rows: T5's tokenizer has 32100 ids; T5X pads tables to 32128 and some HF configs keep
 32100. We never change the row count unless asked (`vocab_rows`), and say so when we do.
@@ -44,14 +45,17 @@ def name_map(config: T5Config) -> list[tuple[str, str, bool]]:
         ("encoder.final_layer_norm.weight", "encoder/encoder_norm/scale", False),
         ("decoder.final_layer_norm.weight", "decoder/decoder_norm/scale", False),
     ]
-    for stack in ("encoder", "decoder"):
-        out.append(
-            (
-                f"{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight",
-                f"{stack}/relpos_bias/rel_embedding",
-                True,
-            )
-        )
+    relpos = "layer.0.SelfAttention.relative_attention_bias.weight"
+    for stack, layers in (
+        ("encoder", config.num_encoder_layers),
+        ("decoder", config.num_decoder_layers),
+    ):
+        if config.relpos_per_layer:
+            for i in range(layers):
+                table = f"{stack}/layers_{i}/relpos_bias/rel_embedding"
+                out.append((f"{stack}.block.{i}.{relpos}", table, True))
+        else:
+            out.append((f"{stack}.block.0.{relpos}", f"{stack}/relpos_bias/rel_embedding", True))
 
     def sublayer(hf: str, ours: str, norm: str, attn_hf: str | None, attn: str | None):
         out.append((f"{hf}.layer_norm.weight", f"{ours}/{norm}/scale", False))
@@ -112,6 +116,7 @@ def config_from_hf(hf: Mapping, vocab_rows: int) -> T5Config:
         num_decoder_layers=hf.get("num_decoder_layers") or hf["num_layers"],
         relpos_buckets=hf.get("relative_attention_num_buckets", 32),
         relpos_max_distance=hf.get("relative_attention_max_distance", 128),
+        relpos_per_layer=hf.get("model_type") == "umt5",
     )
 
 
@@ -204,8 +209,9 @@ _REDUNDANT = {
     "decoder.embed_tokens.weight",
     "decoder.block.0.layer.1.EncDecAttention.relative_attention_bias.weight",
 }
-# mT5 is T5 1.1's architecture under another name (same tensors, gated-gelu, untied head).
-_MODEL_TYPES = ("t5", "mt5")
+# mT5 is T5 1.1's architecture under another name (same tensors, gated-gelu, untied head);
+# umT5 is too, with a relative-position table in every block (`relpos_per_layer`).
+_MODEL_TYPES = ("t5", "mt5", "umt5")
 
 
 def _check_model_type(weights: "HFWeights") -> None:
@@ -246,8 +252,9 @@ def read_hf(
         )
     config = dataclasses.replace(config_from_hf(weights.config, rows))
     mapping = {ours: (hf, transpose) for hf, ours, transpose in name_map(config)}
-    # A tensor we would not read is a weight of some other architecture (UMT5's relative bias
-    # in every block, extra layers): converting without it would make a different model.
+    # A tensor we would not read is a weight of some other architecture (a relative bias in
+    # every block of a model that says model_type 't5', extra layers): converting without it
+    # would make a different model.
     unused = sorted(set(weights.files) - {hf for hf, _ in mapping.values()} - _REDUNDANT)
     if unused:
         raise CheckpointError(
@@ -285,10 +292,12 @@ def convert(
 
 
 def hf_config(config: T5Config, dtype: str = "float32") -> dict:
-    """config.json of T5ForConditionalGeneration for a T5 1.1 model with `dtype` weights."""
+    """config.json of T5ForConditionalGeneration for a T5 1.1 model with `dtype` weights
+    (UMT5ForConditionalGeneration for one with a relpos table per layer)."""
+    umt5 = config.relpos_per_layer
     return {
-        "architectures": ["T5ForConditionalGeneration"],
-        "model_type": "t5",
+        "architectures": ["UMT5ForConditionalGeneration" if umt5 else "T5ForConditionalGeneration"],
+        "model_type": "umt5" if umt5 else "t5",
         "d_model": config.emb_dim,
         "d_kv": config.head_dim,
         "d_ff": config.mlp_dim,

@@ -14,6 +14,8 @@ from spot_jax.train.checkpoints import CheckpointError
 
 EMBEDDING = "token_embedder/embedding"
 LOGITS = "decoder/logits_dense/kernel"
+STACK_RELPOS = "encoder/relpos_bias/rel_embedding"  # T5 1.1: one table per stack
+LAYER_RELPOS = "encoder/layers_0/relpos_bias/rel_embedding"  # umT5: one per layer
 
 
 def param_shapes(config: T5Config) -> dict[str, tuple[int, ...]]:
@@ -23,11 +25,18 @@ def param_shapes(config: T5Config) -> dict[str, tuple[int, ...]]:
     out = {
         EMBEDDING: (v, d),
         LOGITS: (d, v),
-        "encoder/relpos_bias/rel_embedding": (h, b),
-        "decoder/relpos_bias/rel_embedding": (h, b),
         "encoder/encoder_norm/scale": (d,),
         "decoder/decoder_norm/scale": (d,),
     }
+
+    for stack, layers in (
+        ("encoder", config.num_encoder_layers),
+        ("decoder", config.num_decoder_layers),
+    ):
+        # T5 1.1: one table per stack; umT5 / scalable_t5: one in every layer.
+        owners = [f"{stack}/layers_{i}" for i in range(layers)]
+        for owner in owners if config.relpos_per_layer else [stack]:
+            out[f"{owner}/relpos_bias/rel_embedding"] = (h, b)
 
     def block(prefix: str, parts: Mapping[str, str]) -> None:
         for norm, attn in parts.items():
@@ -74,9 +83,10 @@ def infer_config(
       CheckpointError: params are missing, or a given config disagrees with the shapes (names
         the parameter and both shapes).
     """
+    per_layer = LAYER_RELPOS in shapes and STACK_RELPOS not in shapes
     for name in (
         EMBEDDING,
-        "encoder/relpos_bias/rel_embedding",
+        LAYER_RELPOS if per_layer else STACK_RELPOS,
         "encoder/layers_0/mlp/wi_0/kernel",
     ):
         if name not in shapes:
@@ -84,7 +94,7 @@ def infer_config(
                 f"{source} lacks {name}; is it a T5 1.1 (gated-GELU, shared relpos bias) model?"
             )
     vocab, d = shapes[EMBEDDING]
-    heads, buckets = shapes["encoder/relpos_bias/rel_embedding"]
+    heads, buckets = shapes[LAYER_RELPOS if per_layer else STACK_RELPOS]
     joined_kv = shapes["encoder/layers_0/attention/query/kernel"][1]
     inferred = dict(
         vocab_size=vocab,
@@ -95,6 +105,7 @@ def infer_config(
         relpos_buckets=buckets,
         num_encoder_layers=_count_layers(shapes, "encoder"),
         num_decoder_layers=_count_layers(shapes, "decoder"),
+        **({"relpos_per_layer": True} if per_layer else {}),
     )
     if isinstance(config, str):
         from spot_jax.models.config import named_config
@@ -103,7 +114,11 @@ def infer_config(
     if config is None:
         base = {}
         for size in _SIZES.values():
-            if all(size.get(k, getattr(T5Config, k)) == v for k, v in inferred.items()):
+            if all(
+                size.get(k, getattr(T5Config, k)) == v
+                for k, v in inferred.items()
+                if k != "relpos_per_layer"  # umT5 has a named size's shapes otherwise
+            ):
                 base = {"relpos_max_distance": size.get("relpos_max_distance", 128)}
                 break
         if not base:
@@ -114,6 +129,8 @@ def infer_config(
                 )
             base = {"relpos_max_distance": 128}
         config = T5Config(**base, **inferred)
+    elif per_layer:  # a named size's widths, with the checkpoint's relpos layout
+        config = dataclasses.replace(config, relpos_per_layer=True)
     config = dataclasses.replace(config, **overrides)
     check_shapes(shapes, config, source)
     return config

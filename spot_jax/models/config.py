@@ -35,6 +35,8 @@ class T5Config:
         halving their memory; trainable params stay in `param_dtype`.
       float32_attention_logits: compute attention softmax in float32.
       remat_policy: 'none', 'full' (recompute each layer) or 'dots' (save matmul outputs).
+      relpos_per_layer: every layer has its own relative-position bias table (umT5, and T5X's
+        scalable_t5 network) instead of T5 1.1's one per stack.
       scan_layers: stack layers and run them with `nn.scan` (faster compiles at depth).
       scan_unroll: with scan_layers, layers per loop iteration (`nn.scan`'s unroll: fewer
         loop trips and launches per step for longer compiles; params and checkpoints alike).
@@ -64,6 +66,7 @@ class T5Config:
     mlp_dim: int = 2048
     relpos_buckets: int = 32
     relpos_max_distance: int = 128
+    relpos_per_layer: bool = False
     dropout_rate: float = 0.0
     attention_dropout_rate: float | None = None
     dtype: Any = "bfloat16"
@@ -127,6 +130,8 @@ class T5Config:
             "head_dim": self.head_dim,
             "mlp_dim": self.mlp_dim,
             "relpos_buckets": self.relpos_buckets,
+            # Only when set, so T5 1.1 models keep the shape fingerprints they always had.
+            **({"relpos_per_layer": True} if self.relpos_per_layer else {}),
         }
 
 

@@ -32,6 +32,40 @@ def causal_bias(length: int) -> Array:
     return jnp.where(idx[:, None] >= idx[None, :], 0.0, layers.NEG_INF)[None, None]
 
 
+def _relpos(config: T5Config, bidirectional: bool) -> layers.RelativePositionBias:
+    c = config
+    return layers.RelativePositionBias(
+        c.relpos_buckets,
+        c.relpos_max_distance,
+        c.num_heads,
+        bidirectional,
+        name="relpos_bias",
+        dtype=c.activation_dtype,
+        param_dtype=c.param_dtype,
+    )
+
+
+def _stack_relpos(config: T5Config, bidirectional: bool):
+    """The stack's one relative-position bias (T5 1.1), or with `relpos_per_layer` a zero bias
+    here, since each layer adds its own (`with_layer_relpos`)."""
+    if config.relpos_per_layer:
+        return lambda *args, **kwargs: jnp.zeros((1, 1, 1, 1), jnp.float32)
+    return _relpos(config, bidirectional)
+
+
+def with_layer_relpos(
+    config: T5Config, bias, q_len: int, k_len: int, bidirectional: bool, offset=0, positions=None
+):
+    """`bias` plus the calling layer's own relative-position bias (`relpos_per_layer`); called
+    inside a layer's compact `__call__`, so the table is that layer's `relpos_bias` param."""
+    relpos = _relpos(config, bidirectional)(
+        q_len, k_len, offset, q_positions=positions, k_positions=positions
+    )
+    if isinstance(bias, layers.KeyMask):
+        return layers.KeyMask(bias.bias + relpos, bias.keys)
+    return bias + relpos
+
+
 class EncoderLayer(nn.Module):
     """Pre-norm self-attention and MLP, each with a residual."""
 
@@ -39,10 +73,13 @@ class EncoderLayer(nn.Module):
     deterministic: bool
 
     @nn.compact
-    def __call__(self, x: Array, bias: Array) -> tuple[Array, None]:
+    def __call__(self, x: Array, bias: Array, positions: Array | None = None) -> tuple[Array, None]:
         c = self.config
         kw = dict(dtype=c.activation_dtype, param_dtype=c.param_dtype)
         drop = nn.Dropout(c.dropout_rate, broadcast_dims=(-2,))
+        if c.relpos_per_layer:
+            length = x.shape[1]
+            bias = with_layer_relpos(c, bias, length, length, True, positions=positions)
         h = layers.RMSNorm(name="pre_attention_layer_norm", **kw)(x)
         h = layers.MultiHeadAttention(
             c.num_heads,
@@ -68,14 +105,27 @@ class DecoderLayer(nn.Module):
     config: T5Config
     deterministic: bool
     decode: bool = False
+    max_decode_length: int | None = None  # keys of the per-layer relpos bias in decode mode
 
     @nn.compact
     def __call__(
-        self, x: Array, encoded: Array, self_bias: Array, cross_bias: Array
+        self,
+        x: Array,
+        encoded: Array,
+        self_bias: Array,
+        cross_bias: Array,
+        positions: Array | None = None,
+        decode_position: Array | int = 0,
     ) -> tuple[Array, None]:
         c = self.config
         kw = dict(dtype=c.activation_dtype, param_dtype=c.param_dtype)
         drop = nn.Dropout(c.dropout_rate, broadcast_dims=(-2,))
+        if c.relpos_per_layer and self.decode:
+            k_len = self.max_decode_length
+            self_bias = with_layer_relpos(c, self_bias, 1, k_len, False, decode_position)
+        elif c.relpos_per_layer:
+            length = x.shape[1]
+            self_bias = with_layer_relpos(c, self_bias, length, length, False, positions=positions)
         attn = functools.partial(
             layers.MultiHeadAttention,
             c.num_heads,
@@ -182,18 +232,17 @@ class Encoder(nn.Module):
         x = nn.Dropout(c.dropout_rate, broadcast_dims=(-2,))(embedded, deterministic=deterministic)
         x = layers.constrain(x.astype(c.activation_dtype), ACT)
         length = x.shape[1]
-        relpos = layers.RelativePositionBias(
-            c.relpos_buckets, c.relpos_max_distance, c.num_heads, True, name="relpos_bias", **kw
-        )
+        rel = _stack_relpos(c, True)(length, length, q_positions=positions, k_positions=positions)
+        per_layer = (positions,) if c.relpos_per_layer else ()
         if segment_ids is None and c.attention_padding == "key_mask":
-            bias = layers.KeyMask(relpos(length, length), mask)
+            bias = layers.KeyMask(rel, mask)
         elif segment_ids is None:
-            bias = attention_bias(mask, mask) + relpos(length, length)
+            bias = attention_bias(mask, mask) + rel
         else:
-            bias = segments.segment_bias(segment_ids, segment_ids) + relpos(
-                length, length, q_positions=positions, k_positions=positions
-            )
-        x = _stack(EncoderLayer, c, c.num_encoder_layers, 1, deterministic=deterministic)(x, bias)
+            bias = segments.segment_bias(segment_ids, segment_ids) + rel
+        x = _stack(
+            EncoderLayer, c, c.num_encoder_layers, 1 + len(per_layer), deterministic=deterministic
+        )(x, bias, *per_layer)
         x = layers.RMSNorm(name="encoder_norm", **kw)(x)
         x = nn.Dropout(c.dropout_rate)(x, deterministic=deterministic)
         # Zero the outputs at padding, as prompt-tuning's encoder does.
@@ -235,9 +284,7 @@ class Decoder(nn.Module):
         kw = dict(dtype=c.activation_dtype, param_dtype=c.param_dtype)
         x = nn.Dropout(c.dropout_rate, broadcast_dims=(-2,))(embedded, deterministic=deterministic)
         x = layers.constrain(x.astype(c.activation_dtype), ACT)
-        relpos = layers.RelativePositionBias(
-            c.relpos_buckets, c.relpos_max_distance, c.num_heads, False, name="relpos_bias", **kw
-        )
+        relpos = _stack_relpos(c, False)
         length = x.shape[1]
         if segment_ids is not None:
             if decode:
@@ -259,9 +306,18 @@ class Decoder(nn.Module):
                 + relpos(length, length)
             )
             cross_bias = attention_bias(decoder_target_tokens, encoder_mask)
+        per_layer = ()
+        if c.relpos_per_layer:
+            per_layer = (positions, jnp.asarray(decode_position, jnp.int32))
         x = _stack(
-            DecoderLayer, c, c.num_decoder_layers, 3, deterministic=deterministic, decode=decode
-        )(x, encoded, self_bias, cross_bias)
+            DecoderLayer,
+            c,
+            c.num_decoder_layers,
+            3 + len(per_layer),
+            deterministic=deterministic,
+            decode=decode,
+            max_decode_length=max_decode_length,
+        )(x, encoded, self_bias, cross_bias, *per_layer)
         x = layers.RMSNorm(name="decoder_norm", **kw)(x)
         x = nn.Dropout(c.dropout_rate, broadcast_dims=(-2,))(x, deterministic=deterministic)
         if hidden_only:

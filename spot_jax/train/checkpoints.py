@@ -421,6 +421,8 @@ def _restore_by_layer(
     if "relpos_max_distance" in have:
         # Not a shape, so a mismatch would restore silently and change every logit.
         want["relpos_max_distance"] = config.relpos_max_distance
+    if have.get("relpos_per_layer") or config.relpos_per_layer:  # umT5's layout vs T5 1.1's
+        want["relpos_per_layer"] = config.relpos_per_layer
     diffs = _field_diffs(have, want, "{k}={have} in checkpoint vs {want} configured")
     if diffs:
         raise CheckpointError(

@@ -138,20 +138,67 @@ def test_peft_prompt_adapter_gives_same_loss(tmp_path, make_hf_model):
     np.testing.assert_allclose(ours, theirs, rtol=1e-5)
 
 
-def test_other_architectures_are_refused_by_name(tmp_path, make_hf_model):
-    # UMT5: T5 1.1's names, but a relative-position bias in every block.
+def _umt5(path):
+    """A tiny random HF UMT5 model (T5 1.1's names, a relative-position table in every block)."""
     umt5 = transformers.UMT5Config(
         vocab_size=64, d_model=8, d_kv=2, num_heads=4, d_ff=16, num_layers=2,
         feed_forward_proj="gated-gelu", tie_word_embeddings=False,
     )  # fmt: skip
-    transformers.UMT5ForConditionalGeneration(umt5).save_pretrained(tmp_path / "umt5")
-    with pytest.raises(checkpoints.CheckpointError, match="model_type='umt5'"):
-        hf.read_hf(tmp_path / "umt5", log=quiet)
-    # The same tensors under model_type 't5': the unmapped ones are named.
-    config = json.loads((tmp_path / "umt5" / "config.json").read_text())
-    (tmp_path / "umt5" / "config.json").write_text(json.dumps({**config, "model_type": "t5"}))
+    torch.manual_seed(0)
+    model = transformers.UMT5ForConditionalGeneration(umt5).eval()
+    model.save_pretrained(path)
+    return model
+
+
+def test_umt5_logits_match_and_round_trip_bitwise(tmp_path):
+    from safetensors.numpy import load_file
+
+    hf_model = _umt5(tmp_path / "umt5")
+    config = hf.convert(tmp_path / "umt5", tmp_path / "frozen", log=quiet)
+    assert config.relpos_per_layer
+    model, params = restore(tmp_path / "frozen", dataclasses.replace(config, dtype="float32"))
+    tables = [params[f"encoder/layers_{i}/relpos_bias/rel_embedding"] for i in range(2)]
+    assert not np.allclose(tables[0], tables[1])  # the layers' own tables, not one copied
+    batch = random_batch(np.random.default_rng(0), 64)
+    ours = np.asarray(model.logits(nest(params), {k: jnp.asarray(v) for k, v in batch.items()}))
+    with torch.no_grad():
+        theirs = hf_model(
+            input_ids=torch.tensor(batch["encoder_input_tokens"]),
+            attention_mask=torch.tensor(batch["encoder_input_tokens"] > 0),
+            decoder_input_ids=torch.tensor(batch["decoder_input_tokens"]),
+        ).logits.numpy()
+    real = batch["decoder_target_tokens"] > 0
+    np.testing.assert_allclose(ours[real], theirs[real], atol=1e-4, rtol=0)
+    # Restored into a T5 1.1 model (one table per stack): refused by name.
+    shared = dataclasses.replace(config, relpos_per_layer=False)
+    with pytest.raises(checkpoints.CheckpointError, match="relpos_per_layer=True in checkpoint"):
+        restore(tmp_path / "frozen", shared)
+
+    config, read = hf.read_hf(tmp_path / "umt5", log=quiet)
+    hf.export(read, config, tmp_path / "out")
+    original = load_file(str(tmp_path / "umt5" / "model.safetensors"))
+    original = {k: v for k, v in original.items() if not k.endswith("embed_tokens.weight")}
+    exported = load_file(str(tmp_path / "out" / "model.safetensors"))
+    # transformers 5 ties UMT5's lm_head to `shared` and saves it once; we write it out, as T5
+    # 1.1's untied head (released umT5 checkpoints have their own).
+    assert set(exported) - set(original) <= {"lm_head.weight"}
+    np.testing.assert_array_equal(exported["lm_head.weight"], original["shared.weight"])
+    for k in original:
+        np.testing.assert_array_equal(exported[k], original[k], err_msg=k)
+    reloaded = transformers.AutoModelForSeq2SeqLM.from_pretrained(tmp_path / "out")
+    assert type(reloaded).__name__ == "UMT5ForConditionalGeneration"
+
+
+def test_other_architectures_are_refused_by_name(tmp_path):
+    _umt5(tmp_path / "m")
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    (tmp_path / "m" / "config.json").write_text(json.dumps({**config, "model_type": "longt5"}))
+    with pytest.raises(checkpoints.CheckpointError, match="model_type='longt5'"):
+        hf.read_hf(tmp_path / "m", log=quiet)
+    # umT5's tensors under model_type 't5' (a table in every block): the unmapped ones are named.
+    (tmp_path / "m" / "config.json").write_text(json.dumps({**config, "model_type": "t5"}))
     with pytest.raises(checkpoints.CheckpointError, match="block.1.layer.0.SelfAttention"):
-        hf.read_hf(tmp_path / "umt5", log=quiet)
+        hf.read_hf(tmp_path / "m", log=quiet)
     assert not (tmp_path / "frozen").exists()
 
 

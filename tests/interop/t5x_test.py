@@ -1,5 +1,6 @@
 """T5X checkpoints -> spot_jax: both real fixtures, read independently here and compared."""
 
+import dataclasses
 import gzip
 import json
 import shutil
@@ -213,3 +214,15 @@ def test_an_orbax_tree_without_target_is_a_checkpoint_error(tmp_path):
         ckptr.save(tmp_path / "ckpt" / "state", {"params": {"w": np.zeros(3, np.float32)}})
     with pytest.raises(checkpoints.CheckpointError, match="has no `target` params"):
         t5x.T5XCheckpoint(tmp_path / "ckpt")
+
+
+def test_shapes_tell_a_relpos_table_per_layer():
+    # umT5's layout: a table in every layer, none per stack; the widths are T5 1.1 base's.
+    base = named_config("base")
+    umt5 = dataclasses.replace(base, relpos_per_layer=True)
+    shapes = t5x.param_shapes(umt5)
+    assert "encoder/relpos_bias/rel_embedding" not in shapes
+    assert shapes["decoder/layers_11/relpos_bias/rel_embedding"] == (12, 32)
+    assert t5x.infer_config(shapes) == dataclasses.replace(umt5, relpos_max_distance=128)
+    assert t5x.infer_config(shapes, "base").relpos_per_layer
+    assert not t5x.infer_config(t5x.param_shapes(base)).relpos_per_layer
