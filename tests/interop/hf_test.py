@@ -59,12 +59,8 @@ def random_batch(rng, vocab, batch=3, inputs=7, targets=5):
     }
 
 
-def test_hf_logits_match_spot_jax(tmp_path, make_hf_model):
-    hf_model = make_hf_model(tmp_path / "hf")
-    config = hf.convert(tmp_path / "hf", tmp_path / "frozen", log=quiet)
-    config = dataclasses.replace(config, dtype="float32")
-    assert (config.emb_dim, config.num_heads, config.head_dim, config.vocab_size) == (8, 4, 2, 64)
-    model, params = restore(tmp_path / "frozen", config)
+def assert_same_logits(model, params, hf_model):
+    """spot_jax's and the HF model's logits on a random ragged batch (64-token vocab)."""
     batch = random_batch(np.random.default_rng(0), 64)
     ours = np.asarray(model.logits(nest(params), {k: jnp.asarray(v) for k, v in batch.items()}))
     with torch.no_grad():
@@ -77,6 +73,15 @@ def test_hf_logits_match_spot_jax(tmp_path, make_hf_model):
     real = batch["decoder_target_tokens"] > 0
     assert real.sum() < real.size
     np.testing.assert_allclose(ours[real], theirs[real], atol=1e-4, rtol=0)
+
+
+def test_hf_logits_match_spot_jax(tmp_path, make_hf_model):
+    hf_model = make_hf_model(tmp_path / "hf")
+    config = hf.convert(tmp_path / "hf", tmp_path / "frozen", log=quiet)
+    config = dataclasses.replace(config, dtype="float32")
+    assert (config.emb_dim, config.num_heads, config.head_dim, config.vocab_size) == (8, 4, 2, 64)
+    model, params = restore(tmp_path / "frozen", config)
+    assert_same_logits(model, params, hf_model)
 
 
 def test_hf_round_trip_is_bitwise(tmp_path, make_hf_model):
@@ -159,16 +164,7 @@ def test_umt5_logits_match_and_round_trip_bitwise(tmp_path):
     model, params = restore(tmp_path / "frozen", dataclasses.replace(config, dtype="float32"))
     tables = [params[f"encoder/layers_{i}/relpos_bias/rel_embedding"] for i in range(2)]
     assert not np.allclose(tables[0], tables[1])  # the layers' own tables, not one copied
-    batch = random_batch(np.random.default_rng(0), 64)
-    ours = np.asarray(model.logits(nest(params), {k: jnp.asarray(v) for k, v in batch.items()}))
-    with torch.no_grad():
-        theirs = hf_model(
-            input_ids=torch.tensor(batch["encoder_input_tokens"]),
-            attention_mask=torch.tensor(batch["encoder_input_tokens"] > 0),
-            decoder_input_ids=torch.tensor(batch["decoder_input_tokens"]),
-        ).logits.numpy()
-    real = batch["decoder_target_tokens"] > 0
-    np.testing.assert_allclose(ours[real], theirs[real], atol=1e-4, rtol=0)
+    assert_same_logits(model, params, hf_model)
     # Restored into a T5 1.1 model (one table per stack): refused by name.
     shared = dataclasses.replace(config, relpos_per_layer=False)
     with pytest.raises(checkpoints.CheckpointError, match="relpos_per_layer=True in checkpoint"):
