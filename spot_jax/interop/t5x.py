@@ -11,6 +11,8 @@ Legacy layout (t5x `Checkpointer`, format version 3):
       tensorstore zarr spec whose `kvstore.path` is relative to the checkpoint directory;
   checkpoint_<step>/target.<dotted path>/   one zarr v2 array (gzip chunks) per large leaf.
 Orbax layout (T5X since 2024): checkpoint_<step>/state/ written by a PyTreeCheckpointHandler.
+Scanned models (scalable_t5, flaxformer scan_layers) stack each stack's layers; `scanned_layout`
+presents them under per-layer names.
 
 File access goes through `storage` (tensorstore key-value stores: local paths and gs:// alike).
 """
@@ -32,9 +34,12 @@ from etils import epath
 
 from spot_jax.interop import storage
 from spot_jax.interop.orbax_tree import OrbaxParams  # noqa: F401 (re-exported: t5x.OrbaxParams)
+from spot_jax.interop.scanned_layout import ScannedLayout, is_scanned
 from spot_jax.interop.shapes import (  # noqa: F401 (re-exported: t5x.param_shapes, ...)
     EMBEDDING,
+    LAYER_RELPOS,
     LOGITS,
+    STACK_RELPOS,
     check_shapes,
     infer_config,
     param_shapes,
@@ -43,6 +48,7 @@ from spot_jax.interop.shapes import (  # noqa: F401 (re-exported: t5x.param_shap
 from spot_jax.models.config import T5Config
 from spot_jax.train.checkpoints import FROZEN_META, PROMPT_PATH, CheckpointError, save_frozen
 
+_RELPOS_LAYOUT = {True: "in every layer (umT5)", False: "per stack (T5 1.1)"}
 # Arrays this large go through a disk-backed buffer while converting; smaller ones stay in RAM.
 MEMMAP_MIN_ELEMENTS = 1 << 20
 
@@ -220,6 +226,10 @@ class T5XCheckpoint:
         else:
             raise CheckpointError(format_message(self.path, self.kind))
         self._cache: tuple[str, np.ndarray] | None = None
+        # A scanned model's stacks are presented layer by layer (`scanned_layout`).
+        self.layout = ScannedLayout(self.shapes, self.path) if is_scanned(self.shapes) else None
+        if self.layout is not None:
+            self.shapes = self.layout.shapes
 
     def _open_legacy(self) -> None:
         root, msgpack_path, ckpt_dir, version = read_msgpack(self.path)
@@ -249,7 +259,12 @@ class T5XCheckpoint:
         self.shapes = dict(self._orbax.shapes)
 
     def names(self) -> list[str]:
-        return sorted(self._leaves)
+        return sorted(self.shapes)
+
+    def read_order(self, names) -> list[str]:
+        """`names` in the order that reads each stored array once (a scanned stack's layers
+        are cut from one cached array)."""
+        return self.layout.read_order(names) if self.layout else sorted(names)
 
     def step(self) -> int | None:
         """The global training step the checkpoint was saved at (T5X's `state/step`: 1,100,000
@@ -261,22 +276,27 @@ class T5XCheckpoint:
 
     def read(self, name: str) -> np.ndarray:
         """One whole array, in its stored dtype."""
-        if name not in self._leaves:
+        if name not in self.shapes:
             raise CheckpointError(f"T5X checkpoint {self.path} has no parameter {name}")
-        if self._cache and self._cache[0] == name:
+        if self.layout is None:
+            return self._read_stored(name)
+        return self.layout.cut(name, self._read_stored(self.layout.stored(name)))
+
+    def _read_stored(self, stored: str) -> np.ndarray:
+        # One array is kept: a scanned stack's layers are read one after another from it.
+        if self._cache and self._cache[0] == stored:
             return self._cache[1]
-        leaf = self._leaves[name]
         if self.kind == "t5x_orbax":
-            value = self._orbax.read(name)
+            value = self._orbax.read(stored)
         else:
-            value = load_inline(leaf)
-        self._cache = (name, value)
+            value = load_inline(self._leaves[stored])
+        self._cache = (stored, value)
         return value
 
     def read_slice(self, name: str, index) -> np.ndarray:
         """One shard of an array (a tuple of slices); tensorstore arrays read only that part."""
         leaf = self._leaves.get(name)
-        if isinstance(leaf, _TensorstoreLeaf):
+        if isinstance(leaf, _TensorstoreLeaf) and self.layout is None:
             return leaf.read(index)
         return self.read(name)[index]
 
@@ -357,14 +377,22 @@ def restore_sharded(path, abstract_flat: Mapping[str, Any], config: T5Config) ->
     ckpt = T5XCheckpoint(path)
     for name, spec in abstract_flat.items():
         if name not in ckpt.shapes:
-            raise CheckpointError(f"T5X checkpoint {path} lacks parameter {name}")
+            per_layer = LAYER_RELPOS in ckpt.shapes and STACK_RELPOS not in ckpt.shapes
+            hint = (
+                f"; the checkpoint has a relative-position table {_RELPOS_LAYOUT[per_layer]}: "
+                f"set T5Config.relpos_per_layer={per_layer}"
+                if per_layer != config.relpos_per_layer
+                else ""
+            )
+            raise CheckpointError(f"T5X checkpoint {path} lacks parameter {name}{hint}")
         if tuple(ckpt.shapes[name]) != tuple(spec.shape):
             raise CheckpointError(
                 f"parameter {name} has shape {list(ckpt.shapes[name])} in {path} but the model "
                 f"needs {list(spec.shape)} (model config: {config.shape_dict()})"
             )
     out = {}
-    for name, spec in abstract_flat.items():
+    for name in ckpt.read_order(abstract_flat):
+        spec = abstract_flat[name]
 
         def shard(index, name=name, dtype=spec.dtype):
             return np.asarray(ckpt.read_slice(name, index)).astype(dtype)
@@ -406,20 +434,22 @@ def convert(
         lambda name: resize_vocab(name, ckpt.read(name), config.vocab_size),
         config,
         step=ckpt.step(),
+        order=ckpt.read_order,
     )
     return config
 
 
 def write_frozen_streaming(
-    output_path, shapes, read_fn, config: T5Config, step: int | None = None
+    output_path, shapes, read_fn, config: T5Config, step: int | None = None, order=sorted
 ) -> None:
-    """`save_frozen` fed through disk-backed arrays filled one param at a time."""
+    """`save_frozen` fed through disk-backed arrays filled one param at a time, read in the
+    source's `order` (a function of the names)."""
     output = epath.Path(output_path)
     output.mkdir(parents=True, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".convert-", dir=output) if output.is_dir() else None
     try:
         flat = {}
-        for i, name in enumerate(sorted(shapes)):
+        for i, name in enumerate(order(shapes)):
             value = np.asarray(read_fn(name))
             if tuple(value.shape) != tuple(shapes[name]):
                 raise CheckpointError(

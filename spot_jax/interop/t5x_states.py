@@ -18,6 +18,7 @@ from etils import epath
 
 from spot_jax.interop import storage, t5x
 from spot_jax.interop.orbax_tree import OrbaxParams
+from spot_jax.interop.scanned_layout import is_scanned
 from spot_jax.train.checkpoints import CheckpointError
 
 SLOTS = ("v", "v_row", "v_col", "m")
@@ -47,6 +48,14 @@ class T5XParamStates:
             param, _, slot = name.rpartition("/")
             if slot in SLOTS and param:
                 self.params.setdefault(param, {})[slot] = tuple(shape)
+        if is_scanned(self.params):
+            # Their slots stack the layers, factored over T5X's rules for the stacked axes;
+            # without a checkpoint of that layout to check against, they are not guessed at.
+            raise CheckpointError(
+                f"T5X checkpoint {self.path} was written by a scanned model (scalable_t5 / "
+                "flaxformer scan_layers): its Adafactor states stack the layers and are not "
+                "read; set RESTORE_OPTIMIZER_STATE=False (its weights load as usual)"
+            )
 
     def _open_legacy(self) -> None:
         root, _, ckpt_dir, version = t5x.read_msgpack(self.path)
