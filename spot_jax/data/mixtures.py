@@ -10,20 +10,18 @@ split (eval-only twins) get rate 0 and are evaluated, not trained on.
                                     train variant (259) + its eval twin (rate 0)
     spot_glue_super_glue_mixture    both (RTE appears in each benchmark; both copies are kept)
     spot_<family>_mixture           SPoT's other source families (paper App. B): nli,
-                                    paraphrase (3 of 4: no CxC), sentiment, mrqa, summarization,
+                                    paraphrase, sentiment, mrqa, summarization,
                                     translation, rainbow, gem
     spot_all_mixture                the paper's "All": C4 prefix LM + every supervised task of
                                     the mixtures above, each once
     spot_glue_mnli_and_dev_v200     SPoT's MNLI mixture: train on MNLI, eval on both dev sets
 
 `STUDY_SOURCES` and `STUDY_TARGETS` name the transferability study's tasks (paper §3, Table 2:
-16 sources, each trained on its own, and 10 low-resource targets), CxC left out.
+16 sources, each trained on its own, and 10 low-resource targets).
 
-CR and αNLI are read from their published files (`tasks.files`: a mixture holding them needs
-the files, or mock data). CxC is not registered (its captions and scores are separate
-downloads), so "All" has one dataset fewer than the paper's C4 + 55. (WikiLingua is GEM's
-`gem/wiki_lingua_english_en`; GEM's XSum subset and the summarization family's full XSum are
-both in "All".)
+CR, αNLI and CxC are read from their published files (`tasks.files`: a mixture holding them
+needs the files, or mock data). WikiLingua is GEM's `gem/wiki_lingua_english_en`; GEM's XSum
+subset and the summarization family's full XSum are both in "All".
 
 `register_mixture(name, task_names, cap)` builds one from any tasks at run time (SPoT's
 top-k multi-task transfer mixes the retrieved source tasks this way). A mixture can also be
@@ -63,7 +61,7 @@ SUPER_GLUE_TASKS = (
     super_glue.WSC_SIMPLE_TRAIN,
     super_glue.WSC_SIMPLE_EVAL,
 )
-# SPoT's families less CxC (not registered); ANLI's three rounds.
+# SPoT's families (paper App. B); ANLI's three rounds.
 FAMILY_TASKS = {
     "nli": (
         *(nli.anli_task_name(r) for r in nli.ANLI_ROUNDS),
@@ -74,7 +72,7 @@ FAMILY_TASKS = {
         glue.task_name("rte"),
         nli.snli_task_name(),
     ),
-    "paraphrase": tuple(glue.task_name(t) for t in ("mrpc", "qqp", "stsb")),
+    "paraphrase": (files.CXC_NAME, *(glue.task_name(t) for t in ("mrpc", "qqp", "stsb"))),
     "sentiment": (
         sentiment.goemotions_spec().name,
         sentiment.sentiment140_spec().name,
@@ -95,7 +93,7 @@ ALL_TASKS = (
         GLUE_TASKS + SUPER_GLUE_TASKS + tuple(t for ts in FAMILY_TASKS.values() for t in ts)
     ),
 )
-# The transferability study (paper §3): 16 source tasks (CxC not registered) and 10 targets.
+# The transferability study (paper §3, Table 2's order): 16 source tasks and 10 targets.
 # RACE's 25K is RACE-middle's train set.
 STUDY_SOURCES = (
     c4.PREFIX_LM_NAME,
@@ -105,6 +103,7 @@ STUDY_SOURCES = (
     glue.task_name("qqp"),
     glue.task_name("qnli"),
     super_glue.task_name("record"),
+    files.CXC_NAME,
     qa.SQUAD_NAME,
     reading.DROP_NAME,
     glue.task_name("sst2"),

@@ -79,10 +79,12 @@ def glue(
 
 
 @seqio.map_over_dataset
-def stsb(x: dict) -> dict:
-    """STS-B: the score rounded to the nearest 0.2 and written with one decimal ('3.4')."""
+def stsb(x: dict, benchmark_name: str = "stsb") -> dict:
+    """STS-B: the score rounded to the nearest 0.2 and written with one decimal ('3.4');
+    other 0-5 similarity tasks (CxC) take the format under their own name."""
     inputs = tf.strings.join(
-        ["stsb sentence1:", x["sentence1"], "sentence2:", x["sentence2"]], separator=" "
+        [f"{benchmark_name} sentence1:", x["sentence1"], "sentence2:", x["sentence2"]],
+        separator=" ",
     )
     score = tf.round(tf.cast(x["label"], tf.float32) * 5) / 5
     return {"inputs": inputs, "targets": tf.strings.as_string(score, precision=1), "idx": x["idx"]}

@@ -1,8 +1,10 @@
-"""CR and αNLI read from their published files: strings, splits, errors, few-shot, mock data."""
+"""CR, αNLI and CxC read from their published files: strings, splits, errors, few-shot, mock
+data."""
 
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 pytestmark = pytest.mark.tf
@@ -84,12 +86,65 @@ def test_alpha_nli_reads_jsonl_and_labels(data_dir):
         _raw(files.ALPHA_NLI_NAME, "validation")
 
 
+def _write_cxc(root, pairs):
+    """CxC's STS csv files (pairs split over both) + a Karpathy-style dataset_coco.json."""
+    folder = root / "cxc"
+    folder.mkdir()
+    captions = {sid: f"caption {sid} of a dog ." for p in pairs for sid in p[:2]}
+    images = [
+        {"split": "val", "sentids": [sid], "sentences": [{"sentid": sid, "raw": f" {text} "}]}
+        for sid, text in captions.items()
+    ]
+    images.append({"split": "train", "sentids": [9], "sentences": [{"sentid": 9, "raw": "x"}]})
+    (folder / "dataset_coco.json").write_text(json.dumps({"images": images}))
+    header = "caption1,caption2,agg_score,sampling_method\n"
+    for name, part in (("sts_val.csv", pairs[::2]), ("sts_test.csv", pairs[1::2])):
+        lines = [
+            f"COCO_val2014:sentid:{a},COCO_val2014:sentid:{b},{s},c2c_isim\n" for a, b, s in part
+        ]
+        (folder / name).write_text(header + "".join(lines))
+    return captions
+
+
+def test_cxc_pairs_captions_and_scores_into_a_hash_split(data_dir):
+    pairs = [(i, 100 + i, round(i * 0.13 % 5, 2)) for i in range(60)]
+    captions = _write_cxc(data_dir, pairs)
+    want = {(captions[a], captions[b]): s for a, b, s in pairs}
+    got = {}
+    for split in ("train", "validation", "test"):
+        for x in _raw(files.CXC_NAME, split):
+            key = (x["sentence1"].decode(), x["sentence2"].decode())
+            ids = key[0].split()[1], key[1].split()[1]
+            assert (
+                files.hash_split(f"COCO_val2014:sentid:{ids[0]},COCO_val2014:sentid:{ids[1]}")
+                == split
+            )
+            got[key] = float(x["label"])
+    assert got.keys() == want.keys()  # every pair of both files, once
+    np.testing.assert_allclose([got[k] for k in want], list(want.values()), rtol=1e-6)
+    shown = show_examples(files.CXC_NAME, "train", n=60)
+    one = next(x for x in shown if x["inputs"].startswith("cxc sentence1: caption 7 "))
+    assert one["inputs"] == "cxc sentence1: caption 7 of a dog . sentence2: caption 107 of a dog ."
+    assert one["targets"] == "1.0"  # 7 * 0.13 = 0.91, to the nearest 0.2
+
+
+def test_cxc_caption_missing_from_the_coco_file_is_named(data_dir):
+    _write_cxc(data_dir, [(1, 2, 3.0), (3, 4, 1.0)] * 6)
+    with (data_dir / "cxc" / "sts_val.csv").open("a") as f:
+        f.write("COCO_val2014:sentid:777,COCO_val2014:sentid:1,2.0,c2c_isim\n")
+    with pytest.raises(ValueError, match=r"COCO_val2014:sentid:777.*dataset_coco.json"):
+        for split in ("train", "validation", "test"):
+            _raw(files.CXC_NAME, split)
+
+
 def test_missing_files_say_which_and_where(data_dir, monkeypatch):
     monkeypatch.setattr(spot_tasks, "mock_data_enabled", lambda: False)
     with pytest.raises(FileNotFoundError, match=r"custrev.pos, custrev.neg from .*/cr/"):
         _raw(files.CR_NAME, "train")
     with pytest.raises(FileNotFoundError, match=r"SPOT_JAX_DATA_DIR"):
         _raw(files.ALPHA_NLI_NAME, "train")
+    with pytest.raises(FileNotFoundError, match=r"sts_val.csv, sts_test.csv, dataset_coco.json"):
+        _raw(files.CXC_NAME, "train")
 
 
 def test_cr_few_shot_sets_come_from_the_files(data_dir):
@@ -106,10 +161,14 @@ def mock_data():
 
 def test_absent_files_serve_mock_examples_under_mock_data(mock_data, tmp_path, monkeypatch):
     monkeypatch.setenv(files.DATA_DIR_ENV_VAR, str(tmp_path))  # empty
-    check_taskless_twins({files.CR_NAME: "cr", files.ALPHA_NLI_NAME: "alpha_nli"})
+    check_taskless_twins(
+        {files.CR_NAME: "cr", files.ALPHA_NLI_NAME: "alpha_nli", files.CXC_NAME: "cxc"}
+    )
 
 
 @pytest.mark.skipif(not SPM.exists(), reason="T5 SentencePiece model not available")
 def test_tasks_yield_tokenized_examples_under_mock_data(mock_data, tmp_path, monkeypatch):
     monkeypatch.setenv(files.DATA_DIR_ENV_VAR, str(tmp_path))
-    check_tokenized_examples((files.CR_NAME, files.ALPHA_NLI_NAME), monkeypatch, SPM)
+    check_tokenized_examples(
+        (files.CR_NAME, files.ALPHA_NLI_NAME, files.CXC_NAME), monkeypatch, SPM
+    )

@@ -96,7 +96,7 @@ def test_race_few_shot_sets_count_and_balance_questions():
 def test_study_lists_name_registered_tasks_with_the_papers_sizes():
     spot_tasks.register_all()
     registered = set(seqio.TaskRegistry.names())
-    assert len(mixtures.STUDY_SOURCES) == 15 and len(mixtures.STUDY_TARGETS) == 10  # no CxC
+    assert len(mixtures.STUDY_SOURCES) == 16 and len(mixtures.STUDY_TARGETS) == 10
     assert set(mixtures.STUDY_SOURCES + mixtures.STUDY_TARGETS) <= registered
     # Table 2's sizes: DROP 77K, RACE 25K (RACE-middle's questions, not its 6,409 articles).
     assert base.train_size(reading.DROP_NAME) == 77_409

@@ -16,8 +16,8 @@ Importing this package registers every task; `register_all()` does it again afte
     rainbow.py     spot_rainbow_{cosmos_qa,piqa,socialiqa}_v100, spot_rainbow_hellaswag_v110,
                    spot_rainbow_winogrande_v120 (SPoT's multiple-choice format; accuracy)
     reading.py     spot_drop_v200, spot_race_{middle,high}_v200 (sources of SPoT's Table 2)
-    files.py       spot_cr_v100, spot_alpha_nli_v100 (read from their published files; also
-                   SST-5 for ppt_sst5*)
+    files.py       spot_cr_v100, spot_alpha_nli_v100, spot_cxc_v100 (read from their published
+                   files; also SST-5 for ppt_sst5*)
     gem.py         spot_gem_<config>_v110: common_gen, dart, e2e_nlg, schema_guided_dialog,
                    web_nlg_en, wiki_auto_asset_turk, xsum, wiki_lingua_english_en (ROUGE, BLEU)
     c4.py          spot_c4_span_corruption_v310, spot_c4_prefix_lm_v310 (no taskless twins)

@@ -8,6 +8,12 @@
                          + `dev-labels.lst` (labels 1 | 2, one per line)
         'alpha_nli obs1: o1 hyp1: h1 hyp2: h2 obs2: o2' -> the right hypothesis's text; accuracy
 
+    spot_cxc_v100        CxC (Parekh et al. 2021), Crisscrossed Captions' caption-pair STS
+                         scores `sts_val.csv` + `sts_test.csv` and the captions from Karpathy's
+                         COCO split `dataset_coco.json`, all in `<data dir>/cxc/`
+        'cxc sentence1: c1 sentence2: c2' -> the 0-5 score to the nearest 0.2 ('3.4', as
+        STS-B); Pearson and Spearman correlation
+
 SST-5 (Socher et al. 2013) is read the same way for PPT's downstream tasks (`ppt_sst5*`): the
 Stanford Sentiment Treebank's PTB trees, `trainDevTestTrees_PTB.zip`'s `train.txt`, `dev.txt`
 and `test.txt` in `<data dir>/sst5/`, one sentence per line with its root's label 0-4
@@ -22,6 +28,10 @@ jsonl keys (the first observation as the question, the second as the context, wr
 CR has no official split (SentEval cross-validates); here a sentence's split is fixed by a hash
 of its text (`cr_split`): about 10% test, 10% validation, 80% train, stable across machines and
 file orders. αNLI's test labels are not public: `validation` and `test` both read dev.
+CxC's two files hold 88,054 pairs, SPoT's "CxC 88K" train set; SPoT does not say what it
+validated on, so here both files are pooled and hash-split by the pair's caption ids
+(`hash_split`): ~70K train, ~8.8K validation, ~8.8K test. CxC names captions by Karpathy's
+`sentid` (`COCO_val2014:sentid:190268`), which `dataset_coco.json` maps to the caption text.
 
 Missing files raise an error naming them and where they go. Under mock data
 (`SPOT_JAX_TFDS_MOCK`) a task whose files are absent serves generated examples, as TFDS's mock
@@ -30,6 +40,7 @@ does for every other task, so mixtures holding these tasks still run offline.
 
 from __future__ import annotations
 
+import csv
 import functools
 import json
 import os
@@ -53,6 +64,10 @@ _ALPHA_NLI_KEYS = ("obs1", "hyp1", "hyp2", "obs2")
 # estimate, 80% of its 3,775 sentences (the hash split's exact count needs the files).
 ALPHA_NLI_TRAIN_SIZE = 169_654
 CR_TRAIN_SIZE = 3_020
+CXC_NAME = "spot_cxc_v100"
+CXC_SCORES = ("sts_val.csv", "sts_test.csv")
+CXC_CAPTIONS = "dataset_coco.json"
+CXC_TRAIN_SIZE = 70_443  # 80% of CxC's 44,009 + 44,045 STS pairs
 
 
 def data_dir(name: str) -> pathlib.Path:
@@ -60,10 +75,15 @@ def data_dir(name: str) -> pathlib.Path:
     return pathlib.Path(root) / name
 
 
-def cr_split(sentence: str) -> str:
-    """A sentence's split: crc32 of its UTF-8 text mod 10 (0 test, 1 validation, else train)."""
-    bucket = zlib.crc32(sentence.encode("utf-8")) % 10
+def hash_split(key: str) -> str:
+    """A key's split: crc32 of its UTF-8 text mod 10 (0 test, 1 validation, else train)."""
+    bucket = zlib.crc32(key.encode("utf-8")) % 10
     return "test" if bucket == 0 else "validation" if bucket == 1 else "train"
+
+
+def cr_split(sentence: str) -> str:
+    """A CR sentence's split: `hash_split` of its text."""
+    return hash_split(sentence)
 
 
 def _missing(name: str, files, folder: pathlib.Path) -> FileNotFoundError:
@@ -125,6 +145,56 @@ def _alpha_nli_rows(split: str) -> list[dict]:
         x = json.loads(line)
         rows.append({**{k: x[k] for k in _ALPHA_NLI_KEYS}, "label": int(answer)})
     return rows
+
+
+def _cxc_rows(split: str) -> list[dict]:
+    folder = data_dir("cxc")
+    paths = [folder / f for f in (*CXC_SCORES, CXC_CAPTIONS)]
+    if not all(p.exists() for p in paths):
+
+        def make(text, i):
+            pair = {"sentence1": f"{text} a", "sentence2": f"{text} b"}
+            return {**pair, "label": float(i % 6), "idx": i}
+
+        rows = _mock_rows(split, make)
+        if rows:
+            return rows
+        raise _missing(CXC_NAME, (*CXC_SCORES, CXC_CAPTIONS), folder)
+    captions = _karpathy_captions(folder / CXC_CAPTIONS)
+    rows = []
+    for name in CXC_SCORES:
+        with (folder / name).open(newline="", encoding="utf-8") as f:
+            for row in csv.DictReader(f):
+                first, second = row["caption1"], row["caption2"]
+                if hash_split(f"{first},{second}") != split:
+                    continue
+                texts = []
+                for caption in (first, second):
+                    sentid = int(caption.rsplit(":", 1)[-1])
+                    if sentid not in captions:
+                        raise ValueError(
+                            f"{folder / name} names caption {caption}, which "
+                            f"{folder / CXC_CAPTIONS} lacks: use Karpathy's COCO split file "
+                            "(dataset_coco.json), whose sentids CxC uses"
+                        )
+                    texts.append(captions[sentid])
+                score = float(row["agg_score"])
+                rows.append(
+                    {"sentence1": texts[0], "sentence2": texts[1], "label": score, "idx": len(rows)}
+                )
+    return rows
+
+
+@functools.lru_cache(maxsize=1)
+def _karpathy_captions(path: pathlib.Path) -> dict[int, str]:
+    """sentid -> raw caption of Karpathy's COCO split (CxC rates only its val/test images)."""
+    data = json.loads(path.read_text(encoding="utf-8"))
+    return {
+        sentence["sentid"]: sentence["raw"].strip()
+        for image in data["images"]
+        if image.get("split") in ("val", "test")
+        for sentence in image["sentences"]
+    }
 
 
 SST5_FILES = {"train": "train.txt", "validation": "dev.txt", "test": "test.txt"}
@@ -202,6 +272,25 @@ def cr_spec() -> base.TaskSpec:
     )
 
 
+def cxc_spec() -> base.TaskSpec:
+    signature = {
+        "sentence1": tf.TensorSpec((), tf.string),
+        "sentence2": tf.TensorSpec((), tf.string),
+        "label": tf.TensorSpec((), tf.float32),
+        "idx": tf.TensorSpec((), tf.int32),
+    }
+    splits = ("train", "validation", "test")
+    return base.TaskSpec(
+        name=CXC_NAME,
+        tfds_name="cxc (Crisscrossed Captions files)",
+        splits={s: s for s in splits},
+        text_preprocessor=functools.partial(preprocessors.stsb, benchmark_name="cxc"),
+        postprocess_fn=postprocessors.string_to_float,
+        metric_fns=[metrics.pearson_corrcoef, metrics.spearman_corrcoef],
+        source=lambda: _source(_cxc_rows, signature, splits),
+    )
+
+
 def _alpha_nli_fields(x: dict) -> dict:
     # Labels 1 | 2 name the hypothesis; multiple_choice indexes the choices from 0.
     return {**x, "label": x["label"] - 1}
@@ -227,7 +316,8 @@ def alpha_nli_spec() -> base.TaskSpec:
 
 
 def register() -> list[str]:
-    """Registers CR and αNLI (and taskless twins); returns the main task names."""
+    """Registers CR, αNLI and CxC (and taskless twins); returns the main task names."""
     base.KNOWN_TRAIN_SIZES.setdefault(CR_NAME, CR_TRAIN_SIZE)
     base.KNOWN_TRAIN_SIZES.setdefault(ALPHA_NLI_NAME, ALPHA_NLI_TRAIN_SIZE)
-    return base.register_specs([cr_spec(), alpha_nli_spec()])
+    base.KNOWN_TRAIN_SIZES.setdefault(CXC_NAME, CXC_TRAIN_SIZE)
+    return base.register_specs([cr_spec(), alpha_nli_spec(), cxc_spec()])
