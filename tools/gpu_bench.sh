@@ -5,14 +5,15 @@
 #     large  train step, --scan, fused cuDNN attention, vs HF PEFT (goal: >= 3x PEFT)
 #     xl     train step, --scan, no remat (else --remat dots), cuDNN attention, vs HF PEFT
 #            (goals: >= 3x PEFT, >= 50% MFU)
-#     each with attention_padding=bias (T5X's [B, heads, L, L] bias) as the A/B (large also
-#     scan_unroll=2: two layers per loop trip), and profiled (device time by kernel); with
-#     NOGRAPH=1 also the large step without CUDA graphs.
+#     each with fused_bias_grad=always (JAX's cuDNN backward computing the frozen bias's
+#     gradient, as before 2026-11-27's change) as the A/B (large also scan_unroll=2: two
+#     layers per loop trip), and profiled (device time by kernel); with NOGRAPH=1 also the
+#     large step without CUDA graphs.
 #   PARTS=eval BUDGET=500   base size: decode (greedy, 32 tokens, vs HF generate), rank
 #     classification (3 labels, one encoder pass per example vs T5X's pair rows vs PEFT),
 #     packing (train and per-example scoring, 512 GLUE-like examples padded vs packed 4 per
 #     256-token row) and the base train step vs PEFT with cross_projection=projected and
-#     attention_padding=bias as A/B.
+#     fused_bias_grad=always as A/B.
 # All with bf16 frozen weights, batch 32, inputs 512 + 100 prompt tokens. FULL=1 adds xxl at
 # batch 32 (memory goal; another ~3.5 minutes). PARTS=large or PARTS=xl runs one goal line.
 # cuDNN attention is tried first (large) and XLA attention used if it fails. On 2026-11-27 the
@@ -47,8 +48,9 @@ run() {  # run LIMIT_S ARGS...: one benchmark, within both its limit and what is
 }
 ATT=cudnn
 PARTS=${PARTS:-goals,eval}
-# bias: T5X's padding-plus-position bias [B, heads, L, L] (A/B against the key_mask default).
-big="--targets 32 --steps 5 --repeats 2 --compare-peft --baseline attention_padding=bias"
+# always: the cuDNN backward also computes the frozen bias's gradient (JAX's default; A/B
+# against our default, which asks for it only where the bias is differentiated).
+big="--targets 32 --steps 5 --repeats 2 --compare-peft --baseline fused_bias_grad=always"
 # Did a size's timing land in bench.jsonl? (A run can fail after it: its --profile, say.)
 timed() { grep -q "\"size\": \"$1\"" "$OUT/bench.jsonl" 2>/dev/null; }
 # --profile: one more traced run, device time by XLA op and category (op_profile.json).
@@ -78,7 +80,7 @@ run 100 --mode packing --targets 4 --examples 512 --max-segments 4 --packed-inpu
 run 90 --mode packing --packed-work score --targets 4 --examples 512 --max-segments 4 \
   --packed-inputs 256 --repeats 3 --attention $ATT
 run 150 --mode train --targets 32 --steps 5 --repeats 3 --attention $ATT --compare-peft \
-  --baseline cross_projection=projected --baseline attention_padding=bias
+  --baseline cross_projection=projected --baseline fused_bias_grad=always
 if [ "${FULL:-0}" = 1 ]; then
   BUDGET=$((BUDGET + 210))
   run 200 --size xxl --scan --remat dots --targets 32 --steps 5 --attention $ATT

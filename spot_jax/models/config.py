@@ -55,6 +55,10 @@ class T5Config:
         the key/value kernels into the few decoder queries instead; same math, different
         rounding) or 'auto' (whichever needs fewer multiply-adds for the shapes at hand; see
         `layers.absorbed_is_cheaper`). Params and checkpoints are the same for all three.
+      fused_bias_grad: with attention_impl='cudnn', when the kernel's backward computes the
+        bias gradient: 'auto' (only where the bias is differentiated, i.e. a trainable
+        relative-position table; prompt tuning's frozen one needs none) or 'always' (JAX's
+        default: for every bias, a [B, heads, L, L] gradient reduced and thrown away).
     """
 
     vocab_size: int = 32128
@@ -79,6 +83,7 @@ class T5Config:
     attention_impl: str = "xla"
     attention_padding: str = "key_mask"
     cross_projection: str = "auto"
+    fused_bias_grad: str = "auto"
 
     def __post_init__(self):
         if self.attention_impl not in ("xla", "cudnn"):
@@ -91,6 +96,10 @@ class T5Config:
         if self.attention_padding not in ("bias", "key_mask"):
             raise ValueError(
                 f"attention_padding must be bias or key_mask, got {self.attention_padding!r}"
+            )
+        if self.fused_bias_grad not in ("auto", "always"):
+            raise ValueError(
+                f"fused_bias_grad must be auto or always, got {self.fused_bias_grad!r}"
             )
         if self.scan_unroll < 1:
             raise ValueError(f"scan_unroll must be >= 1, got {self.scan_unroll}")

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from spot_jax import axes
+from spot_jax.models import fused_attention
 
 Array = jax.Array
 
@@ -287,6 +288,7 @@ class MultiHeadAttention(nn.Module):
     float32_logits: bool = False
     implementation: str = "xla"
     cross_projection: str = "projected"
+    fused_bias_grad: str = "auto"  # `fused_attention.attention`'s bias_grad
 
     @nn.compact
     def __call__(
@@ -333,16 +335,9 @@ class MultiHeadAttention(nn.Module):
             k, v, bias = self._update_cache(k, v, bias)
 
         if fused:
-            # Fused attention; scale 1 because T5 folds 1/sqrt(d) into the query init.
             bias_q = None if bias is None else jnp.asarray(bias, q.dtype)
-            out = jax.nn.dot_product_attention(
-                q,
-                k,
-                v,
-                bias=bias_q,
-                scale=1.0,
-                key_value_seq_lengths=key_counts,
-                implementation="cudnn",
+            out = fused_attention.attention(
+                q, k, v, bias_q, key_counts, bias_grad=self.fused_bias_grad
             )
             return self._out(out.reshape(inputs_q.shape[:2] + (joined,)), features)
         logits_dtype = jnp.float32 if self.float32_logits else self.dtype

@@ -87,6 +87,7 @@ class EncoderLayer(nn.Module):
             c.attention_dropout,
             float32_logits=c.float32_attention_logits,
             implementation=c.attention_impl,
+            fused_bias_grad=c.fused_bias_grad,
             name="attention",
             **kw,
         )(h, h, bias, deterministic=self.deterministic)
@@ -133,6 +134,7 @@ class DecoderLayer(nn.Module):
             c.attention_dropout,
             float32_logits=c.float32_attention_logits,
             implementation=c.attention_impl,
+            fused_bias_grad=c.fused_bias_grad,
             **kw,
         )
         h = layers.RMSNorm(name="pre_self_attention_layer_norm", **kw)(x)
