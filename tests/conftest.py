@@ -11,6 +11,14 @@ from pathlib import Path
 
 import pytest
 
+# The shared fixtures (real T5X checkpoints, T5's SentencePiece model): beside the checkout on
+# dev machines (../shared), or at this machine's /work/shared when the checkout is a fresh
+# clone elsewhere (CI). Tests that need them skip where neither exists.
+_SHARED = Path(__file__).resolve().parents[2] / "shared"
+os.environ.setdefault(
+    "SPOT_JAX_TEST_SHARED", str(_SHARED if _SHARED.exists() else Path("/work/shared"))
+)
+
 # Optimisation level 0: the tiny test programs compile ~40% faster and run fast enough anyway.
 os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "")

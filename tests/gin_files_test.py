@@ -1,5 +1,6 @@
 """Every gin file under gin/ parses with its required macros set, and binds what it promises."""
 
+import os
 import re
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from spot_jax.models import config, prompted, prompts
 from spot_jax.train import inference, optim, trainer
 
 GIN_DIR = Path(__file__).resolve().parents[1] / "gin"
-VOCAB_MODEL = GIN_DIR.parents[1] / "shared" / "fixtures" / "t5_sentencepiece.model"
+VOCAB_MODEL = Path(os.environ["SPOT_JAX_TEST_SHARED"]) / "fixtures" / "t5_sentencepiece.model"
 ALL_FILES = sorted(p.relative_to(GIN_DIR).as_posix() for p in GIN_DIR.rglob("*.gin"))
 
 # Stand-ins for every macro a gin file may declare `%gin.REQUIRED`.

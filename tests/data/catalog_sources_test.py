@@ -1,5 +1,6 @@
 """Sentiment140, GoEmotions, MRQA, summarization and C4 tasks: strings, metrics, mock data."""
 
+import os
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,7 @@ from spot_jax.data import tasks as spot_tasks  # noqa: E402
 from spot_jax.data.commands import show_examples  # noqa: E402
 from spot_jax.data.tasks import base, c4, qa, sentiment, summarization  # noqa: E402
 
-SPM = Path("/work/shared/fixtures/t5_sentencepiece.model")
+SPM = Path(os.environ["SPOT_JAX_TEST_SHARED"]) / "fixtures" / "t5_sentencepiece.model"
 
 
 def test_every_new_task_and_its_twin_is_registered():

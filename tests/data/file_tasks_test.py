@@ -2,6 +2,7 @@
 data."""
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,7 @@ from spot_jax.data import tasks as spot_tasks  # noqa: E402
 from spot_jax.data.commands import show_examples  # noqa: E402
 from spot_jax.data.tasks import base, few_shot, files  # noqa: E402
 
-SPM = Path("/work/shared/fixtures/t5_sentencepiece.model")
+SPM = Path(os.environ["SPOT_JAX_TEST_SHARED"]) / "fixtures" / "t5_sentencepiece.model"
 POSITIVE = [f"the zoom on camera {i} is great ." for i in range(40)]
 NEGATIVE = [f"battery {i} died after a week ." for i in range(30)]
 

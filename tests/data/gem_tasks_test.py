@@ -1,5 +1,6 @@
 """GEM tasks: SPoT's generation strings for each config, ROUGE and BLEU, mixtures, mock data."""
 
+import os
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,7 @@ from spot_jax.data import metrics, mixtures  # noqa: E402
 from spot_jax.data import tasks as spot_tasks  # noqa: E402
 from spot_jax.data.tasks import base, gem  # noqa: E402
 
-SPM = Path("/work/shared/fixtures/t5_sentencepiece.model")
+SPM = Path(os.environ["SPOT_JAX_TEST_SHARED"]) / "fixtures" / "t5_sentencepiece.model"
 CONFIGS = (
     "common_gen",
     "dart",

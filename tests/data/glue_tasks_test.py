@@ -19,7 +19,7 @@ from spot_jax.data.commands import show_examples, tasks_main  # noqa: E402
 from spot_jax.data.tasks import base, few_shot, glue, super_glue  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
-SPM = Path("/work/shared/fixtures/t5_sentencepiece.model")
+SPM = Path(os.environ["SPOT_JAX_TEST_SHARED"]) / "fixtures" / "t5_sentencepiece.model"
 SPM = Path(os.environ.get("SPOT_JAX_TEST_SPM", SPM))
 
 

@@ -15,7 +15,10 @@ from spot_jax.data import tasks as spot_tasks  # noqa: E402
 from spot_jax.data.tasks import base, few_shot, reading  # noqa: E402
 from spot_jax.data.tasks import ppt_downstream as pd  # noqa: E402
 
-SPM = Path(os.environ.get("SPOT_JAX_TEST_SPM", "/work/shared/fixtures/t5_sentencepiece.model"))
+SPM = Path(
+    os.environ.get("SPOT_JAX_TEST_SPM")
+    or Path(os.environ["SPOT_JAX_TEST_SHARED"]) / "fixtures" / "t5_sentencepiece.model"
+)
 X = "<extra_id_0>"
 CORRECT = f"? The correct one is {X}"
 

@@ -17,7 +17,10 @@ from spot_jax.data import ppt  # noqa: E402
 from spot_jax.data.ppt_labeler import PromptLabeler  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
-SPM = Path(os.environ.get("SPOT_JAX_TEST_SPM", "/work/shared/fixtures/t5_sentencepiece.model"))
+SPM = Path(
+    os.environ.get("SPOT_JAX_TEST_SPM")
+    or Path(os.environ["SPOT_JAX_TEST_SHARED"]) / "fixtures" / "t5_sentencepiece.model"
+)
 SENTENCES = ["the food was cold", "great service", "we waited an hour", "fine", "never again"]
 
 

@@ -12,7 +12,10 @@ import pytest
 from spot_jax.data import ppt, ppt_choice
 
 REPO = Path(__file__).resolve().parents[2]
-SPM = Path(os.environ.get("SPOT_JAX_TEST_SPM", "/work/shared/fixtures/t5_sentencepiece.model"))
+SPM = Path(
+    os.environ.get("SPOT_JAX_TEST_SPM")
+    or Path(os.environ["SPOT_JAX_TEST_SHARED"]) / "fixtures" / "t5_sentencepiece.model"
+)
 
 
 def _corpus(num_docs=40, sentences=6):

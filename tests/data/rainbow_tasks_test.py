@@ -1,5 +1,6 @@
 """Rainbow tasks: SPoT's multiple-choice strings, SocialIQa parsed from UnifiedQA, metrics."""
 
+import os
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,7 @@ from spot_jax.data import mixtures, postprocessors  # noqa: E402
 from spot_jax.data import tasks as spot_tasks  # noqa: E402
 from spot_jax.data.tasks import base, rainbow  # noqa: E402
 
-SPM = Path("/work/shared/fixtures/t5_sentencepiece.model")
+SPM = Path(os.environ["SPOT_JAX_TEST_SHARED"]) / "fixtures" / "t5_sentencepiece.model"
 NAMES = (
     "spot_rainbow_cosmos_qa_v100",
     "spot_rainbow_hellaswag_v110",

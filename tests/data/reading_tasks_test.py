@@ -1,6 +1,7 @@
 """DROP and RACE (SPoT's Table 2 sources): strings, answers, metrics, mock data; the study's
 source and target lists."""
 
+import os
 from pathlib import Path
 
 import pytest
@@ -22,7 +23,7 @@ from spot_jax.data import tasks as spot_tasks  # noqa: E402
 from spot_jax.data.commands import tasks_main  # noqa: E402
 from spot_jax.data.tasks import base, few_shot, ppt_downstream, reading  # noqa: E402
 
-SPM = Path("/work/shared/fixtures/t5_sentencepiece.model")
+SPM = Path(os.environ["SPOT_JAX_TEST_SHARED"]) / "fixtures" / "t5_sentencepiece.model"
 NAMES = (reading.DROP_NAME, "spot_race_middle_v200", "spot_race_high_v200")
 
 

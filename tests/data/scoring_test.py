@@ -1,5 +1,6 @@
 """TaskScorer: decoded ids -> postprocess -> the task's metric fns, on mock catalog tasks."""
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,7 @@ from spot_jax.data import DatasetConfig, scoring  # noqa: E402
 from spot_jax.data import tasks as spot_tasks  # noqa: E402
 from spot_jax.data.tasks import base, c4, glue  # noqa: E402
 
-SPM = Path("/work/shared/fixtures/t5_sentencepiece.model")
+SPM = Path(os.environ["SPOT_JAX_TEST_SHARED"]) / "fixtures" / "t5_sentencepiece.model"
 pytestmark = [
     pytest.mark.tf,
     pytest.mark.skipif(not SPM.exists(), reason="T5 SentencePiece model not available"),

@@ -1,5 +1,6 @@
 """Vocabulary factories (SeqIO, so behind the TF marker)."""
 
+import os
 import pathlib
 
 import pytest
@@ -9,8 +10,8 @@ seqio = pytest.importorskip("seqio")
 
 from spot_jax.data import vocab  # noqa: E402
 
-# Shared fixtures live beside the repo on dev machines only; a user's clone skips.
-SPM = pathlib.Path(__file__).resolve().parents[2] / ".." / "shared/fixtures/t5_sentencepiece.model"
+# Shared fixtures are on dev machines only (tests/conftest.py finds them); a user's clone skips.
+SPM = pathlib.Path(os.environ["SPOT_JAX_TEST_SHARED"], "fixtures", "t5_sentencepiece.model")
 
 
 def test_path_precedence(monkeypatch):

@@ -1,5 +1,6 @@
 """`spot-jax convert | export | import-prompt` through the real CLI (subprocesses)."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -9,7 +10,10 @@ import pytest
 
 CLI = Path(sys.executable).parent / "spot-jax"
 REPO = Path(__file__).resolve().parents[2]
-PT_TINY = REPO.parent / "shared/fixtures/t5x/prompt_tuning_test_t5_1_1_tiny/checkpoint_3"
+PT_TINY = (
+    Path(os.environ["SPOT_JAX_TEST_SHARED"])
+    / "fixtures/t5x/prompt_tuning_test_t5_1_1_tiny/checkpoint_3"
+)
 needs_fixtures = pytest.mark.skipif(not PT_TINY.exists(), reason="shared fixtures not present")
 
 

@@ -1,5 +1,6 @@
 """INITIAL_CHECKPOINT_PATH naming a T5X checkpoint: read straight into the shardings."""
 
+import os
 from pathlib import Path
 
 import jax
@@ -13,8 +14,8 @@ from spot_jax.models.prompted import PROMPT_PATH, PromptedT5, unstack_flat
 from spot_jax.train import checkpoints, sharding, trainer
 
 PT_TINY = (
-    Path(__file__).resolve().parents[3]
-    / "shared/fixtures/t5x/prompt_tuning_test_t5_1_1_tiny/checkpoint_3"
+    Path(os.environ["SPOT_JAX_TEST_SHARED"])
+    / "fixtures/t5x/prompt_tuning_test_t5_1_1_tiny/checkpoint_3"
 )
 pytestmark = pytest.mark.skipif(not PT_TINY.exists(), reason="shared fixtures not present")
 

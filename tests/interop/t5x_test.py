@@ -3,6 +3,7 @@
 import dataclasses
 import gzip
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from spot_jax.models.prompted import PromptedT5
 from spot_jax.train import checkpoints
 from spot_jax.train import state as state_lib
 
-FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "t5x"
+FIXTURES = Path(os.environ["SPOT_JAX_TEST_SHARED"]) / "fixtures" / "t5x"
 T5X_TINY = FIXTURES / "t5x_test_t5_tiny.checkpoint_0"
 PT_TINY = FIXTURES / "prompt_tuning_test_t5_1_1_tiny" / "checkpoint_3"
 needs_fixtures = pytest.mark.skipif(not FIXTURES.exists(), reason="shared fixtures not present")

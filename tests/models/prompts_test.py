@@ -1,5 +1,6 @@
 """Prompt initialisers: ranges, sampled rows, class-label means, fixed arrays and files."""
 
+import os
 from pathlib import Path
 
 import jax
@@ -9,7 +10,7 @@ import pytest
 
 from spot_jax.models import prompts
 
-VOCAB_MODEL = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "t5_sentencepiece.model"
+VOCAB_MODEL = Path(os.environ["SPOT_JAX_TEST_SHARED"]) / "fixtures" / "t5_sentencepiece.model"
 
 
 @pytest.fixture

@@ -17,7 +17,10 @@ from spot_jax.spot import few_shot_protocol  # noqa: E402
 from spot_jax.spot import runs as runs_lib  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
-SPM = Path(os.environ.get("SPOT_JAX_TEST_SPM", "/work/shared/fixtures/t5_sentencepiece.model"))
+SPM = Path(
+    os.environ.get("SPOT_JAX_TEST_SPM")
+    or Path(os.environ["SPOT_JAX_TEST_SHARED"]) / "fixtures" / "t5_sentencepiece.model"
+)
 TASK = "spot_glue_rte_v200"
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 pytest.importorskip("seqio")
-SPM = Path("/work/shared/fixtures/t5_sentencepiece.model")
+SPM = Path(os.environ["SPOT_JAX_TEST_SHARED"]) / "fixtures" / "t5_sentencepiece.model"
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = [
     pytest.mark.tf,

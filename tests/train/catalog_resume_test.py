@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 pytest.importorskip("seqio")
-SPM = Path("/work/shared/fixtures/t5_sentencepiece.model")
+SPM = Path(os.environ["SPOT_JAX_TEST_SHARED"]) / "fixtures" / "t5_sentencepiece.model"
 REPO = Path(__file__).resolve().parents[2]
 PROMPT = "encoder.prompt.prompt.prompt"
 TASK = "spot_glue_rte_v200"

@@ -1,6 +1,7 @@
 """Evaluator: a mixture evaluated task by task (T5X's per-task metrics), steps compiled once."""
 
 import dataclasses
+import os
 from pathlib import Path
 
 import jax
@@ -17,7 +18,7 @@ from spot_jax.data.tasks import base  # noqa: E402
 from spot_jax.models import config, prompted  # noqa: E402
 from spot_jax.train import evaluation, optim, sharding, trainer  # noqa: E402
 
-SPM = Path("/work/shared/fixtures/t5_sentencepiece.model")
+SPM = Path(os.environ["SPOT_JAX_TEST_SHARED"]) / "fixtures" / "t5_sentencepiece.model"
 pytestmark = [
     pytest.mark.tf,
     pytest.mark.skipif(not SPM.exists(), reason="T5 SentencePiece model not available"),

@@ -23,8 +23,8 @@ from spot_jax.train import checkpoints, optim, optimizer_states, sharding, train
 from spot_jax.train import state as state_lib
 
 PT_TINY = (
-    Path(__file__).resolve().parents[3]
-    / "shared/fixtures/t5x/prompt_tuning_test_t5_1_1_tiny/checkpoint_3"
+    Path(os.environ["SPOT_JAX_TEST_SHARED"])
+    / "fixtures/t5x/prompt_tuning_test_t5_1_1_tiny/checkpoint_3"
 )
 needs_fixtures = pytest.mark.skipif(not PT_TINY.exists(), reason="shared fixtures not present")
 LENGTHS = {"inputs": 8, "targets": 4}
