@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import traverse_util
 
 from spot_jax.interop import hf
 from spot_jax.models.prompted import PromptedT5
@@ -23,14 +24,7 @@ def quiet(_):
 
 
 def nest(flat):
-    out = {}
-    for k, v in flat.items():
-        node = out
-        *parents, leaf = k.split("/")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = v
-    return out
+    return traverse_util.unflatten_dict(dict(flat), sep="/")
 
 
 def restore(path, config, prompt_length=0):

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import tensorstore as ts
 from restore_test import build  # this directory's test helpers
-from t5x_test import PT_TINY, forward, reference_read, restore
+from t5x_test import PT_TINY, forward, nest, reference_read, restore
 
 from spot_jax.interop import t5x, t5x_states
 from spot_jax.models.config import named_config
@@ -57,17 +57,6 @@ def scan(flat: dict, axis: int = 1, split_heads: bool = False) -> dict:
     for name, layers in stacks.items():
         out[name] = np.stack([layers[i] for i in sorted(layers)], axis=axis)
     return out
-
-
-def nest(flat: dict) -> dict:
-    tree = {}
-    for k, v in flat.items():
-        *parents, leaf = k.split("/")
-        node = tree
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = v
-    return tree
 
 
 def inline(value) -> msgpack.ExtType:

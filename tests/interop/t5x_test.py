@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import msgpack
 import numpy as np
 import pytest
+from flax import traverse_util
 
 from spot_jax.interop import t5x
 from spot_jax.models.config import named_config
@@ -66,6 +67,11 @@ def _state_step(msgpack_file: Path):
     return root["optimizer"]["state"]["step"]
 
 
+def nest(flat: dict) -> dict:
+    """{'a/b': x} -> {'a': {'b': x}}."""
+    return traverse_util.unflatten_dict(dict(flat), sep="/")
+
+
 def read_zarr(array_dir: Path) -> np.ndarray:
     meta = json.loads((array_dir / ".zarray").read_text())
     assert meta["compressor"]["id"] == "gzip" and meta["order"] == "C"
@@ -101,14 +107,7 @@ def forward(config, params) -> np.ndarray:
         "decoder_input_tokens": jnp.array([[0, 8, 9, 0]], jnp.int32),
         "decoder_target_tokens": jnp.array([[8, 9, 1, 0]], jnp.int32),
     }
-    nested = {}
-    for k, v in params.items():
-        node = nested
-        *parents, leaf = k.split("/")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = v
-    return np.asarray(model.logits(nested, batch))
+    return np.asarray(model.logits(traverse_util.unflatten_dict(params, sep="/"), batch))
 
 
 @needs_fixtures
@@ -188,14 +187,7 @@ def test_orbax_t5x_checkpoint(tmp_path):
     import orbax.checkpoint as ocp
 
     want = reference_read(PT_TINY / "checkpoint")
-    nested = {}
-    for k, v in want.items():
-        node = nested
-        *parents, leaf = k.split("/")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = v
-    tree = {"target": nested, "state": {"step": np.int32(3)}}
+    tree = {"target": nest(want), "state": {"step": np.int32(3)}}
     with ocp.PyTreeCheckpointer() as ckptr:
         ckptr.save(tmp_path / "checkpoint_3" / "state", tree)
     assert t5x.detect_format(tmp_path / "checkpoint_3") == "t5x_orbax"
