@@ -209,4 +209,5 @@ def _describe(config) -> str:
         f"emb {config.emb_dim}, {config.num_heads} heads x {config.head_dim}, mlp "
         f"{config.mlp_dim}, {config.num_encoder_layers}+{config.num_decoder_layers} layers, "
         f"vocab {config.vocab_size}, relpos {config.relpos_buckets}/{config.relpos_max_distance}"
+        + (" in every layer" if config.relpos_per_layer else "")
     )

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 import numpy as np
 from etils import epath
 
-from spot_jax.interop import storage, t5x
+from spot_jax.interop import storage, t5x, t5x_msgpack
 from spot_jax.interop.orbax_tree import OrbaxParams
 from spot_jax.interop.scanned_layout import is_scanned
 from spot_jax.train.checkpoints import CheckpointError
@@ -58,15 +58,15 @@ class T5XParamStates:
             )
 
     def _open_legacy(self) -> None:
-        root, _, ckpt_dir, version = t5x.read_msgpack(self.path)
+        root, _, ckpt_dir, version = t5x_msgpack.read_msgpack(self.path)
         optimizer = root.get("optimizer") if isinstance(root, Mapping) else None
         state = optimizer.get("state") if isinstance(optimizer, Mapping) else None
         state = state if isinstance(state, Mapping) else {}
         if state.get("step") is not None:
-            self.step = int(t5x.load_inline(state["step"]))
+            self.step = int(t5x_msgpack.load_inline(state["step"]))
         param_states = state.get("param_states")
         if isinstance(param_states, Mapping):
-            self._leaves = t5x.flatten_leaves(param_states, ckpt_dir, version)
+            self._leaves = t5x_msgpack.flatten_leaves(param_states, ckpt_dir, version)
         self._shapes = {k: _leaf_shape(v) for k, v in self._leaves.items()}
 
     def _open_orbax(self) -> None:
@@ -93,7 +93,7 @@ class T5XParamStates:
             values = self._orbax.read_many(keys, what="optimizer states")
             values = dict(zip(names, values, strict=True))
         else:
-            values = {n: t5x.load_inline(self._leaves[n]) for n in names}
+            values = {n: t5x_msgpack.load_inline(self._leaves[n]) for n in names}
         return {s: np.asarray(values[f"{param}/{s}"], np.float32) for s in slots}
 
 
