@@ -146,8 +146,8 @@ class T5XCheckpoint:
 
     def read_slice(self, name: str, index) -> np.ndarray:
         """One shard of an array (a tuple of slices); tensorstore arrays read only that part."""
-        leaf = self._leaves.get(name)
-        if isinstance(leaf, TensorstoreLeaf) and self.layout is None:
+        leaf = self._leaves.get(name)  # None for a scanned stack's layer: cut from its stack
+        if isinstance(leaf, TensorstoreLeaf):
             return leaf.read(index)
         return self.read(name)[index]
 
