@@ -63,7 +63,12 @@ def test_a_failing_baseline_is_reported_and_the_rest_timed(benchmark, tmp_path, 
         "--baseline=attention_padding=key_mask",
     )  # fmt: skip
     assert [r["impl"] for r in results] == ["spot_jax", "spot_jax[attention_padding=key_mask]"]
-    assert "baseline attention_padding=nope failed: ValueError" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "baseline attention_padding=nope failed: ValueError" in out
+    # Every round's time reaches the log as it is taken (a run killed later keeps them).
+    for r in results:
+        for i, seconds in enumerate(r["repeat_s"]):
+            assert f"round {i + 1}/2 {r['impl']}: {seconds:.4f} s" in out
 
 
 def test_baseline_values_take_the_config_fields_type(benchmark):

@@ -108,9 +108,11 @@ def _peft_apart(args) -> bool:
 def _interleaved(runners: dict, repeats: int) -> dict[str, list[float]]:
     """Seconds of each runner's work, `repeats` rounds, runners alternating within a round."""
     times = {name: [] for name in runners}
-    for _ in range(repeats):
+    for round_index in range(repeats):
         for name, run in runners.items():
             times[name].append(run())
+            # Each round's time is in the log at once: a run killed later still leaves it.
+            say(f"round {round_index + 1}/{repeats} {name}: {times[name][-1]:.4f} s")
     return times
 
 
