@@ -15,11 +15,17 @@ tuning (a trainable table), or a JAX without that hook, gets JAX's own behaviour
 
 import contextlib
 import functools
+import threading
 
 import jax
 import jax.numpy as jnp
 
 BIAS_GRAD = ("auto", "always")
+
+
+# The hook is process-wide: traces of the call, patched or not, take turns, so a trace in
+# another thread that wants dbias never sees the patched answer.
+_HOOK_LOCK = threading.RLock()
 
 
 @contextlib.contextmanager
@@ -31,14 +37,15 @@ def _dbias_export(wanted: bool):
     except ImportError:
         cudnn = None
     hook = getattr(cudnn, "should_export_dbias", None)
-    if wanted or hook is None:
-        yield
-        return
-    cudnn.should_export_dbias = lambda *args, **kwargs: False
-    try:
-        yield
-    finally:
-        cudnn.should_export_dbias = hook
+    with _HOOK_LOCK:
+        if wanted or hook is None:
+            yield
+            return
+        cudnn.should_export_dbias = lambda *args, **kwargs: False
+        try:
+            yield
+        finally:
+            cudnn.should_export_dbias = hook
 
 
 def _call(q, k, v, bias, key_counts, implementation: str, dbias: bool):
