@@ -47,7 +47,7 @@ def test_cr_reads_senteval_files_into_a_stable_hash_split(data_dir):
     sentences = {s: [x["sentence"].decode() for x in rows] for s, rows in splits.items()}
     assert sorted(sum(sentences.values(), [])) == sorted(POSITIVE + NEGATIVE)  # each once
     for split, names in sentences.items():
-        assert all(files.cr_split(t) == split for t in names)
+        assert all(files.hash_split(t) == split for t in names)
     assert splits["train"] and splits["validation"] and splits["test"]
     labels = {x["sentence"].decode(): x["label"] for rows in splits.values() for x in rows}
     assert all(labels[t] == 1 for t in POSITIVE) and all(labels[t] == 0 for t in NEGATIVE)

@@ -26,7 +26,7 @@ SPoT's code has neither, so the formats are its nearest: CR as its sentiment tas
 jsonl keys (the first observation as the question, the second as the context, written last).
 
 CR has no official split (SentEval cross-validates); here a sentence's split is fixed by a hash
-of its text (`cr_split`): about 10% test, 10% validation, 80% train, stable across machines and
+of its text (`hash_split`): about 10% test, 10% validation, 80% train, stable across machines and
 file orders. αNLI's test labels are not public: `validation` and `test` both read dev.
 CxC's two files hold 88,054 pairs, SPoT's "CxC 88K" train set; SPoT does not say what it
 validated on, so here both files are pooled and hash-split by the pair's caption ids
@@ -81,11 +81,6 @@ def hash_split(key: str) -> str:
     return "test" if bucket == 0 else "validation" if bucket == 1 else "train"
 
 
-def cr_split(sentence: str) -> str:
-    """A CR sentence's split: `hash_split` of its text."""
-    return hash_split(sentence)
-
-
 def _missing(name: str, files, folder: pathlib.Path) -> FileNotFoundError:
     return FileNotFoundError(
         f"{name} reads {', '.join(files)} from {folder}/, which lacks them: put the files there, "
@@ -115,7 +110,7 @@ def _cr_rows(split: str) -> list[dict]:
         # Latin-1, as SentEval reads these files (any byte decodes).
         for line in path.read_text(encoding="latin-1").splitlines():
             sentence = line.strip()
-            if sentence and cr_split(sentence) == split:
+            if sentence and hash_split(sentence) == split:
                 rows.append({"sentence": sentence, "label": label})
     return rows
 
