@@ -1,9 +1,12 @@
 """The fused attention asks cuDNN for the bias gradient only where the bias is differentiated.
 
 A CPU cannot run cuDNN, so JAX's cuDNN call is replaced by its XLA implementation with the same
-arguments, and each call records what JAX's `should_export_dbias` answers while it is traced
-(the switch that makes the cuDNN backward compute dbias). Gradients are checked against plain
-`jax.nn.dot_product_attention`, and at model level against the XLA attention path.
+arguments, and each call records the switch that makes the cuDNN backward compute dbias as JAX
+would set it while the call is traced, in both places JAX has kept it: what the module-global
+`should_export_dbias` answers (JAX <= 0.10), and the `has_dbias` in the `variadic_args` that
+JAX 0.11's wrapper hands its private `_dot_product_attention` (always True with a bias; JAX
+0.11 is played here by a stand-in with that function's signature). Gradients are checked against
+plain `jax.nn.dot_product_attention`, and at model level against the XLA attention path.
 """
 
 import dataclasses
@@ -20,19 +23,45 @@ cudnn = pytest.importorskip("jax._src.cudnn.fused_attention_stablehlo")
 ORIGINAL = jax.nn.dot_product_attention
 
 
-@pytest.fixture
-def dbias_answers(monkeypatch):
+def _private_call_of_jax_0_11(
+    query, key, value, bias, q_seqlen, kv_seqlen, q_offsets, kv_offsets, page_table_k,
+    page_table_v, scale, seed, dropout_rate, variadic_args, mask_type, layout,
+    sliding_window_length, cudnn_version, return_residual,
+):  # fmt: skip
+    """Stands in for JAX 0.11's `_dot_product_attention` (same parameters); returns has_dbias."""
+    return variadic_args[1]
+
+
+class _Answers(list):
+    has_dbias = None  # () -> the switch as JAX sets it outside our override
+
+
+@pytest.fixture(params=["jax_0_10", "jax_0_11"])
+def dbias_answers(request, monkeypatch):
     """JAX's cuDNN attention run by XLA; returns the dbias answers, one per call with a bias
     (without one there is no dbias to ask for)."""
-    answers = []
+    answers = _Answers()
+    if request.param == "jax_0_11":
+        monkeypatch.delattr(cudnn, "should_export_dbias", raising=False)
+        monkeypatch.setattr(cudnn, "_dot_product_attention", _private_call_of_jax_0_11)
+
+    def has_dbias():
+        if request.param == "jax_0_10":
+            return cudnn.should_export_dbias((1, 2, 5, 5), (3, 5, 2, 4), 0)
+        # As JAX 0.11's wrapper calls it: positional, has_dbias True for any explicit bias.
+        nothing = (None,) * 6
+        return cudnn._dot_product_attention(
+            *(None,) * 4, *nothing, 1.0, 0, 0.0, (True, True), None, 0, None, 0, False
+        )
 
     def on_cpu(*args, implementation=None, **kwargs):
         assert implementation == "cudnn"
         if kwargs.get("bias") is not None:
-            answers.append(bool(cudnn.should_export_dbias((1, 2, 5, 5), (3, 5, 2, 4), 0)))
+            answers.append(bool(has_dbias()))
         return ORIGINAL(*args, implementation="xla", **kwargs)
 
     monkeypatch.setattr(jax.nn, "dot_product_attention", on_cpu)
+    answers.has_dbias = has_dbias
     return answers
 
 
@@ -67,7 +96,7 @@ def test_gradients_match_and_dbias_is_asked_for_only_when_the_bias_is_differenti
     assert dbias_answers == [True]  # a trainable bias gets its gradient
     for g, w in zip(got, jax.grad(want, argnums=(0, 3))(q, k, v, bias), strict=True):
         np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
-    assert cudnn.should_export_dbias((1, 2, 5, 5), (3, 5, 2, 4), 0)  # JAX's hook restored
+    assert dbias_answers.has_dbias()  # JAX's own decision restored
 
 
 def test_always_keeps_jaxs_behaviour(dbias_answers):
