@@ -20,7 +20,15 @@ from etils import epath
 from spot_jax import axes, data
 from spot_jax.data.config import DatasetConfig
 from spot_jax.models.prompted import PROMPT_PATH, PromptedT5
-from spot_jax.train import checkpoints, evaluation, optimizer_states, sharding, steps, summaries
+from spot_jax.train import (
+    checkpoints,
+    evaluation,
+    fresh_init,
+    optimizer_states,
+    sharding,
+    steps,
+    summaries,
+)
 from spot_jax.train import optim as optim_lib
 from spot_jax.train import state as state_lib
 
@@ -71,12 +79,7 @@ def build_params(
             "decoder_input_tokens": ids(feature_lengths["targets"]),
             "decoder_target_tokens": ids(feature_lengths["targets"]),
         }
-
-        def init(rng):
-            flat = state_lib.flatten_params(nn.unbox(model.init(rng, fake)))
-            flat.pop(PROMPT_PATH, None)
-            return {k: v.astype(frozen_dtype) if frozen_dtype else v for k, v in flat.items()}
-
+        init = fresh_init.frozen_init(model, fake)
         out_shardings = {k: v for k, v in shardings.items() if k != PROMPT_PATH}
         with sharding.active(mesh):
             params = jax.jit(init, out_shardings=out_shardings)(rng_init)

@@ -1,0 +1,63 @@
+"""Seeded fresh init of the frozen weights that compiles in seconds at any depth.
+
+Every param's initializer draws threefry bits, and XLA expands each threefry call into a few
+hundred integer ops. An unscanned T5 draws once per param of every layer: T5 1.1 base's init is
+a program of 104k optimised HLO ops that takes 16 s to compile on our 2-core CPU and over 100 s
+on an H200 (2026-11-27: its ~2,900 fusions are each a GPU kernel to build), which stalled every
+unscanned benchmark line there. A scanned model draws one layer's params per loop trip (13.6k
+ops, 1.9 s). So an unscanned model is initialised as its scanned twin and the stacks are cut
+into layers (`prompted.unstack_flat`, T5X's `layers_{i}` names): the same shapes and
+initializers, with each layer's values drawn from the scan's per-layer keys instead of keys
+named after the layer. A scanned and an unscanned model given the same seed therefore start
+from the same weights. Where the twin's params don't line up with the model's, the model's own
+init runs.
+"""
+
+import dataclasses
+from collections.abc import Callable, Mapping
+
+import flax.linen as nn
+import jax
+
+from spot_jax.models.prompted import PROMPT_PATH, PromptedT5, unstack_flat
+from spot_jax.train import state as state_lib
+
+
+def _own_init(model: PromptedT5, batch: Mapping[str, jax.Array]):
+    def init(rng):
+        flat = state_lib.flatten_params(nn.unbox(model.init(rng, batch)))
+        flat.pop(PROMPT_PATH, None)  # the prompt has its own initialiser (trainer.initial_prompt)
+        return flat
+
+    return init
+
+
+def scanned_twin(model: PromptedT5) -> PromptedT5:
+    """The same model with its layers stacked and scanned (the prompt, decoding etc. kept)."""
+    return PromptedT5(
+        dataclasses.replace(model.config, scan_layers=True),
+        prompt_length=model.prompt_length,
+        prompt_init=model.prompt_init,
+        z_loss=model.z_loss,
+        decoding=model.decoding,
+        max_segments=model.max_segments,
+        loss_chunk=model.loss_chunk,
+    )
+
+
+def frozen_init(model: PromptedT5, batch: Mapping[str, jax.Array]) -> Callable:
+    """`rng -> flat frozen params` (prompt left out) in `model.config.frozen_dtype`, to jit.
+
+    `batch` holds arrays of the shapes to initialise for (their values are not read).
+    """
+    init = _own_init(model, batch)
+    if not model.config.scan_layers:
+        twin_init = _own_init(scanned_twin(model), batch)
+        cut = lambda rng: unstack_flat(twin_init(rng))  # noqa: E731
+        shapes = lambda fn: {  # noqa: E731
+            k: (v.shape, v.dtype) for k, v in jax.eval_shape(fn, jax.random.PRNGKey(0)).items()
+        }
+        if shapes(cut) == shapes(init):
+            init = cut
+    dtype = model.config.frozen_dtype
+    return lambda rng: {k: v.astype(dtype) if dtype else v for k, v in init(rng).items()}
