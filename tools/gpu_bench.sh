@@ -2,24 +2,24 @@
 # The prepared GPU runs, in calls of the device tool (each call <= 10 minutes; a session has
 # 15 minutes of device time, each machine start ~35 s). PARTS picks, in this order:
 #   xl     train step, --scan, no remat (else --remat dots), cuDNN attention, vs HF PEFT
-#          (open goals: >= 3x PEFT, >= 50% MFU); ~230 s
-#   xxl    train step at batch 32, --scan --remat dots, cuDNN attention (open goal: >= 50% MFU,
-#          49.9% on 2026-11-26; memory goal <= 80 GB met at 75.5 GB); ~200 s
-#   large  train step, --scan, cuDNN attention, vs HF PEFT (goal met: 3.71x), + scan_unroll=2,
-#          with NOGRAPH=1 also without CUDA graphs (where the 44% of untraced time goes); ~170 s
+#          (open goals: >= 3x PEFT, >= 50% MFU; 2.79x / 37.8% on 2026-11-27), profiled; then
+#          the same step unscanned (no per-layer stacking copies: 10% of the scanned step's
+#          kernel time); ~250 s
+#   xxl    train step at batch 32, --scan --remat dots, cuDNN attention (goals met on
+#          2026-11-27: 50.4% MFU in 65.8 GB); ~120 s
+#   large  train step, --scan, cuDNN attention, vs HF PEFT (goal met: 3.71x), + scan_unroll=2;
+#          NOGRAPH=1 adds it without CUDA graphs; ~170 s
 #   eval   base size: decode (greedy, 32 tokens, vs HF generate), rank classification (3 labels,
 #          one encoder pass per example vs T5X's pair rows vs PEFT), packing (train and
 #          per-example scoring, 512 GLUE-like examples padded vs packed 4 per 256-token row),
-#          the base train step vs PEFT with cross_projection=projected as A/B; ~580 s
+#          the base train step vs PEFT with cross_projection=projected as A/B; ~400 s
 #   goals  = xl,xxl (the default PARTS is goals,eval)
-# Every train line has fused_bias_grad=always (JAX's cuDNN backward computing the frozen
-# bias's gradient, as before 2026-11-27) as its A/B, and xl/large are profiled (device time by
-# kernel). All with bf16 frozen weights, batch 32, inputs 512 + 100 prompt tokens.
-# Next session: call 1 `PARTS=goals BUDGET=430` (timeout 480), call 2 `PARTS=eval BUDGET=330`
-# (timeout 370: decode, rank and packing; the base A/B if time is left).
-# cuDNN attention throughout (it ran in both earlier GPU sessions). On 2026-11-27 the
-# eval lines each ran past their 45-120 s limits with nothing printed (compile time, we think:
-# the benchmark now prints timed progress lines, so the log says); their limits are doubled.
+# All with bf16 frozen weights, batch 32, inputs 512 + 100 prompt tokens, cuDNN attention.
+# The eval lines never ran before 2026-11-27's second session: each stalled compiling the
+# unscanned base model's fresh init (threefry draws per layer; spot_jax/train/fresh_init.py
+# now draws it as the scanned twin), so their time is a guess.
+# Next session: call 1 `PARTS=eval BUDGET=400` (timeout 440), call 2 `PARTS=xl BUDGET=330`
+# (timeout 370) with what is left.
 # Results go to ${OUT:-/tmp}/bench.jsonl, the log to ${OUT:-/tmp}/bench.log, and the large and
 # xl steps' device time by kernel to ${PROF:-$OUT}/{large,xl}_profile/op_profile.json, copied
 # to $OUT/{large,xl}_profile.json at exit (the traces beside them are too big to come back).
@@ -45,15 +45,14 @@ run() {  # run LIMIT_S ARGS...: one benchmark, within both its limit and what is
   local limit=$(( $1 < left ? $1 : left ))
   if [ "$limit" -lt 20 ]; then echo "== skipped (budget spent): ${*:2}"; return 0; fi
   echo "== [${limit}s] $*"
-  timeout "$limit" python3 -W ignore tools/benchmark.py $common "${@:2}"  # later flags win
+  # SIGABRT at the limit: faulthandler prints where Python was (a stall's stage and stack).
+  timeout -s ABRT "$limit" python3 -X faulthandler -W ignore tools/benchmark.py $common "${@:2}"
 }
 ATT=cudnn
 PARTS=${PARTS:-goals,eval}
 PARTS=",${PARTS//goals/xl,xxl},"
 has() { [[ $PARTS == *",$1,"* ]]; }
-# always: the cuDNN backward also computes the frozen bias's gradient (JAX's default; A/B
-# against our default, which asks for it only where the bias is differentiated).
-big="--targets 32 --steps 5 --repeats 2 --compare-peft --baseline fused_bias_grad=always"
+big="--targets 32 --steps 5 --repeats 2 --compare-peft"
 # Did a size's timing land in bench.jsonl? (A run can fail after it: its --profile, say.)
 timed() { grep -q "\"size\": \"$1\"" "$OUT/bench.jsonl" 2>/dev/null; }
 # --profile: one more traced run, device time by XLA op and category (op_profile.json).
@@ -66,10 +65,13 @@ if has xl; then
     run 230 --size xl --scan --remat none $big --attention $ATT --profile "$PROF/xl_profile"
   fi
   timed xl || run 200 --size xl --scan --remat dots $big --attention $ATT --profile "$PROF/xl_profile"
+  # Unscanned: each layer's weights and saved activations are arrays of their own, not slices
+  # of a stack (the scan's dynamic_slice / dynamic_update_slice copies); longer compile.
+  [ "${GPU_MIB:-0}" -gt 110000 ] && remat=none || remat=dots
+  run 150 --size xl --remat $remat --targets 32 --steps 5 --repeats 2 --attention $ATT
 fi
 if has xxl; then
-  run 200 --size xxl --scan --remat dots --targets 32 --steps 5 --repeats 2 \
-    --baseline fused_bias_grad=always --attention $ATT
+  run 150 --size xxl --scan --remat dots --targets 32 --steps 5 --repeats 2 --attention $ATT
 fi
 if has large; then
   run 170 --size large --scan $big --baseline scan_unroll=2 --attention $ATT \
@@ -87,5 +89,5 @@ run 100 --mode packing --targets 4 --examples 512 --max-segments 4 --packed-inpu
 run 90 --mode packing --packed-work score --targets 4 --examples 512 --max-segments 4 \
   --packed-inputs 256 --repeats 3 --attention $ATT
 run 150 --mode train --targets 32 --steps 5 --repeats 3 --attention $ATT --compare-peft \
-  --baseline cross_projection=projected --baseline fused_bias_grad=always
+  --baseline cross_projection=projected
 echo "== total $((SECONDS - START)) s"
