@@ -54,6 +54,7 @@ class Setup:
             feature_lengths=self.lengths,
             initial_checkpoint_path=None,
             seed=0,
+            init_as_scanned=True,  # random weights either way; an unscanned draw compiles slowly
         )
         self.trainable, self.frozen = optim.split_trainable(params, args.trainable)
 

@@ -1,16 +1,20 @@
-"""Seeded fresh init of the frozen weights that compiles in seconds at any depth.
+"""Seeded fresh init of the frozen weights: the model's own, or drawn as its scanned twin.
 
 Every param's initializer draws threefry bits, and XLA expands each threefry call into a few
 hundred integer ops. An unscanned T5 draws once per param of every layer: T5 1.1 base's init is
 a program of 104k optimised HLO ops that takes 16 s to compile on our 2-core CPU and over 100 s
 on an H200 (2026-11-27: its ~2,900 fusions are each a GPU kernel to build), which stalled every
 unscanned benchmark line there. A scanned model draws one layer's params per loop trip (13.6k
-ops, 1.9 s). So an unscanned model is initialised as its scanned twin and the stacks are cut
-into layers (`prompted.unstack_flat`, T5X's `layers_{i}` names): the same shapes and
-initializers, with each layer's values drawn from the scan's per-layer keys instead of keys
-named after the layer. A scanned and an unscanned model given the same seed therefore start
-from the same weights. Where the twin's params don't line up with the model's, the model's own
-init runs.
+ops, 1.9 s).
+
+`as_scanned=True` initialises an unscanned model as its scanned twin and cuts the stacks into
+layers (`prompted.unstack_flat`, T5X's `layers_{i}` names): the same shapes and initializers,
+with each layer's values drawn from the scan's per-layer keys instead of keys named after the
+layer, so a scanned and an unscanned model given one seed start from the same weights. The
+benchmark uses it (its weights are random anyway). It is not the default: the values differ
+from the model's own init, and what is pretrained from a fresh init (the demo's backbone) would
+change with them (the demo's SPoT-over-PromptTuning gain moved from +15.7 to +0.0 points when
+its backbone was drawn this way on 2026-11-27; its seed-to-seed spread is that large).
 """
 
 import dataclasses
@@ -45,13 +49,19 @@ def scanned_twin(model: PromptedT5) -> PromptedT5:
     )
 
 
-def frozen_init(model: PromptedT5, batch: Mapping[str, jax.Array]) -> Callable:
+def frozen_init(
+    model: PromptedT5, batch: Mapping[str, jax.Array], *, as_scanned: bool = False
+) -> Callable:
     """`rng -> flat frozen params` (prompt left out) in `model.config.frozen_dtype`, to jit.
 
-    `batch` holds arrays of the shapes to initialise for (their values are not read).
+    Args:
+      batch: arrays of the shapes to initialise for (their values are not read).
+      as_scanned: an unscanned model is drawn as its scanned twin (compiles in seconds at any
+        depth; other values than the model's own init). Where the twin's params don't line up
+        with the model's, the model's own init runs.
     """
     init = _own_init(model, batch)
-    if not model.config.scan_layers:
+    if as_scanned and not model.config.scan_layers:
         twin_init = _own_init(scanned_twin(model), batch)
         cut = lambda rng: unstack_flat(twin_init(rng))  # noqa: E731
         shapes = lambda fn: {  # noqa: E731

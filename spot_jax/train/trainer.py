@@ -46,8 +46,12 @@ def build_params(
     feature_lengths: dict[str, int],
     initial_checkpoint_path: str | None,
     seed: int,
+    init_as_scanned: bool = False,
 ):
     """All params, flat and sharded: frozen weights restored (or seeded init) + initial prompt.
+
+    `init_as_scanned`: a fresh unscanned model is drawn as its scanned twin
+    (`fresh_init.frozen_init`: fast to compile at depth, other values than its own init).
 
     Returns:
       (flat params, flat shardings).
@@ -79,7 +83,7 @@ def build_params(
             "decoder_input_tokens": ids(feature_lengths["targets"]),
             "decoder_target_tokens": ids(feature_lengths["targets"]),
         }
-        init = fresh_init.frozen_init(model, fake)
+        init = fresh_init.frozen_init(model, fake, as_scanned=init_as_scanned)
         out_shardings = {k: v for k, v in shardings.items() if k != PROMPT_PATH}
         with sharding.active(mesh):
             params = jax.jit(init, out_shardings=out_shardings)(rng_init)

@@ -1,21 +1,22 @@
-"""An unscanned model's fresh init is drawn as its scanned twin's: same weights, and a program
-whose random draws do not grow with depth (what made T5 1.1 base's init compile for minutes on
-a GPU)."""
+"""Fresh init: by default the model's own; with `init_as_scanned` an unscanned model is drawn as
+its scanned twin (same weights as the scanned model, and a program whose random draws do not
+grow with depth: what made T5 1.1 base's init compile for minutes on a GPU)."""
 
 import dataclasses
 
+import flax.linen as nn
 import jax
 import numpy as np
 import pytest
 
 from spot_jax import axes
 from spot_jax.models import config, prompted
-from spot_jax.train import fresh_init, sharding, trainer
+from spot_jax.train import fresh_init, sharding, state, trainer
 
 LENGTHS = {"inputs": 16, "targets": 8}
 
 
-def _build(model, mesh):
+def _build(model, mesh, as_scanned=True):
     params, _ = trainer.build_params(
         model,
         mesh,
@@ -24,6 +25,7 @@ def _build(model, mesh):
         feature_lengths=LENGTHS,
         initial_checkpoint_path=None,
         seed=3,
+        init_as_scanned=as_scanned,
     )
     return params
 
@@ -66,10 +68,33 @@ def _random_draws(num_layers: int) -> int:
             for k in ("decoder_input_tokens", "decoder_target_tokens")
         }
     )
-    init = fresh_init.frozen_init(prompted.PromptedT5(cfg, prompt_length=4), batch)
+    model = prompted.PromptedT5(cfg, prompt_length=4)
+    init = fresh_init.frozen_init(model, batch, as_scanned=True)
     text = jax.jit(init).lower(jax.random.PRNGKey(0)).as_text()
     return text.count("call @_threefry_split") + text.count("call @_threefry_fold_in")
 
 
 def test_the_init_programs_random_draws_do_not_grow_with_depth():
     assert _random_draws(2) == _random_draws(6) > 0
+
+
+def test_the_default_is_the_models_own_init():
+    cfg = config.named_config("tiny", dtype="float32")
+    model = prompted.PromptedT5(cfg, prompt_length=4)
+    mesh = sharding.make_mesh(2)
+    params = _build(model, mesh, as_scanned=False)
+    batch = {
+        "encoder_input_tokens": jax.numpy.zeros((8, LENGTHS["inputs"]), "int32"),
+        "decoder_input_tokens": jax.numpy.zeros((8, LENGTHS["targets"]), "int32"),
+        "decoder_target_tokens": jax.numpy.zeros((8, LENGTHS["targets"]), "int32"),
+    }
+    rng_init, _ = jax.random.split(jax.random.PRNGKey(3))  # build_params' split of its seed
+    flat = state.flatten_params(nn.unbox(jax.jit(model.init)(rng_init, batch)))
+    flat.pop(prompted.PROMPT_PATH)
+    assert flat.keys() == params.keys() - {prompted.PROMPT_PATH}
+    for name, value in flat.items():
+        np.testing.assert_array_equal(np.asarray(params[name]), value, err_msg=name)
+    # ... and differs from the scanned twin's draw.
+    twin = _build(model, mesh, as_scanned=True)
+    q = "encoder/layers_0/attention/query/kernel"
+    assert not np.array_equal(np.asarray(params[q]), np.asarray(twin[q]))
