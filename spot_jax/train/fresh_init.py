@@ -15,13 +15,22 @@ benchmark uses it (its weights are random anyway). It is not the default: the va
 from the model's own init, and what is pretrained from a fresh init (the demo's backbone) would
 change with them (the demo's SPoT-over-PromptTuning gain moved from +15.7 to +0.0 points when
 its backbone was drawn this way on 2026-11-27; its seed-to-seed spread is that large).
+
+Whatever the draw, `gpu_threefry_kernels` has JAX lower each threefry call for an NVIDIA or AMD
+GPU as one kernel (`jax_threefry_gpu_kernel_lowering`: the same bits, none of the inlined
+rounds), which `trainer.build_params` uses for its init: the model's own init keeps its values
+with a fraction of the program to compile (checked here by lowering for CUDA on a CPU; its GPU
+compile time is yet to be measured). Training steps keep JAX's default (dropout's bits stay fused
+into their consumers instead of being written out by a kernel).
 """
 
+import contextlib
 import dataclasses
 from collections.abc import Callable, Mapping
 
 import flax.linen as nn
 import jax
+from jax._src import config as jax_config
 
 from spot_jax.models.prompted import PROMPT_PATH, PromptedT5, unstack_flat
 from spot_jax.train import state as state_lib
@@ -71,3 +80,15 @@ def frozen_init(
             init = cut
     dtype = model.config.frozen_dtype
     return lambda rng: {k: v.astype(dtype) if dtype else v for k, v in init(rng).items()}
+
+
+@contextlib.contextmanager
+def gpu_threefry_kernels():
+    """Within, programs traced and lowered for GPUs draw threefry bits with one kernel per call
+    (a no-op on CPU and TPU, and where JAX lacks the flag)."""
+    flag = getattr(jax_config, "threefry_gpu_kernel_lowering", None)
+    if flag is None:
+        yield
+        return
+    with flag(True):
+        yield

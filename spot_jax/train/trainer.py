@@ -85,7 +85,7 @@ def build_params(
         }
         init = fresh_init.frozen_init(model, fake, as_scanned=init_as_scanned)
         out_shardings = {k: v for k, v in shardings.items() if k != PROMPT_PATH}
-        with sharding.active(mesh):
+        with sharding.active(mesh), fresh_init.gpu_threefry_kernels():
             params = jax.jit(init, out_shardings=out_shardings)(rng_init)
     if model.prompt_length:
         params[PROMPT_PATH] = initial_prompt(model, params, rng_prompt, shardings[PROMPT_PATH])

@@ -98,3 +98,36 @@ def test_the_default_is_the_models_own_init():
     twin = _build(model, mesh, as_scanned=True)
     q = "encoder/layers_0/attention/query/kernel"
     assert not np.array_equal(np.asarray(params[q]), np.asarray(twin[q]))
+
+
+def _cuda_program(init) -> str:
+    """StableHLO of `init` lowered for NVIDIA GPUs (no GPU needed)."""
+    return jax.export.export(jax.jit(init), platforms=["cuda"])(jax.random.PRNGKey(0)).mlir_module()
+
+
+def test_the_init_draws_threefry_bits_with_one_gpu_kernel_per_call(monkeypatch):
+    cfg = config.named_config("tiny", dtype="float32")
+    model = prompted.PromptedT5(cfg, prompt_length=4)
+    batch = {
+        "encoder_input_tokens": jax.numpy.zeros((2, LENGTHS["inputs"]), "int32"),
+        "decoder_input_tokens": jax.numpy.zeros((2, LENGTHS["targets"]), "int32"),
+        "decoder_target_tokens": jax.numpy.zeros((2, LENGTHS["targets"]), "int32"),
+    }
+    init = fresh_init.frozen_init(model, batch)
+    inlined = _cuda_program(init)
+    with fresh_init.gpu_threefry_kernels():
+        kernels = _cuda_program(init)
+    assert "cu_threefry2x32" not in inlined  # JAX's default: the rounds inlined
+    assert "cu_threefry2x32" in kernels  # a kernel per draw (one function per shape)
+    assert kernels.count("stablehlo.shift_left") < inlined.count("stablehlo.shift_left") / 10
+    # build_params traces its init within.
+    entered = []
+    real = fresh_init.gpu_threefry_kernels
+
+    def spy():
+        entered.append(True)
+        return real()
+
+    monkeypatch.setattr(fresh_init, "gpu_threefry_kernels", spy)
+    _build(model, sharding.make_mesh(2), as_scanned=False)
+    assert entered
