@@ -9,7 +9,7 @@
 #          2026-11-27: 50.4% MFU in 65.8 GB); ~120 s
 #   large  train step, --scan, cuDNN attention, vs HF PEFT (goal met: 3.71x), + scan_unroll=2;
 #          NOGRAPH=1 adds it without CUDA graphs; ~170 s
-#   eval   base size: decode (greedy, 32 tokens, vs HF generate), rank classification (3 labels,
+#   eval   base size: fresh init's build time (own vs scanned twin), decode (greedy, 32 tokens, vs HF generate), rank classification (3 labels,
 #          one encoder pass per example vs T5X's pair rows vs PEFT), packing (train and
 #          per-example scoring, 512 GLUE-like examples padded vs packed 4 per 256-token row),
 #          the base train step vs PEFT with cross_projection=projected as A/B; ~400 s
@@ -82,6 +82,22 @@ if has large; then
   fi
 fi
 has eval || { echo "== total $((SECONDS - START)) s"; exit 0; }
+# The unscanned base model's fresh init (what stalled these lines before): its own values with
+# the GPU threefry kernel (build_params' default) vs drawn as the scanned twin (the benchmark's).
+echo "== [60s] build_params, base unscanned: own init (threefry kernel) vs scanned twin"
+timeout -s ABRT 60 python3 -X faulthandler - <<'PY'
+import time
+from spot_jax import axes
+from spot_jax.models import config, prompted
+from spot_jax.train import sharding, trainer
+model = prompted.PromptedT5(config.named_config("base", frozen_dtype="bfloat16"), prompt_length=100)
+for twin in (False, True):
+    t = time.perf_counter()
+    trainer.build_params(model, sharding.make_mesh(1), axes.standard_rules(), batch_size=32,
+                         feature_lengths={"inputs": 512, "targets": 32},
+                         initial_checkpoint_path=None, seed=0, init_as_scanned=twin)
+    print(f"init_as_scanned={twin}: {time.perf_counter() - t:.1f} s", flush=True)
+PY
 run 120 --mode decode --targets 32 --repeats 3 --attention $ATT --compare-peft
 run 120 --mode rank --targets 4 --candidates 3 --repeats 3 --attention $ATT --compare-peft
 run 100 --mode packing --targets 4 --examples 512 --max-segments 4 --packed-inputs 256 \
