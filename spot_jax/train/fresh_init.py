@@ -12,9 +12,7 @@ layers (`prompted.unstack_flat`, T5X's `layers_{i}` names): the same shapes and 
 with each layer's values drawn from the scan's per-layer keys instead of keys named after the
 layer, so a scanned and an unscanned model given one seed start from the same weights. The
 benchmark uses it (its weights are random anyway). It is not the default: the values differ
-from the model's own init, and what is pretrained from a fresh init (the demo's backbone) would
-change with them (the demo's SPoT-over-PromptTuning gain moved from +15.7 to +0.0 points when
-its backbone was drawn this way on 2026-11-27; its seed-to-seed spread is that large).
+from the model's own init (T5X's), and a fresh init is what a pretraining run starts from.
 
 Whatever the draw, `gpu_threefry_kernels` has JAX lower each threefry call for an NVIDIA or AMD
 GPU as one kernel (`jax_threefry_gpu_kernel_lowering`: the same bits, none of the inlined
