@@ -18,8 +18,9 @@
 # The eval lines never ran before 2026-11-27's second session: each stalled compiling the
 # unscanned base model's fresh init (threefry draws per layer; spot_jax/train/fresh_init.py
 # now draws it as the scanned twin), so their time is a guess.
-# Next session: call 1 `PARTS=eval BUDGET=400` (timeout 440), call 2 `PARTS=xl BUDGET=330`
-# (timeout 370) with what is left.
+# Next session: call 1 `mkdir -p /tmp/prof; PROF=/tmp/prof PARTS=xl BUDGET=330` (timeout 370:
+# the open XL goals; unscanned XL drops the scan's stacking copies and zero-filled stacks),
+# call 2 `PARTS=eval BUDGET=400` (timeout 440) with what is left.
 # Results go to ${OUT:-/tmp}/bench.jsonl, the log to ${OUT:-/tmp}/bench.log, and the large and
 # xl steps' device time by kernel to ${PROF:-$OUT}/{large,xl}_profile/op_profile.json, copied
 # to $OUT/{large,xl}_profile.json at exit (the traces beside them are too big to come back).
