@@ -16,6 +16,17 @@ from spot_jax.train import fresh_init, sharding, state, trainer
 LENGTHS = {"inputs": 16, "targets": 8}
 
 
+def _zeros_batch(rows: int) -> dict:
+    """Token ids of the shapes to initialise for (an init reads no values)."""
+    ids = lambda n: jax.numpy.zeros((rows, n), "int32")  # noqa: E731
+    targets = LENGTHS["targets"]
+    return {
+        "encoder_input_tokens": ids(LENGTHS["inputs"]),
+        "decoder_input_tokens": ids(targets),
+        "decoder_target_tokens": ids(targets),
+    }
+
+
 def _build(model, mesh, as_scanned=True):
     params, _ = trainer.build_params(
         model,
@@ -61,15 +72,8 @@ def _random_draws(num_layers: int) -> int:
     cfg = config.named_config(
         "tiny", dtype="float32", num_encoder_layers=num_layers, num_decoder_layers=num_layers
     )
-    batch = {k: jax.numpy.zeros((2, LENGTHS["inputs"]), "int32") for k in ("encoder_input_tokens",)}
-    batch.update(
-        {
-            k: jax.numpy.zeros((2, 8), "int32")
-            for k in ("decoder_input_tokens", "decoder_target_tokens")
-        }
-    )
     model = prompted.PromptedT5(cfg, prompt_length=4)
-    init = fresh_init.frozen_init(model, batch, as_scanned=True)
+    init = fresh_init.frozen_init(model, _zeros_batch(2), as_scanned=True)
     text = jax.jit(init).lower(jax.random.PRNGKey(0)).as_text()
     return text.count("call @_threefry_split") + text.count("call @_threefry_fold_in")
 
@@ -83,13 +87,8 @@ def test_the_default_is_the_models_own_init():
     model = prompted.PromptedT5(cfg, prompt_length=4)
     mesh = sharding.make_mesh(2)
     params = _build(model, mesh, as_scanned=False)
-    batch = {
-        "encoder_input_tokens": jax.numpy.zeros((8, LENGTHS["inputs"]), "int32"),
-        "decoder_input_tokens": jax.numpy.zeros((8, LENGTHS["targets"]), "int32"),
-        "decoder_target_tokens": jax.numpy.zeros((8, LENGTHS["targets"]), "int32"),
-    }
     rng_init, _ = jax.random.split(jax.random.PRNGKey(3))  # build_params' split of its seed
-    flat = state.flatten_params(nn.unbox(jax.jit(model.init)(rng_init, batch)))
+    flat = state.flatten_params(nn.unbox(jax.jit(model.init)(rng_init, _zeros_batch(8))))
     flat.pop(prompted.PROMPT_PATH)
     assert flat.keys() == params.keys() - {prompted.PROMPT_PATH}
     for name, value in flat.items():
@@ -108,12 +107,7 @@ def _cuda_program(init) -> str:
 def test_the_init_draws_threefry_bits_with_one_gpu_kernel_per_call(monkeypatch):
     cfg = config.named_config("tiny", dtype="float32")
     model = prompted.PromptedT5(cfg, prompt_length=4)
-    batch = {
-        "encoder_input_tokens": jax.numpy.zeros((2, LENGTHS["inputs"]), "int32"),
-        "decoder_input_tokens": jax.numpy.zeros((2, LENGTHS["targets"]), "int32"),
-        "decoder_target_tokens": jax.numpy.zeros((2, LENGTHS["targets"]), "int32"),
-    }
-    init = fresh_init.frozen_init(model, batch)
+    init = fresh_init.frozen_init(model, _zeros_batch(2))
     inlined = _cuda_program(init)
     with fresh_init.gpu_threefry_kernels():
         kernels = _cuda_program(init)
