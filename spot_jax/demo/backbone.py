@@ -27,7 +27,7 @@ from spot_jax.data import world as world_lib
 from spot_jax.demo import runs
 from spot_jax.models.config import T5Config
 from spot_jax.models.prompted import PromptedT5
-from spot_jax.train import checkpoints
+from spot_jax.train import frozen_checkpoint
 from spot_jax.train import state as state_lib
 
 CHECKPOINT_DIR = "checkpoint"
@@ -239,11 +239,11 @@ def load_or_pretrain_backbone(
         abstract = {
             k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=device) for k, v in abstract.items()
         }
-        params = checkpoints.restore_frozen(root / CHECKPOINT_DIR, abstract, t5)
+        params = frozen_checkpoint.restore_frozen(root / CHECKPOINT_DIR, abstract, t5)
         return Backbone(t5, params, sp, root / CHECKPOINT_DIR, False, record)
     t5, params, record = pretrain(cfg, world, sp, progress)
     tmp = epath.Path(f"{root}.tmp-{time.time_ns()}")
-    checkpoints.save_frozen(tmp / CHECKPOINT_DIR, params, t5)
+    frozen_checkpoint.save_frozen(tmp / CHECKPOINT_DIR, params, t5)
     (tmp / DONE_FILE).write_text(json.dumps(record, indent=1))
     if root.exists():  # another process cached it meanwhile: keep theirs
         tmp.rmtree()

@@ -32,6 +32,7 @@ from spot_jax.interop.peft_adapter import (  # noqa: F401 (re-exported: hf.expor
     torch_to_numpy,
 )
 from spot_jax.models.config import T5Config
+from spot_jax.train import frozen_checkpoint
 from spot_jax.train.checkpoints import CheckpointError
 
 _ATTN = {"q": "query", "k": "key", "v": "value", "o": "out"}
@@ -388,7 +389,7 @@ def iter_frozen(path: epath.PathLike) -> tuple[T5Config, Callable[[str], np.ndar
     """Config and a one-param-at-a-time reader of a spot_jax frozen checkpoint."""
     from spot_jax.train import checkpoints
 
-    meta = checkpoints.read_frozen_config(path)
+    meta = frozen_checkpoint.read_frozen_config(path)
     fields = {f.name for f in dataclasses.fields(T5Config)}
     config = T5Config(**{k: v for k, v in meta.items() if k in fields})
     if "relpos_max_distance" not in meta:
@@ -396,7 +397,7 @@ def iter_frozen(path: epath.PathLike) -> tuple[T5Config, Callable[[str], np.ndar
             f"note: {path} does not record relpos_max_distance; assuming "
             f"{config.relpos_max_distance}"
         )
-    readers = [t5x.OrbaxParams(group) for group in checkpoints.frozen_group_dirs(path)]
+    readers = [t5x.OrbaxParams(group) for group in frozen_checkpoint.frozen_group_dirs(path)]
     owner = {name: r for r in readers for name in r.shapes}
 
     def read(name: str) -> np.ndarray:

@@ -15,7 +15,7 @@ from spot_jax.interop.orbax_tree import OrbaxParams
 from spot_jax.models import prompted
 from spot_jax.models.config import T5Config
 from spot_jax.spot import runs as runs_lib
-from spot_jax.train import checkpoints
+from spot_jax.train import checkpoints, frozen_checkpoint
 from spot_jax.train.checkpoints import PROMPT_PATH, CheckpointError
 
 
@@ -55,7 +55,7 @@ def read_run(
             f"{run_dir} started from a seeded init (INITIAL_CHECKPOINT_PATH = None), so there "
             "are no frozen weights to put its trained params on; pass --frozen FROZEN_DIR"
         )
-    if not (epath.Path(frozen) / checkpoints.FROZEN_META).exists():
+    if not (epath.Path(frozen) / frozen_checkpoint.FROZEN_META).exists():
         raise CheckpointError(
             f"the run's frozen weights {frozen} are not a spot_jax frozen checkpoint; convert "
             "them with `spot-jax convert` and pass that as --frozen"

@@ -48,7 +48,8 @@ from spot_jax.interop.t5x_msgpack import (
     read_msgpack,
 )
 from spot_jax.models.config import T5Config
-from spot_jax.train.checkpoints import FROZEN_META, PROMPT_PATH, CheckpointError, save_frozen
+from spot_jax.train.checkpoints import PROMPT_PATH, CheckpointError
+from spot_jax.train.frozen_checkpoint import FROZEN_META, save_frozen
 
 _RELPOS_LAYOUT = {True: "in every layer (umT5)", False: "per stack (T5 1.1)"}
 # Arrays this large go through a disk-backed buffer while converting; smaller ones stay in RAM.

@@ -18,7 +18,7 @@ array is identified by the param axes it KEEPS, and arrays are matched by those 
     only to params of rank > 2 or with a BATCH axis. A param of rank <= 2 without one falls
     back to the heuristic (`fallback_to_heuristics`, present since T5X's first public commit),
     which is optax's rule, ties and min_dim_size_to_factor included. The T5X checkpoints we
-    read hold every layer on its own (`layers_<i>`, rank <= 2; `checkpoints.restore_frozen`),
+    read hold every layer on its own (`layers_<i>`, rank <= 2; `frozen_checkpoint.restore_frozen`),
     so for all their params the rule reduces to v_row -> v_row and v_col -> v_col, square
     (joined_kv, embed) kernels too; a scanned model's stacked param takes the layers' arrays
     stacked on its leading (layer) axis;

@@ -24,6 +24,7 @@ from spot_jax.train import (
     checkpoints,
     evaluation,
     fresh_init,
+    frozen_checkpoint,
     optimizer_states,
     sharding,
     steps,
@@ -74,7 +75,9 @@ def build_params(
             for k, v in abstract.items()
             if k != PROMPT_PATH
         }
-        params = checkpoints.restore_frozen(initial_checkpoint_path, model_abstract, model.config)
+        params = frozen_checkpoint.restore_frozen(
+            initial_checkpoint_path, model_abstract, model.config
+        )
     else:
         # Seeded fresh init, created directly in its shardings.
         ids = lambda n: jnp.zeros((per_device, n), jnp.int32)  # noqa: E731
@@ -152,7 +155,7 @@ def train(
       rank_classification: also score classification tasks by their likeliest label.
       log_period: log a line every this many steps (0 or None: at saves and evals only).
       pretrained_step: the frozen weights' global step, where Adafactor's decay count starts
-        (T5X); None: the checkpoint's recorded step (`checkpoints.pretrained_step`).
+        (T5X); None: the checkpoint's recorded step (`frozen_checkpoint.pretrained_step`).
       restore_optimizer_state: a fresh run also restores the trainable params' Adafactor
         states from a T5X INITIAL_CHECKPOINT_PATH (`state/param_states`), as T5X fine-tuning
         does; True or 't5x' reads them as T5X does, 'mesh_tf' as Mesh TF wrote them (see
@@ -187,7 +190,7 @@ def train(
     trainable_params, frozen = optim_lib.split_trainable(params, trainable)
     frozen_shardings = {k: param_shardings[k] for k in frozen}
     global_step = (
-        checkpoints.pretrained_step(initial_checkpoint_path)
+        frozen_checkpoint.pretrained_step(initial_checkpoint_path)
         if pretrained_step is None
         else int(pretrained_step)
     )

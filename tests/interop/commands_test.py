@@ -104,13 +104,13 @@ def test_relative_paths_are_taken_from_the_working_directory(tmp_path, make_hf_m
     # A frozen checkpoint named relative to the cwd restores (INITIAL_CHECKPOINT_PATH).
     import os
 
-    from spot_jax.train import checkpoints
+    from spot_jax.train import checkpoints, frozen_checkpoint
 
     cwd = os.getcwd()
     os.chdir(tmp_path)
     try:
         assert checkpoints.absolute_path("f") == tmp_path / "f"
-        assert checkpoints.read_frozen_config("f")["emb_dim"] == 8
+        assert frozen_checkpoint.read_frozen_config("f")["emb_dim"] == 8
     finally:
         os.chdir(cwd)
 

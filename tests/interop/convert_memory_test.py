@@ -10,7 +10,7 @@ SCRIPT = textwrap.dedent(
     import numpy as np
     from spot_jax.interop import t5x
     from spot_jax.models import config as config_lib
-    from spot_jax.train import checkpoints
+    from spot_jax.train import frozen_checkpoint
 
     def anon_kb():
         for line in open('/proc/self/status'):
@@ -25,12 +25,12 @@ SCRIPT = textwrap.dedent(
 
     shapes = {f'p{i:02d}': (2048, 4096) for i in range(20)}  # 20 x 32 MB float32
     read = lambda name: np.full(shapes[name], float(name[1:]), np.float32)
-    checkpoints.FROZEN_GROUP_BYTES = 64 << 20
+    frozen_checkpoint.FROZEN_GROUP_BYTES = 64 << 20
     baseline = anon_kb()
     threading.Thread(target=sample, daemon=True).start()
     out = tempfile.mkdtemp() + '/frozen'
     t5x.write_frozen_streaming(out, shapes, read, config_lib.named_config('tiny'))
-    groups = checkpoints.frozen_group_dirs(out)
+    groups = frozen_checkpoint.frozen_group_dirs(out)
     value = t5x.OrbaxParams(groups[-1]).read('p19')
     assert value.shape == (2048, 4096) and float(value[0, 0]) == 19.0
     print('GROUPS', len(groups), 'DELTA_MB', (peak[0] - baseline) / 1024)

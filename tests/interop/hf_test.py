@@ -12,7 +12,7 @@ from flax import traverse_util
 
 from spot_jax.interop import hf
 from spot_jax.models.prompted import PromptedT5
-from spot_jax.train import checkpoints
+from spot_jax.train import checkpoints, frozen_checkpoint
 from spot_jax.train import state as state_lib
 
 torch = pytest.importorskip("torch")
@@ -35,7 +35,7 @@ def restore(path, config, prompt_length=0):
     abstract = {
         k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=sharding) for k, v in abstract.items()
     }
-    return model, checkpoints.restore_frozen(path, abstract, config)
+    return model, frozen_checkpoint.restore_frozen(path, abstract, config)
 
 
 def random_batch(rng, vocab, batch=3, inputs=7, targets=5):

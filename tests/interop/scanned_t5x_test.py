@@ -20,7 +20,7 @@ from t5x_test import PT_TINY, forward, nest, reference_read, restore
 from spot_jax.interop import t5x, t5x_states
 from spot_jax.models.config import named_config
 from spot_jax.models.prompted import PromptedT5, unstack_flat
-from spot_jax.train import checkpoints, sharding
+from spot_jax.train import checkpoints, frozen_checkpoint, sharding
 
 pytestmark = pytest.mark.skipif(not PT_TINY.exists(), reason="shared fixtures not present")
 HEADS = 2  # pt_test_tiny's
@@ -123,7 +123,7 @@ def test_scanned_checkpoint_converts_to_its_layers(tmp_path, monkeypatch, unscan
     for k in want:
         np.testing.assert_array_equal(np.asarray(got[k]), want[k], err_msg=k)
     np.testing.assert_allclose(forward(config, got), forward(base, unscanned), rtol=1e-6, atol=1e-6)
-    assert checkpoints.pretrained_step(path) == 7
+    assert frozen_checkpoint.pretrained_step(path) == 7
 
 
 def test_scanned_orbax_checkpoint_with_a_table_per_layer(tmp_path, unscanned):

@@ -18,7 +18,7 @@ from flax import traverse_util
 from spot_jax.interop import t5x
 from spot_jax.models.config import named_config
 from spot_jax.models.prompted import PromptedT5
-from spot_jax.train import checkpoints
+from spot_jax.train import checkpoints, frozen_checkpoint
 from spot_jax.train import state as state_lib
 
 FIXTURES = Path(os.environ["SPOT_JAX_TEST_SHARED"]) / "fixtures" / "t5x"
@@ -96,7 +96,7 @@ def restore(path, config) -> dict[str, jax.Array]:
     abstract = {
         k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=sharding) for k, v in abstract.items()
     }
-    return checkpoints.restore_frozen(path, abstract, config)
+    return frozen_checkpoint.restore_frozen(path, abstract, config)
 
 
 def forward(config, params) -> np.ndarray:
@@ -133,8 +133,8 @@ def test_converts_fixture_equal_to_independent_read(
     # The global step T5X saved (state/step) travels with the weights: Adafactor reads it.
     step = int(np.asarray(_state_step(msgpack_file)))
     assert step == {"t5x_test_tiny": 0, "pt_test_tiny": 3}[name]
-    assert checkpoints.pretrained_step(source) == step
-    assert checkpoints.pretrained_step(tmp_path / "frozen") == step
+    assert frozen_checkpoint.pretrained_step(source) == step
+    assert frozen_checkpoint.pretrained_step(tmp_path / "frozen") == step
     logits = forward(config, got)
     assert logits.shape == (1, 4, 32128) and np.isfinite(logits).all()
     # Real weights, not a fresh init: logits differ from zero-embedding logits' flat profile.
@@ -195,9 +195,9 @@ def test_orbax_t5x_checkpoint(tmp_path):
     got = restore(tmp_path / "frozen", config)
     for k in want:
         np.testing.assert_array_equal(np.asarray(got[k]), want[k], err_msg=k)
-    assert checkpoints.pretrained_step(tmp_path / "checkpoint_3") == 3
-    assert checkpoints.pretrained_step(tmp_path / "frozen") == 3
-    assert checkpoints.pretrained_step(None) == 0
+    assert frozen_checkpoint.pretrained_step(tmp_path / "checkpoint_3") == 3
+    assert frozen_checkpoint.pretrained_step(tmp_path / "frozen") == 3
+    assert frozen_checkpoint.pretrained_step(None) == 0
 
 
 def test_an_orbax_tree_without_target_is_a_checkpoint_error(tmp_path):

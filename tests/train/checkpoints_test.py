@@ -14,6 +14,7 @@ from spot_jax import axes
 from spot_jax.data import DatasetConfig
 from spot_jax.models import config, prompted, prompts
 from spot_jax.train import checkpoints, optim, sharding, trainer
+from spot_jax.train import frozen_checkpoint as frozen_format
 from spot_jax.train import state as state_lib
 
 LENGTHS = {"inputs": 16, "targets": 8}
@@ -43,7 +44,7 @@ def frozen_checkpoint(tmp_path_factory):
     mesh = sharding.make_mesh(2)
     params, _ = _build(_model(), mesh, seed=7)
     path = tmp_path_factory.mktemp("frozen") / "tiny_seed7"
-    checkpoints.save_frozen(path, params, _model().config)
+    frozen_format.save_frozen(path, params, _model().config)
     saved = {k: np.array(v) for k, v in params.items() if k != PROMPT}
     return path, saved
 
@@ -90,7 +91,7 @@ def test_a_scanned_model_restores_and_writes_per_layer_checkpoints(frozen_checkp
         with sharding.active(mesh):
             losses.append(float(steps.eval_step(model, trainable, frozen, batch)["loss"]))
     assert losses[0] == pytest.approx(losses[1], rel=1e-5)
-    checkpoints.save_frozen(tmp_path / "again", params, scanned.config)
+    frozen_format.save_frozen(tmp_path / "again", params, scanned.config)
     again, _ = _build(_model(), mesh, tmp_path / "again")
     for name, value in saved.items():
         np.testing.assert_array_equal(np.asarray(again[name]), value, err_msg=name)
@@ -131,8 +132,8 @@ def test_a_relative_frozen_checkpoint_path_is_taken_from_the_cwd(
     name = "encoder/layers_0/mlp/wo/kernel"
     np.testing.assert_array_equal(np.asarray(params[name]), saved[name])
     monkeypatch.chdir(tmp_path)
-    checkpoints.save_frozen("again", params, _model().config)
-    assert checkpoints.read_frozen_config(tmp_path / "again")["emb_dim"] == 8
+    frozen_format.save_frozen("again", params, _model().config)
+    assert frozen_format.read_frozen_config(tmp_path / "again")["emb_dim"] == 8
 
 
 def test_train_uses_the_checkpointed_frozen_weights(frozen_checkpoint, tmp_path):

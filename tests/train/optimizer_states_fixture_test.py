@@ -19,7 +19,14 @@ from spot_jax import axes
 from spot_jax.interop import t5x_states
 from spot_jax.models.config import named_config
 from spot_jax.models.prompted import PromptedT5, layer_name
-from spot_jax.train import checkpoints, optim, optimizer_states, sharding, trainer
+from spot_jax.train import (
+    checkpoints,
+    frozen_checkpoint,
+    optim,
+    optimizer_states,
+    sharding,
+    trainer,
+)
 from spot_jax.train import state as state_lib
 
 PT_TINY = (
@@ -73,7 +80,7 @@ def fresh_state(model, optimizer, mesh):
     trainable, _ = optim.split_trainable(fixture_params(model, mesh), ".*")
     with sharding.active(mesh):
         state = jax.jit(
-            lambda t: state_lib.create(t, optimizer, checkpoints.pretrained_step(PT_TINY))
+            lambda t: state_lib.create(t, optimizer, frozen_checkpoint.pretrained_step(PT_TINY))
         )(trainable)
     return state
 

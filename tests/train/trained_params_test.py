@@ -15,7 +15,7 @@ import pytest
 from spot_jax import axes
 from spot_jax.interop.orbax_tree import OrbaxParams
 from spot_jax.models import config, prompted
-from spot_jax.train import checkpoints, sharding, trainer
+from spot_jax.train import checkpoints, frozen_checkpoint, sharding, trainer
 
 CLI = Path(sys.executable).parent / "spot-jax"
 REPO = Path(__file__).resolve().parents[2]
@@ -60,7 +60,9 @@ def build(prompt_length, path=None, seed=0):
 def frozen(tmp_path_factory):
     """A frozen checkpoint of the tiny model (seed 3): the runs' INITIAL_CHECKPOINT_PATH."""
     path = tmp_path_factory.mktemp("frozen") / "tiny"
-    checkpoints.save_frozen(path, build(0, seed=3), config.named_config("tiny", dtype="float32"))
+    frozen_checkpoint.save_frozen(
+        path, build(0, seed=3), config.named_config("tiny", dtype="float32")
+    )
     return path
 
 
