@@ -145,6 +145,15 @@ def test_profile_sums_the_steps_xla_op_time(tmp_path):
     assert sum(summary["categories"].values()) == pytest.approx(summary["total_ms"])
     assert summary["categories"]["matmul"] > 0  # the tiny T5's projections
     assert list(tmp_path.glob("plugins/profile/*/perfetto_trace.json.gz"))
+    # The step's optimised HLO names the profile's ops, to read which ops each one holds.
+    with gzip.open(tmp_path / "train_step.hlo.txt.gz", "rt") as f:
+        hlo = f.read()
+    assert "ENTRY" in hlo
+    assert all(f"{r['op'].split()[0]} = " in hlo for r in ops[:5]), [r["op"] for r in ops[:5]]
+    explained = summary["explained"]
+    assert [r["op"] for r in explained] == [r["op"] for r in ops[: len(explained)]]
+    assert any("encoder/layers_0" in r.get("op_name", "") for r in explained)
+    assert "from jit(train_step)" in result.stdout
 
 
 def test_summary_reads_device_kernels_and_counts_nested_events_once(tmp_path):
@@ -204,3 +213,40 @@ def test_summary_reads_device_kernels_and_counts_nested_events_once(tmp_path):
     assert [r["op"] for r in summary["ops"]] == ["dot.5", "reduce.6", "copy.7"]
     assert summary["total_ms"] == pytest.approx(0.075)
     assert "matmul" in op_profile.format_summary(summary)
+
+
+def test_explain_maps_kernel_names_to_hlo_fusions():
+    op_profile = _op_profile()
+    hlo = """HloModule jit_train_step
+
+%fused_computation.7 (param_0: bf16[4,8]) -> bf16[4,8] {
+  %param_0 = bf16[4,8]{1,0} parameter(0)
+  %constant.1 = bf16[] constant(0.5)
+  %broadcast.2 = bf16[4,8]{1,0} broadcast(%constant.1), dimensions={}
+  ROOT %multiply.3 = bf16[4,8]{1,0} multiply(%param_0, %broadcast.2)
+}
+
+ENTRY %main.9 (p: bf16[4,8]) -> (bf16[4,8], s32[]) {
+  %p = bf16[4,8]{1,0} parameter(0)
+  %loop_multiply_fusion.3 = bf16[4,8]{1,0} fusion(%p), kind=kLoop, calls=%fused_computation.7, \
+metadata={op_name="jit(train_step)/encoder/layers_0/mlp/mul"}
+  %tuple_fusion = (bf16[4,8]{1,0}, s32[]) fusion(%p), kind=kLoop, calls=%fused_computation.7
+  ROOT %t = (bf16[4,8]{1,0}, s32[]) tuple(%loop_multiply_fusion.3, %tuple_fusion)
+}
+"""
+    summary = {
+        "ops": [
+            # Inside a CUDA graph the trace names the kernel: `_3` where the HLO has `.3`.
+            {"op": "loop_multiply_fusion_3", "ms": 2.0, "category": "fusion"},
+            {"op": "tuple_fusion", "ms": 1.0, "category": "fusion"},
+            {"op": "not_in_the_hlo", "ms": 0.5, "category": "other"},
+        ]
+    }
+    first, second, third = op_profile.explain(summary, hlo)
+    assert first["shape"] == "bf16[4,8]{1,0}" and first["opcode"] == "fusion"
+    assert first["op_name"] == "jit(train_step)/encoder/layers_0/mlp/mul"
+    assert first["fused"] == {"constant": 1, "broadcast": 1, "multiply": 1}
+    assert second["shape"] == "(bf16[4,8]{1,0}, s32[])"
+    assert "shape" not in third and third["ms"] == 0.5
+    text = op_profile.format_explained([first])
+    assert "from jit(train_step)/encoder/layers_0/mlp/mul" in text and "multiply x1" in text

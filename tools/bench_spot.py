@@ -5,8 +5,10 @@ work once and returns its seconds, so the caller can interleave runs (A/B on a b
 """
 
 import functools
+import gzip
 import time
 from collections.abc import Callable, Mapping
+from pathlib import Path
 
 import flax.linen as nn
 import jax
@@ -35,6 +37,7 @@ class Setup:
             overrides["frozen_dtype"] = args.frozen_dtype
         overrides.update(config_overrides or {})
         self.cfg = config_lib.named_config(args.size, **overrides)
+        self.args, self.config_overrides = args, config_overrides
         self.model = prompted.PromptedT5(
             self.cfg,
             prompt_length=args.prompt_length,
@@ -123,6 +126,7 @@ def _compiled_train_step(setup: Setup, batch):
     with setup.context():
         compiled = step_fn.lower(state, setup.frozen, batch, rng).compile()
         info = {"step_memory_gb": step_memory_gb(compiled)}
+        _write_hlo(setup, compiled)
         t0 = time.perf_counter()
         state, metrics = step_fn(state, setup.frozen, batch, rng)
         jax.block_until_ready(metrics)
@@ -134,6 +138,18 @@ def _compiled_train_step(setup: Setup, batch):
         return box["metrics"]
 
     return run, box, info
+
+
+def _write_hlo(setup: "Setup", compiled) -> None:
+    """With `--profile DIR`, the main run's optimised step HLO to DIR/train_step.hlo.txt.gz: the
+    trace names kernels by fused computation (`loop_multiply_fusion.12`), and this text says
+    which ops each one holds, so a GPU profile can be read offline, on a CPU."""
+    if not getattr(setup.args, "profile", None) or setup.config_overrides:
+        return
+    path = Path(setup.args.profile, "train_step.hlo.txt.gz")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with gzip.open(path, "wt") as f:
+        f.write(compiled.as_text())
 
 
 def train_runner(

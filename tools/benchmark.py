@@ -41,6 +41,7 @@ category (matmul, attention, fusion, copy, ...): `tools/op_profile.py`.
 
 import argparse
 import dataclasses
+import gzip
 import importlib.util
 import json
 import os
@@ -404,9 +405,15 @@ def _profile(args, runners) -> None:
     except Exception as e:  # noqa: BLE001 - report and keep the benchmark's results
         print(f"profile failed: {type(e).__name__}: {e}", flush=True)
         return
+    hlo = Path(args.profile, "train_step.hlo.txt.gz")
+    if hlo.exists():  # the top ops with their shapes, fused ops and source (op_profile.explain)
+        with gzip.open(hlo, "rt") as f:
+            summary["explained"] = op_profile.explain(summary, f.read(), top=40)
     Path(args.profile, "op_profile.json").write_text(json.dumps(summary, indent=1))
     print(f"{name} ({summary['per']}), trace {trace}", flush=True)
     print(op_profile.format_summary(summary), flush=True)
+    if summary.get("explained"):
+        print(op_profile.format_explained(summary["explained"][:15]), flush=True)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,9 @@
 # call 2 `PARTS=eval BUDGET=400` (timeout 440) with what is left.
 # Results go to ${OUT:-/tmp}/bench.jsonl, the log to ${OUT:-/tmp}/bench.log, and the large and
 # xl steps' device time by kernel to ${PROF:-$OUT}/{large,xl}_profile/op_profile.json, copied
-# to $OUT/{large,xl}_profile.json at exit (the traces beside them are too big to come back).
+# to $OUT/{large,xl}_profile.json at exit with the step's optimised HLO ({..}_profile.hlo.txt.gz:
+# `python tools/op_profile.py JSON HLO` says what each top fusion holds and which module made it;
+# the traces beside them are too big to come back).
 set -u
 OUT=${OUT:-/tmp}
 BUDGET=${BUDGET:-540}
@@ -32,6 +34,9 @@ START=$SECONDS
 bring_back() {
   for f in "$PROF"/*_profile/op_profile.json; do
     [ -f "$f" ] && [ "$PROF" != "$OUT" ] && cp "$f" "$OUT/$(basename "$(dirname "$f")").json"
+  done
+  for f in "$PROF"/*_profile/train_step.hlo.txt.gz; do  # to read the profile's fusions offline
+    [ -f "$f" ] && [ "$PROF" != "$OUT" ] && cp "$f" "$OUT/$(basename "$(dirname "$f")").hlo.txt.gz"
   done
   return 0
 }
@@ -70,7 +75,8 @@ if has xl; then
   # that are zero-filled every step (~10 ms at XL, no remat) and written and read by
   # dynamic_update_slice / dynamic_slice copies (31 ms); a longer compile (48 layers unrolled).
   [ "${GPU_MIB:-0}" -gt 110000 ] && remat=none || remat=dots
-  run 200 --size xl --remat $remat --targets 32 --steps 5 --repeats 2 --attention $ATT
+  run 200 --size xl --remat $remat --targets 32 --steps 5 --repeats 2 --attention $ATT \
+    --profile "$PROF/xl_unscanned_profile"
 fi
 if has xxl; then
   run 150 --size xxl --scan --remat dots --targets 32 --steps 5 --repeats 2 --attention $ATT

@@ -6,11 +6,20 @@
 trace's XLA op events (those with an `hlo_op` argument: GPU kernels, or XLA:CPU thunks when
 `--xla_cpu_enable_xprof_traceme=true`) by op and by category (matmul, attention, fusion, copy,
 ...). The trace stays in the folder for Perfetto or TensorBoard's profile plugin.
+
+`explain` reads the top ops back against the step's optimised HLO (`train_step.hlo.txt.gz`,
+written beside the profile): each op's result shape, the ops a fusion holds and the JAX op that
+made it (its `op_name` metadata, which names the Flax module). Offline, e.g. on a GPU run's
+files brought back to a CPU machine:
+
+    python tools/op_profile.py /tmp/xl_profile/op_profile.json /tmp/xl_profile/train_step.hlo.txt.gz
 """
 
 import collections
 import gzip
 import json
+import re
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -148,3 +157,74 @@ def format_summary(summary: dict, top: int = 15) -> str:
             f"{r['op'][:48]:48s} {r['kernel'][:60]}"
         )
     return "\n".join(lines)
+
+
+_INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%?([\w.\-]+) = (\([^)]*\)|\S+) ([\w\-]+)\(")
+_CALLS = re.compile(r"calls=%?([\w.\-]+)")
+_OP_NAME = re.compile(r'op_name="([^"]*)"')
+
+
+def hlo_instructions(hlo_text: str) -> dict[str, dict]:
+    """{instruction name: {'shape', 'opcode', 'calls', 'op_name', 'computation'}} of an HLO
+    module's text (`compiled.as_text()`), for every computation in it."""
+    out, computation = {}, None
+    for line in hlo_text.splitlines():
+        if line.rstrip().endswith("{") and "=" not in line.split("(")[0]:
+            computation = line.split()[1 if line.startswith("ENTRY") else 0].lstrip("%")
+            continue
+        m = _INSTRUCTION.match(line)
+        if not m:
+            continue
+        calls, op_name = _CALLS.search(line), _OP_NAME.search(line)
+        out[m.group(1)] = {
+            "shape": m.group(2),
+            "opcode": m.group(3),
+            "calls": calls.group(1) if calls else None,
+            "op_name": op_name.group(1) if op_name else "",
+            "computation": computation,
+        }
+    return out
+
+
+def explain(summary: dict, hlo_text: str, top: int = 15) -> list[dict]:
+    """The top ops of `summary` with what the HLO says of them: shape, opcode, the JAX op that
+    made each, and for a fusion the opcodes of its fused computation (counted)."""
+    instructions = hlo_instructions(hlo_text)
+    body = collections.defaultdict(collections.Counter)
+    for info in instructions.values():
+        if info["opcode"] != "parameter":
+            body[info["computation"]][info["opcode"]] += 1
+    rows = []
+    for r in summary["ops"][:top]:
+        # A kernel named after its fusion inside a CUDA graph: `loop_add_fusion_3` for `.3`.
+        name = r["op"].split()[0]
+        info = instructions.get(name) or instructions.get(re.sub(r"_(\d+)$", r".\1", name))
+        row = {"op": r["op"], "ms": r["ms"], "category": r["category"]}
+        if info:
+            fused = body.get(info["calls"], collections.Counter())
+            row.update(
+                shape=info["shape"],
+                opcode=info["opcode"],
+                op_name=info["op_name"],
+                fused=dict(fused.most_common()),
+            )
+        rows.append(row)
+    return rows
+
+
+def format_explained(rows: list[dict]) -> str:
+    lines = []
+    for r in rows:
+        lines.append(f"{r['ms']:9.2f} ms {r['category']:9s} {r['op']}  {r.get('shape', '?')}")
+        if r.get("op_name"):
+            lines.append(f"{'':13s}from {r['op_name']}")
+        if r.get("fused"):
+            ops = ", ".join(f"{k} x{v}" for k, v in r["fused"].items())
+            lines.append(f"{'':13s}holds {ops}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    summary = json.loads(Path(sys.argv[1]).read_text())
+    with gzip.open(sys.argv[2], "rt") as f:
+        print(format_explained(explain(summary, f.read(), top=int((sys.argv[3:] or [25])[0]))))
