@@ -3,6 +3,8 @@
   spot-jax convert --from t5x|hf --input CKPT --output DIR [--config NAME] [--vocab-rows N]
   spot-jax export --to hf --input DIR|MODEL_DIR --output HF_DIR [--prompt FILE]
       [--frozen DIR] [--vocabulary SPM]
+  spot-jax export --to t5x --input DIR|MODEL_DIR --output T5X_MODEL_DIR [--prompt FILE]
+      [--frozen DIR] [--step N] [--dtype float32|bfloat16]
   spot-jax import-prompt --from peft ADAPTER_DIR --output FILE.npy
 
 Each takes argv and returns an exit status; bad input raises an exception whose message is
@@ -16,6 +18,7 @@ import shutil
 import numpy as np
 from etils import epath
 
+from spot_jax.train import checkpoints, frozen_checkpoint
 from spot_jax.train.checkpoints import CheckpointError, absolute_path
 
 
@@ -102,16 +105,24 @@ def convert_main(argv: list[str]) -> int:
 
 def export_main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
-        prog="spot-jax export", description="spot_jax model -> HF (+ PEFT prompt adapter)"
+        prog="spot-jax export",
+        description="spot_jax model -> HF (+ PEFT prompt adapter), or a T5X checkpoint",
     )
-    parser.add_argument("--to", dest="target", choices=("hf",), required=True)
+    parser.add_argument(
+        "--to",
+        dest="target",
+        choices=("hf", "t5x"),
+        required=True,
+        help="hf: a transformers model dir; t5x: OUTPUT/checkpoint_<step> in T5X's legacy "
+        "format, the prompt (if any) at prompt-tuning's encoder/prompt/prompt/prompt",
+    )
     parser.add_argument(
         "--input",
         required=True,
         help="a spot_jax frozen checkpoint dir, or a training MODEL_DIR: its latest trained "
         "params over the frozen weights it started from (model tuning exports the tuned model)",
     )
-    parser.add_argument("--output", required=True, help="new HF model directory")
+    parser.add_argument("--output", required=True, help="new HF model or T5X model directory")
     parser.add_argument(
         "--prompt",
         help="a [P, H] prompt (np.save file, e.g. numpy_checkpoints/checkpoint_N/"
@@ -129,7 +140,21 @@ def export_main(argv: list[str]) -> int:
         "loads from OUTPUT (default: none written)",
     )
     parser.add_argument("--vocab-rows", type=int, help="pad or slice embedding rows to N")
+    parser.add_argument(
+        "--step",
+        type=int,
+        help="t5x: the checkpoint's global step (default: the frozen weights' pretrained step "
+        "plus a MODEL_DIR's trained steps, as T5X counts)",
+    )
+    parser.add_argument(
+        "--dtype",
+        choices=("float32", "bfloat16"),
+        default="float32",
+        help="t5x: the params' saved dtype (T5X saves float32)",
+    )
     args = parser.parse_args(argv)
+    if args.target == "t5x" and args.vocabulary:
+        raise CheckpointError("--vocabulary is for --to hf (T5X's gin names the vocabulary)")
     from spot_jax.interop import hf, run_weights, t5x
 
     output = absolute_path(args.output)
@@ -145,8 +170,11 @@ def export_main(argv: list[str]) -> int:
         if kind == "spot_jax_train":
             source = source.parent.parent  # MODEL_DIR/checkpoints/<step> -> MODEL_DIR
         config, read, prompt = run_weights.read_run(source, args.frozen, log=_log)
+        frozen = args.frozen or run_weights.initial_checkpoint_of(source)
+        step = frozen_checkpoint.pretrained_step(frozen) + checkpoints.latest_train_step(source)
     else:
         config, read = hf.iter_frozen(source)
+        step = frozen_checkpoint.pretrained_step(source)
     if args.prompt:
         # Check the prompt before writing anything.
         prompt = _load_prompt(args.prompt)
@@ -166,6 +194,17 @@ def export_main(argv: list[str]) -> int:
         def read(name):
             return t5x.resize_vocab(name, base_read(name), rows)
 
+    if args.target == "t5x":
+        with _new_output(output):
+            _export_t5x(
+                read,
+                config,
+                prompt,
+                output,
+                args.step if args.step is not None else step,
+                args.dtype,
+            )
+        return 0
     with _new_output(output):
         hf.export(read, config, output, vocabulary=args.vocabulary)
         _log(f"wrote HF model {output} ({_describe(config)})")
@@ -174,6 +213,21 @@ def export_main(argv: list[str]) -> int:
             hf.export_prompt(prompt, config, output / "prompt_adapter", base_model=str(output))
             _log(f"wrote PEFT prompt adapter {output / 'prompt_adapter'} (P={prompt.shape[0]})")
     return 0
+
+
+def _export_t5x(read, config, prompt, output: epath.Path, step: int, dtype: str) -> None:
+    from spot_jax.interop import t5x, t5x_export
+    from spot_jax.models.prompted import PROMPT_PATH
+
+    shapes = dict(t5x.param_shapes(config))
+    if prompt is not None:
+        shapes[PROMPT_PATH] = tuple(prompt.shape)
+        base_read = read
+
+        def read(name):
+            return prompt if name == PROMPT_PATH else base_read(name)
+
+    t5x_export.write(read, shapes, output, step, dtype=dtype, log=_log)
 
 
 def import_prompt_main(argv: list[str]) -> int:

@@ -159,6 +159,25 @@ def test_export_of_the_model_dir_writes_the_trained_model(run, frozen, tmp_path)
         np.testing.assert_array_equal(hf.import_prompt(adapter), trained[prompted.PROMPT_PATH])
 
 
+def test_t5x_export_of_the_model_dir_is_the_trained_model_at_t5x_s_step(run, frozen, tmp_path):
+    from spot_jax.interop import t5x
+
+    name, model_dir = run
+    spot_jax("export", "--to", "t5x", "--input", model_dir, "--output", tmp_path / "t5x")
+    # T5X counts on from the frozen weights' step (0 for this seeded init) over the run's 10.
+    exported = t5x.T5XCheckpoint(tmp_path / "t5x" / "checkpoint_10")
+    assert exported.step() == 10
+    trained = trained_params(model_dir)
+    init = build(0, frozen)
+    names = set(t5x.param_shapes(config.named_config("tiny", dtype="float32")))
+    if name != "model_tune":  # the trained prompt, where prompt-tuning keeps it
+        names.add(prompted.PROMPT_PATH)
+    assert set(exported.names()) == names
+    for param in names:
+        want = trained.get(param, np.asarray(init.get(param, 0)))
+        np.testing.assert_array_equal(exported.read(param), want, err_msg=param)
+
+
 def test_a_train_checkpoint_as_initial_checkpoint_path_says_what_to_pass(run):
     _, model_dir = run
     for path in (model_dir / "checkpoints" / "10", model_dir):

@@ -1,0 +1,115 @@
+"""spot_jax -> T5X checkpoint: the real fixture converted and written back, read independently
+(plain msgpack + hand-gunzipped zarr, and flax's msgpack_restore as T5X reads it)."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import flax.serialization
+import ml_dtypes
+import msgpack
+import numpy as np
+import pytest
+from t5x_test import read_zarr, reference_read
+
+from spot_jax.interop import t5x, t5x_export
+from spot_jax.models.prompted import PROMPT_PATH
+from spot_jax.train.checkpoints import CheckpointError
+
+PT_TINY = (
+    Path(os.environ["SPOT_JAX_TEST_SHARED"])
+    / "fixtures/t5x/prompt_tuning_test_t5_1_1_tiny/checkpoint_3"
+)
+needs_fixtures = pytest.mark.skipif(not PT_TINY.exists(), reason="shared fixtures not present")
+CLI = Path(sys.executable).parent / "spot-jax"
+REPO = Path(__file__).resolve().parents[2]
+
+
+def cli(*args, ok=True):
+    command = [str(CLI)] if CLI.exists() else [sys.executable, "-m", "spot_jax.cli"]
+    result = subprocess.run(
+        [*command, *map(str, args)], capture_output=True, text=True, cwd=REPO, timeout=300
+    )
+    assert (result.returncode == 0) == ok, f"{args}\n{result.stdout}\n{result.stderr[-3000:]}"
+    return result
+
+
+def keys(tree, prefix=""):
+    if isinstance(tree, dict) and "driver" not in tree:
+        return {k for name, v in tree.items() for k in keys(v, f"{prefix}/{name}".lstrip("/"))}
+    return {prefix}
+
+
+@needs_fixtures
+def test_the_fixture_written_back_is_the_fixture_plus_the_prompt(tmp_path):
+    cli("convert", "--from", "t5x", "--input", PT_TINY, "--output", tmp_path / "frozen")
+    prompt = np.random.default_rng(0).normal(size=(3, 4)).astype(np.float32)
+    np.save(tmp_path / "prompt.npy", prompt)
+    out = tmp_path / "t5x"
+    result = cli(
+        "export", "--to", "t5x", "--input", tmp_path / "frozen", "--output", out,
+        "--prompt", tmp_path / "prompt.npy",
+    )  # fmt: skip
+    ckpt = out / "checkpoint_3"  # the fixture's global step travels through the conversion
+    assert f"wrote T5X checkpoint {ckpt}" in result.stdout
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint_3"]  # no .tmp- dir left
+
+    want = reference_read(PT_TINY / "checkpoint")
+    got = reference_read(ckpt / "checkpoint")
+    assert set(got) == set(want) | {PROMPT_PATH}
+    for name, value in want.items():
+        np.testing.assert_array_equal(got[name], value, err_msg=name)
+    np.testing.assert_array_equal(got[PROMPT_PATH], prompt)
+
+    # What T5X's Checkpointer.restore does first: flax's msgpack_restore of the file.
+    root = flax.serialization.msgpack_restore((ckpt / "checkpoint").read_bytes())
+    assert root["version"] == 3 and set(root["optimizer"]) == {"target", "state"}
+    assert int(root["optimizer"]["state"]["step"]) == 3
+    assert root["optimizer"]["state"]["step"].dtype == np.int32
+    fixture = msgpack.unpackb(
+        (PT_TINY / "checkpoint").read_bytes(), ext_hook=lambda c, d: None, strict_map_key=False
+    )
+    assert keys(root["optimizer"]["target"]) == keys(fixture["optimizer"]["target"]) | {PROMPT_PATH}
+    spec = root["optimizer"]["target"]["encoder"]["layers_0"]["mlp"]["wi_0"]["kernel"]
+    # Relative to the checkpoint dir (portable): T5X's spec for a local dir, as tensorstore's
+    # Spec.to_json writes it (a directory path ends in "/").
+    assert spec["kvstore"]["driver"] == "file"
+    assert spec["kvstore"]["path"].rstrip("/") == "target.encoder.layers_0.mlp.wi_0.kernel"
+    assert spec["driver"] == "zarr" and spec["metadata"]["compressor"]["id"] == "gzip"
+
+    # And our own T5X reader takes it back as a model.
+    again = t5x.T5XCheckpoint(ckpt)
+    assert again.step() == 3
+
+
+def test_bfloat16_export_and_chunking(tmp_path):
+    rng = np.random.default_rng(1)
+    values = {"a/kernel": rng.normal(size=(12, 8)).astype(np.float32), "b/scale": np.ones(5)}
+    shapes = {k: v.shape for k, v in values.items()}
+    ckpt = t5x_export.write(values.__getitem__, shapes, tmp_path, 7, "bfloat16", log=print)
+    array = read_zarr(Path(ckpt) / "target.a.kernel")
+    assert array.dtype == ml_dtypes.bfloat16
+    np.testing.assert_array_equal(array, values["a/kernel"].astype(ml_dtypes.bfloat16))
+    # T5X's rule: the largest chunk dim steps down through its divisors (first on ties).
+    assert t5x_export.chunk_shape((12, 8), 10) == [3, 2]
+    assert t5x_export.chunk_shape((32128, 4), 16 << 20) == [32128, 4]
+    assert t5x_export.chunk_shape((32128, 4096), (64 << 20) // 4) == [4016, 4096]
+    for shape, limit in (((12, 8), 10), ((7, 9, 10), 20), ((1,), 1)):
+        chunks = t5x_export.chunk_shape(shape, limit)
+        assert all(n % c == 0 for n, c in zip(shape, chunks, strict=True))
+
+
+def test_refusals_leave_nothing_behind(tmp_path):
+    good = {"a/kernel": np.ones((2, 3), np.float32)}
+    nan = {"a/kernel": np.ones((2, 3), np.float32), "b/kernel": np.full((2,), np.nan)}
+    with pytest.raises(CheckpointError, match="b/kernel holds NaN"):
+        t5x_export.write(nan.__getitem__, {k: v.shape for k, v in nan.items()}, tmp_path, 1)
+    with pytest.raises(CheckpointError, match=r"has shape \[2, 3\], the model needs \[3, 2\]"):
+        t5x_export.write(good.__getitem__, {"a/kernel": (3, 2)}, tmp_path, 1)
+    assert list(tmp_path.iterdir()) == []
+    t5x_export.write(good.__getitem__, {"a/kernel": (2, 3)}, tmp_path, 1, log=print)
+    with pytest.raises(CheckpointError, match="already holds a T5X checkpoint"):
+        t5x_export.write(good.__getitem__, {"a/kernel": (2, 3)}, tmp_path, 1)
+    with pytest.raises(CheckpointError, match="dtype 'float16'"):
+        t5x_export.write(good.__getitem__, {"a/kernel": (2, 3)}, tmp_path, 2, "float16")
