@@ -68,7 +68,7 @@ def _softmax_backward(probs: Array, grad: Array) -> tuple[Array]:
 softmax.defvjp(_softmax_forward, _softmax_backward)
 
 
-def _param(module: nn.Module, name: str, init, shape, logical_axes, dtype) -> Array:
+def param_with_axes(module: nn.Module, name: str, init, shape, logical_axes, dtype) -> Array:
     """Creates a param annotated with its logical axes (read back by `nn.get_partition_spec`)."""
     return module.param(name, nn.with_logical_partitioning(init, logical_axes), shape, dtype)
 
@@ -89,7 +89,7 @@ class RMSNorm(nn.Module):
     def __call__(self, x: Array) -> Array:
         x32 = jnp.asarray(x, jnp.float32)
         y = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + self.epsilon)
-        scale = _param(
+        scale = param_with_axes(
             self, "scale", nn.initializers.ones, (x.shape[-1],), (axes.EMBED,), self.param_dtype
         )
         return jnp.asarray(y, self.dtype) * jnp.asarray(scale, self.dtype)
@@ -106,7 +106,7 @@ class Dense(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
-        kernel = _param(
+        kernel = param_with_axes(
             self,
             "kernel",
             self.kernel_init,
@@ -126,7 +126,7 @@ class Embed(nn.Module):
     param_dtype: Any = jnp.float32
 
     def setup(self):
-        self.embedding = _param(
+        self.embedding = param_with_axes(
             self,
             "embedding",
             nn.initializers.normal(stddev=1.0),
@@ -138,105 +138,6 @@ class Embed(nn.Module):
     def __call__(self, ids: Array) -> Array:
         """ids: [B, T] int -> [B, T, H] in the activation dtype."""
         return jnp.asarray(jnp.take(self.embedding, ids, axis=0), self.dtype)
-
-
-def relative_position_bucket(
-    relative_position: np.ndarray, bidirectional: bool, num_buckets: int, max_distance: int
-) -> np.ndarray:
-    """T5's bucketing of `memory_position - query_position` (exact near, log-spaced far)."""
-    n = -relative_position
-    ret = np.zeros_like(n)
-    if bidirectional:
-        num_buckets //= 2
-        ret += (n < 0).astype(np.int32) * num_buckets
-        n = np.abs(n)
-    else:
-        n = np.maximum(n, 0)
-    max_exact = num_buckets // 2
-    is_small = n < max_exact
-    eps = np.finfo(np.float32).eps
-    val_if_large = max_exact + (
-        np.log(n.astype(np.float32) / max_exact + eps)
-        / np.log(max_distance / max_exact)
-        * (num_buckets - max_exact)
-    ).astype(np.int32)
-    val_if_large = np.minimum(val_if_large, num_buckets - 1)
-    return ret + np.where(is_small, n, val_if_large)
-
-
-def bucket_table(max_length: int, bidirectional: bool, num_buckets: int, max_distance: int):
-    """T5 buckets of relative positions -(max_length-1)..(max_length-1), as an int32 [2M-1] table.
-
-    Computed with numpy at trace time by `relative_position_bucket`, the function the
-    unpacked path uses, so packed and unpacked rows get bit-identical buckets.
-    """
-    relative = np.arange(-(max_length - 1), max_length)
-    table = relative_position_bucket(relative, bidirectional, num_buckets, max_distance)
-    return jnp.asarray(table, jnp.int32)
-
-
-def position_buckets(
-    q_positions: Array, k_positions: Array, table: Array, max_length: int
-) -> Array:
-    """[B, Q] x [B, K] positions -> [B, Q, K] buckets of `k_position - q_position`."""
-    relative = k_positions[:, None, :] - q_positions[:, :, None]
-    index = jnp.clip(relative + (max_length - 1), 0, 2 * max_length - 2)
-    return jnp.take(table, index, axis=0)
-
-
-class RelativePositionBias(nn.Module):
-    """Per-head scalar bias by relative-position bucket, shared by all layers of a stack."""
-
-    num_buckets: int
-    max_distance: int
-    num_heads: int
-    bidirectional: bool
-    dtype: Any = jnp.bfloat16
-    param_dtype: Any = jnp.float32
-
-    @nn.compact
-    def __call__(
-        self,
-        q_len: int,
-        k_len: int,
-        q_offset: Array | int = 0,
-        *,
-        q_positions: Array | None = None,
-        k_positions: Array | None = None,
-    ) -> Array:
-        """Returns the bias [1, heads, q_len, k_len] for queries at q_offset + arange(q_len).
-
-        With `q_positions` [B, Q] and `k_positions` [B, K] (packed rows, positions restarting
-        per segment) it returns [B, heads, Q, K] for those positions instead.
-        """
-        rel_embedding = _param(
-            self,
-            "rel_embedding",
-            nn.initializers.variance_scaling(1.0, "fan_avg", "uniform"),
-            (self.num_heads, self.num_buckets),
-            (axes.HEADS, axes.RELPOS_BUCKETS),
-            self.param_dtype,
-        )
-        if q_positions is not None:
-            full = max(q_len, k_len)
-            table = bucket_table(full, self.bidirectional, self.num_buckets, self.max_distance)
-            buckets = position_buckets(q_positions, k_positions, table, full)
-            bias = jnp.take(jnp.asarray(rel_embedding, self.dtype), buckets, axis=1)
-            return jnp.transpose(bias, (1, 0, 2, 3))
-        # Buckets are static for a static offset; in decoding the offset is traced, so bucket the
-        # whole square once (numpy, at trace time) and slice the query rows.
-        full = max(q_len, k_len)
-        positions = np.arange(full)
-        buckets = relative_position_bucket(
-            positions[None, :] - positions[:, None],
-            self.bidirectional,
-            self.num_buckets,
-            self.max_distance,
-        )
-        buckets = jnp.asarray(buckets[:, :k_len], jnp.int32)
-        buckets = jax.lax.dynamic_slice_in_dim(buckets, q_offset, q_len, axis=0)
-        bias = jnp.take(jnp.asarray(rel_embedding, self.dtype), buckets, axis=1)
-        return bias[None]
 
 
 class Kernel(nn.Module):
@@ -252,7 +153,9 @@ class Kernel(nn.Module):
     @nn.compact
     def __call__(self) -> Array:
         shape = (self.in_features, self.features)
-        return _param(self, "kernel", self.kernel_init, shape, self.kernel_axes, self.param_dtype)
+        return param_with_axes(
+            self, "kernel", self.kernel_init, shape, self.kernel_axes, self.param_dtype
+        )
 
 
 def absorbed_is_cheaper(q_len: int, k_len: int, features: int, num_heads: int, head_dim: int):

@@ -5,7 +5,6 @@ encoder also holds `encoder/prompt/prompt/prompt`. With `scan_layers` the layers
 under `encoder/layers/...` with a leading 'layers' axis (see `checkpoints` for the conversion).
 """
 
-import functools
 from typing import Any
 
 import flax.linen as nn
@@ -13,11 +12,10 @@ import jax
 import jax.numpy as jnp
 
 from spot_jax import axes
-from spot_jax.models import layers, prompts, segments
+from spot_jax.models import layers, prompts, relative_position, segments, t5_layers
 from spot_jax.models.config import T5Config
 
 Array = jax.Array
-ACT = (axes.BATCH, axes.LENGTH, axes.EMBED)
 
 
 def attention_bias(q_mask: Array, k_mask: Array) -> Array:
@@ -30,129 +28,6 @@ def causal_bias(length: int) -> Array:
     """Additive causal bias [1, 1, L, L]."""
     idx = jnp.arange(length)
     return jnp.where(idx[:, None] >= idx[None, :], 0.0, layers.NEG_INF)[None, None]
-
-
-def _relpos(config: T5Config, bidirectional: bool) -> layers.RelativePositionBias:
-    c = config
-    return layers.RelativePositionBias(
-        c.relpos_buckets,
-        c.relpos_max_distance,
-        c.num_heads,
-        bidirectional,
-        name="relpos_bias",
-        dtype=c.activation_dtype,
-        param_dtype=c.param_dtype,
-    )
-
-
-def _stack_relpos(config: T5Config, bidirectional: bool):
-    """The stack's one relative-position bias (T5 1.1), or with `relpos_per_layer` a zero bias
-    here, since each layer adds its own (`with_layer_relpos`)."""
-    if config.relpos_per_layer:
-        return lambda *args, **kwargs: jnp.zeros((1, 1, 1, 1), jnp.float32)
-    return _relpos(config, bidirectional)
-
-
-def with_layer_relpos(
-    config: T5Config, bias, q_len: int, k_len: int, bidirectional: bool, offset=0, positions=None
-):
-    """`bias` plus the calling layer's own relative-position bias (`relpos_per_layer`); called
-    inside a layer's compact `__call__`, so the table is that layer's `relpos_bias` param."""
-    relpos = _relpos(config, bidirectional)(
-        q_len, k_len, offset, q_positions=positions, k_positions=positions
-    )
-    if isinstance(bias, layers.KeyMask):
-        return layers.KeyMask(bias.bias + relpos, bias.keys)
-    return bias + relpos
-
-
-class EncoderLayer(nn.Module):
-    """Pre-norm self-attention and MLP, each with a residual."""
-
-    config: T5Config
-    deterministic: bool
-
-    @nn.compact
-    def __call__(self, x: Array, bias: Array, positions: Array | None = None) -> tuple[Array, None]:
-        c = self.config
-        kw = dict(dtype=c.activation_dtype, param_dtype=c.param_dtype)
-        drop = nn.Dropout(c.dropout_rate, broadcast_dims=(-2,))
-        if c.relpos_per_layer:
-            length = x.shape[1]
-            bias = with_layer_relpos(c, bias, length, length, True, positions=positions)
-        h = layers.RMSNorm(name="pre_attention_layer_norm", **kw)(x)
-        h = layers.MultiHeadAttention(
-            c.num_heads,
-            c.head_dim,
-            c.attention_dropout,
-            float32_logits=c.float32_attention_logits,
-            implementation=c.attention_impl,
-            fused_bias_grad=c.fused_bias_grad,
-            name="attention",
-            **kw,
-        )(h, h, bias, deterministic=self.deterministic)
-        x = layers.constrain(x + drop(h, deterministic=self.deterministic), ACT)
-        h = layers.RMSNorm(name="pre_mlp_layer_norm", **kw)(x)
-        h = layers.MlpBlock(c.mlp_dim, c.dropout_rate, name="mlp", **kw)(
-            h, deterministic=self.deterministic
-        )
-        x = layers.constrain(x + drop(h, deterministic=self.deterministic), ACT)
-        return x, None
-
-
-class DecoderLayer(nn.Module):
-    """Pre-norm causal self-attention, cross-attention and MLP."""
-
-    config: T5Config
-    deterministic: bool
-    decode: bool = False
-    max_decode_length: int | None = None  # keys of the per-layer relpos bias in decode mode
-
-    @nn.compact
-    def __call__(
-        self,
-        x: Array,
-        encoded: Array,
-        self_bias: Array,
-        cross_bias: Array,
-        positions: Array | None = None,
-        decode_position: Array | int = 0,
-    ) -> tuple[Array, None]:
-        c = self.config
-        kw = dict(dtype=c.activation_dtype, param_dtype=c.param_dtype)
-        drop = nn.Dropout(c.dropout_rate, broadcast_dims=(-2,))
-        if c.relpos_per_layer and self.decode:
-            k_len = self.max_decode_length
-            self_bias = with_layer_relpos(c, self_bias, 1, k_len, False, decode_position)
-        elif c.relpos_per_layer:
-            length = x.shape[1]
-            self_bias = with_layer_relpos(c, self_bias, length, length, False, positions=positions)
-        attn = functools.partial(
-            layers.MultiHeadAttention,
-            c.num_heads,
-            c.head_dim,
-            c.attention_dropout,
-            float32_logits=c.float32_attention_logits,
-            implementation=c.attention_impl,
-            fused_bias_grad=c.fused_bias_grad,
-            **kw,
-        )
-        h = layers.RMSNorm(name="pre_self_attention_layer_norm", **kw)(x)
-        h = attn(name="self_attention")(
-            h, h, self_bias, deterministic=self.deterministic, decode=self.decode
-        )
-        x = layers.constrain(x + drop(h, deterministic=self.deterministic), ACT)
-        h = layers.RMSNorm(name="pre_cross_attention_layer_norm", **kw)(x)
-        h = attn(name="encoder_decoder_attention", cross_projection=c.cross_projection)(
-            h, encoded, cross_bias, deterministic=self.deterministic
-        )
-        x = layers.constrain(x + drop(h, deterministic=self.deterministic), ACT)
-        h = layers.RMSNorm(name="pre_mlp_layer_norm", **kw)(x)
-        h = layers.MlpBlock(c.mlp_dim, c.dropout_rate, name="mlp", **kw)(
-            h, deterministic=self.deterministic
-        )
-        x = layers.constrain(x + drop(h, deterministic=self.deterministic), ACT)
-        return x, None
 
 
 def _stack(layer_cls, config: T5Config, num_layers: int, num_broadcast: int, **layer_kw):
@@ -232,9 +107,11 @@ class Encoder(nn.Module):
                 mask = prompts.with_prompt_mask(tokens, self.prompt_length)
         # Dropout after the prompt is added, as prompt-tuning's PromptEncoder does.
         x = nn.Dropout(c.dropout_rate, broadcast_dims=(-2,))(embedded, deterministic=deterministic)
-        x = layers.constrain(x.astype(c.activation_dtype), ACT)
+        x = layers.constrain(x.astype(c.activation_dtype), t5_layers.ACT)
         length = x.shape[1]
-        rel = _stack_relpos(c, True)(length, length, q_positions=positions, k_positions=positions)
+        rel = relative_position.stack_bias(c, True)(
+            length, length, q_positions=positions, k_positions=positions
+        )
         per_layer = (positions,) if c.relpos_per_layer else ()
         if segment_ids is None and c.attention_padding == "key_mask":
             bias = layers.KeyMask(rel, mask)
@@ -243,7 +120,11 @@ class Encoder(nn.Module):
         else:
             bias = segments.segment_bias(segment_ids, segment_ids) + rel
         x = _stack(
-            EncoderLayer, c, c.num_encoder_layers, 1 + len(per_layer), deterministic=deterministic
+            t5_layers.EncoderLayer,
+            c,
+            c.num_encoder_layers,
+            1 + len(per_layer),
+            deterministic=deterministic,
         )(x, bias, *per_layer)
         x = layers.RMSNorm(name="encoder_norm", **kw)(x)
         x = nn.Dropout(c.dropout_rate)(x, deterministic=deterministic)
@@ -285,8 +166,8 @@ class Decoder(nn.Module):
         c = self.config
         kw = dict(dtype=c.activation_dtype, param_dtype=c.param_dtype)
         x = nn.Dropout(c.dropout_rate, broadcast_dims=(-2,))(embedded, deterministic=deterministic)
-        x = layers.constrain(x.astype(c.activation_dtype), ACT)
-        relpos = _stack_relpos(c, False)
+        x = layers.constrain(x.astype(c.activation_dtype), t5_layers.ACT)
+        relpos = relative_position.stack_bias(c, False)
         length = x.shape[1]
         if segment_ids is not None:
             if decode:
@@ -312,7 +193,7 @@ class Decoder(nn.Module):
         if c.relpos_per_layer:
             per_layer = (positions, jnp.asarray(decode_position, jnp.int32))
         x = _stack(
-            DecoderLayer,
+            t5_layers.DecoderLayer,
             c,
             c.num_decoder_layers,
             3 + len(per_layer),

@@ -1,0 +1,113 @@
+"""The T5 1.1 encoder and decoder layers: pre-norm attention and gated-GELU MLP blocks, each
+with a residual, under T5X's names (`layers_<i>/attention`, `pre_mlp_layer_norm`, ...).
+
+`t5.py` stacks them, in a loop or a scan, with remat.
+"""
+
+import functools
+
+import flax.linen as nn
+import jax
+
+from spot_jax import axes
+from spot_jax.models import layers, relative_position
+from spot_jax.models.config import T5Config
+
+Array = jax.Array
+# The activations' logical axes at block boundaries.
+ACT = (axes.BATCH, axes.LENGTH, axes.EMBED)
+
+
+class EncoderLayer(nn.Module):
+    """Pre-norm self-attention and MLP, each with a residual."""
+
+    config: T5Config
+    deterministic: bool
+
+    @nn.compact
+    def __call__(self, x: Array, bias: Array, positions: Array | None = None) -> tuple[Array, None]:
+        c = self.config
+        kw = dict(dtype=c.activation_dtype, param_dtype=c.param_dtype)
+        drop = nn.Dropout(c.dropout_rate, broadcast_dims=(-2,))
+        if c.relpos_per_layer:
+            length = x.shape[1]
+            bias = relative_position.with_layer_bias(
+                c, bias, length, length, True, positions=positions
+            )
+        h = layers.RMSNorm(name="pre_attention_layer_norm", **kw)(x)
+        h = layers.MultiHeadAttention(
+            c.num_heads,
+            c.head_dim,
+            c.attention_dropout,
+            float32_logits=c.float32_attention_logits,
+            implementation=c.attention_impl,
+            fused_bias_grad=c.fused_bias_grad,
+            name="attention",
+            **kw,
+        )(h, h, bias, deterministic=self.deterministic)
+        x = layers.constrain(x + drop(h, deterministic=self.deterministic), ACT)
+        h = layers.RMSNorm(name="pre_mlp_layer_norm", **kw)(x)
+        h = layers.MlpBlock(c.mlp_dim, c.dropout_rate, name="mlp", **kw)(
+            h, deterministic=self.deterministic
+        )
+        x = layers.constrain(x + drop(h, deterministic=self.deterministic), ACT)
+        return x, None
+
+
+class DecoderLayer(nn.Module):
+    """Pre-norm causal self-attention, cross-attention and MLP."""
+
+    config: T5Config
+    deterministic: bool
+    decode: bool = False
+    max_decode_length: int | None = None  # keys of the per-layer relpos bias in decode mode
+
+    @nn.compact
+    def __call__(
+        self,
+        x: Array,
+        encoded: Array,
+        self_bias: Array,
+        cross_bias: Array,
+        positions: Array | None = None,
+        decode_position: Array | int = 0,
+    ) -> tuple[Array, None]:
+        c = self.config
+        kw = dict(dtype=c.activation_dtype, param_dtype=c.param_dtype)
+        drop = nn.Dropout(c.dropout_rate, broadcast_dims=(-2,))
+        if c.relpos_per_layer and self.decode:
+            k_len = self.max_decode_length
+            self_bias = relative_position.with_layer_bias(
+                c, self_bias, 1, k_len, False, decode_position
+            )
+        elif c.relpos_per_layer:
+            length = x.shape[1]
+            self_bias = relative_position.with_layer_bias(
+                c, self_bias, length, length, False, positions=positions
+            )
+        attn = functools.partial(
+            layers.MultiHeadAttention,
+            c.num_heads,
+            c.head_dim,
+            c.attention_dropout,
+            float32_logits=c.float32_attention_logits,
+            implementation=c.attention_impl,
+            fused_bias_grad=c.fused_bias_grad,
+            **kw,
+        )
+        h = layers.RMSNorm(name="pre_self_attention_layer_norm", **kw)(x)
+        h = attn(name="self_attention")(
+            h, h, self_bias, deterministic=self.deterministic, decode=self.decode
+        )
+        x = layers.constrain(x + drop(h, deterministic=self.deterministic), ACT)
+        h = layers.RMSNorm(name="pre_cross_attention_layer_norm", **kw)(x)
+        h = attn(name="encoder_decoder_attention", cross_projection=c.cross_projection)(
+            h, encoded, cross_bias, deterministic=self.deterministic
+        )
+        x = layers.constrain(x + drop(h, deterministic=self.deterministic), ACT)
+        h = layers.RMSNorm(name="pre_mlp_layer_norm", **kw)(x)
+        h = layers.MlpBlock(c.mlp_dim, c.dropout_rate, name="mlp", **kw)(
+            h, deterministic=self.deterministic
+        )
+        x = layers.constrain(x + drop(h, deterministic=self.deterministic), ACT)
+        return x, None
