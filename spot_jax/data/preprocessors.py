@@ -16,13 +16,13 @@ prompts trained with T5X:
                     glue/stsb/wsc/record formats above do not collapse)
 
 Besides those, `remove_task_prefix` (prompt tuning's "taskless" variant) and `few_shot`
-(seeded k-shot subsets) work on any of the tasks, and `span_corruption` / `prefix_lm` are T5's
-unsupervised C4 objectives over token ids (built from `denoising`).
+(seeded k-shot subsets) work on any of the tasks. T5's unsupervised C4 objectives over token ids
+(`span_corruption`, `prefix_lm`) are in `denoising`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import seqio
 import tensorflow as tf
@@ -352,78 +352,6 @@ def extractive_qa(benchmark_name: str, question, context, answers) -> dict:
         "targets": first,
         "answers": answers,
     }
-
-
-def span_corruption(
-    dataset: tf.data.Dataset,
-    sequence_length: Mapping[str, int],
-    output_features: Mapping[str, seqio.Feature],
-    noise_density: float = 0.15,
-    mean_noise_span_length: float = 3.0,
-    merge_examples: bool = True,
-) -> tf.data.Dataset:
-    """T5's span corruption over tokenized `targets` (C4's text), as a seqio preprocessor.
-
-    Segments are sized so the corrupted inputs plus EOS fill `sequence_length['inputs']`
-    exactly (568 tokens for 512); the targets need `denoising.span_corruption_lengths(...)[1]`
-    (114 for 512). Sentinels count down from the vocabulary's last id. See `denoising`.
-
-    Args:
-        dataset: examples with token ids `[n]` under 'targets'.
-        sequence_length: the task feature lengths, 'inputs' and 'targets'.
-        output_features: the task's features; the sentinels are the 'targets' vocabulary's.
-        noise_density: fraction of tokens hidden.
-        mean_noise_span_length: mean tokens per hidden span.
-        merge_examples: concatenate 128 documents before splitting (T5's default).
-
-    Raises:
-        ValueError: when the targets length cannot hold the hidden spans.
-    """
-    from spot_jax.data import denoising
-
-    segment, needed = denoising.span_corruption_lengths(
-        _feature_length(sequence_length, "inputs"), noise_density, mean_noise_span_length
-    )
-    if _feature_length(sequence_length, "targets") < needed:
-        raise ValueError(
-            f"Span corruption with inputs length {sequence_length['inputs']} needs targets "
-            f"length >= {needed}; raise TASK_FEATURE_LENGTHS['targets'] to {needed}."
-        )
-    dataset = denoising.select_random_chunk(dataset, "targets")
-    if merge_examples:
-        dataset = denoising.concat_documents(dataset, "targets")
-    dataset = denoising.split_tokens(dataset, "targets", segment)
-    vocabulary = output_features["targets"].vocabulary
-    return denoising.corrupt_spans(dataset, vocabulary, noise_density, mean_noise_span_length)
-
-
-def prefix_lm(
-    dataset: tf.data.Dataset,
-    sequence_length: Mapping[str, int],
-    output_features: Mapping[str, seqio.Feature],
-) -> tf.data.Dataset:
-    """T5's prefix LM over tokenized `targets`: a random prefix in, the rest out.
-
-    Documents are cut into segments of `sequence_length['inputs'] - 1` tokens (room for EOS);
-    each is split at a uniformly random point. Targets longer than
-    `sequence_length['targets']` are trimmed by `append_eos_after_trim`, as in T5.
-    """
-    del output_features
-    from spot_jax.data import denoising
-
-    dataset = denoising.select_random_chunk(dataset, "targets")
-    length = max(_feature_length(sequence_length, "inputs") - 1, 1)
-    dataset = denoising.split_tokens(dataset, "targets", length)
-    return denoising.split_prefix(dataset)
-
-
-def _feature_length(sequence_length: Mapping[str, int] | None, key: str) -> int:
-    if not sequence_length or sequence_length.get(key) is None:
-        raise ValueError(
-            f"The C4 objectives need a fixed {key!r} length; pass sequence_length (e.g. "
-            "TASK_FEATURE_LENGTHS={'inputs': 512, 'targets': 114})."
-        )
-    return int(sequence_length[key])
 
 
 @seqio.map_over_dataset

@@ -7,7 +7,7 @@ pytestmark = pytest.mark.tf
 seqio = pytest.importorskip("seqio")
 tf = pytest.importorskip("tensorflow")
 
-from spot_jax.data import denoising, preprocessors  # noqa: E402
+from spot_jax.data import denoising  # noqa: E402
 
 VOCAB_SIZE = 1000  # sentinels are 999, 998, ...; document tokens stay below 900
 VOCAB = seqio.PassThroughVocabulary(size=VOCAB_SIZE)
@@ -32,7 +32,7 @@ def _dataset(docs):
 def _span_corrupt(docs, seed=7, lengths=None, **kwargs):
     lengths = lengths or {"inputs": 64, "targets": 16}
     with seqio.utils.map_seed_manager(seed):
-        ds = preprocessors.span_corruption(_dataset(docs), lengths, FEATURES, **kwargs)
+        ds = denoising.span_corruption(_dataset(docs), lengths, FEATURES, **kwargs)
     return [(x["inputs"], x["targets"]) for x in ds.as_numpy_iterator()]
 
 
@@ -123,7 +123,7 @@ def test_span_corruption_refuses_a_short_targets_length():
 def test_prefix_lm_splits_each_segment_once():
     docs = _documents([200, 5, 63, 2])
     with seqio.utils.map_seed_manager(1):
-        ds = preprocessors.prefix_lm(_dataset(docs), {"inputs": 64, "targets": 64}, FEATURES)
+        ds = denoising.prefix_lm(_dataset(docs), {"inputs": 64, "targets": 64}, FEATURES)
     examples = list(ds.as_numpy_iterator())
     # No concatenation: each document is cut into 63-token segments on its own.
     assert len(examples) == 4 + 1 + 1 + 1

@@ -19,7 +19,7 @@ import functools
 
 import seqio
 
-from spot_jax.data import preprocessors
+from spot_jax.data import denoising
 from spot_jax.data.tasks import base
 
 C4_TFDS = "c4/en:3.1.0"
@@ -31,8 +31,8 @@ _SPLITS = {"train": "train", "validation": "validation"}
 C4_TRAIN_DOCUMENTS = 364_868_892
 
 OBJECTIVES = {
-    SPAN_CORRUPTION_NAME: preprocessors.span_corruption,
-    PREFIX_LM_NAME: preprocessors.prefix_lm,
+    SPAN_CORRUPTION_NAME: denoising.span_corruption,
+    PREFIX_LM_NAME: denoising.prefix_lm,
 }
 
 
