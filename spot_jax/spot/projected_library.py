@@ -48,7 +48,7 @@ def train_projector(
       steps, learning_rate, hidden, activation, seed: see `projection.train_*`.
       bindings: extra gin bindings for gin-file targets.
     """
-    from spot_jax.spot import zero_shot
+    from spot_jax.spot import transfer_target
 
     src = source if isinstance(source, library_lib.Library) else library_lib.Library(source)
     record = src.model()
@@ -68,7 +68,7 @@ def train_projector(
         info = {"objective": "distance", "tasks": tasks}
     else:
         loaded = [
-            zero_shot.load_target(name, path, [] if epath.Path(path).is_dir() else bindings)
+            transfer_target.load_target(name, path, [] if epath.Path(path).is_dir() else bindings)
             for name, path in targets
         ]
         for (name, path), target_ in zip(targets, loaded, strict=True):

@@ -212,8 +212,8 @@ def train_task(
     Args:
       spec: the projector; `spec.target` must be the targets' frozen model.
       sources: model A's prompt [P_a, H_a] for each target task.
-      targets: `spot_jax.spot.zero_shot.Target`s (model B on each task, e.g. from
-        `zero_shot.load_target(name, run_dir_or_gin)`); their train splits are read.
+      targets: `spot_jax.spot.transfer_target.Target`s (model B on each task, e.g. from
+        `transfer_target.load_target(name, run_dir_or_gin)`); their train splits are read.
       steps: optimizer steps.
       learning_rate: AdamW's rate (Su et al.: 0.005).
       seed: projector init and data shuffle seed.

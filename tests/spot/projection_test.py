@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from spot_jax.spot import commands, library, projected_library, projection, zero_shot
+from spot_jax.spot import commands, library, projected_library, projection, transfer_target
 from spot_jax.spot import runs as runs_lib
 
 REPO = Path(__file__).resolve().parents[2]
@@ -95,14 +95,14 @@ def test_distance_training_lowers_the_distance_and_round_trips(tmp_path):
 
 def test_task_loss_training_lowers_the_target_models_loss(libs):
     root, lib_a, _ = libs
-    target = zero_shot.load_target("b", root / "b1", eval_steps=2)
+    target = transfer_target.load_target("b", root / "b1", eval_steps=2)
     record = projection.model_record(
         target.t5_config, target.prompt_length, target.initial_checkpoint_path, target.seed
     )
     assert record["fingerprint"] == runs_lib.run_info(root / "b1")["fingerprint"]
     spec = projection.ProjectorSpec(lib_a.model(), record, hidden=16)
     source = lib_a.get("a1").prompt()
-    evaluate = zero_shot.Evaluator(target)
+    evaluate = transfer_target.Evaluator(target)
     before = evaluate(projection.project(spec, projection.init_params(spec), source), False)
     params, losses = projection.train_task(spec, [source], [target], steps=12, learning_rate=0.05)
     after = evaluate(projection.project(spec, params, source), False)

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from spot_jax.spot import commands, library, zero_shot
+from spot_jax.spot import commands, library, transfer_target, zero_shot
 from spot_jax.spot import runs as runs_lib
 
 REPO = Path(__file__).resolve().parents[2]
@@ -103,11 +103,11 @@ def test_relative_needs_a_nonzero_own_score():
 
 
 def test_target_specs():
-    assert zero_shot.parse_target_spec("t=/x/run") == ("t", "/x/run")
-    assert zero_shot.parse_target_spec("/x/run/") == ("run", "/x/run/")
-    assert zero_shot.parse_target_spec("test/tiny_prompt.gin") == (
+    assert transfer_target.parse_target_spec("t=/x/run") == ("t", "/x/run")
+    assert transfer_target.parse_target_spec("/x/run/") == ("run", "/x/run/")
+    assert transfer_target.parse_target_spec("test/tiny_prompt.gin") == (
         "tiny_prompt",
         "test/tiny_prompt.gin",
     )
     with pytest.raises(ValueError, match="neither a run directory nor a gin file"):
-        zero_shot.load_target("t", "/no/such/thing")
+        transfer_target.load_target("t", "/no/such/thing")
