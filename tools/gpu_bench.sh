@@ -2,11 +2,13 @@
 # The prepared GPU runs, in calls of the device tool (each call <= 10 minutes; a session has
 # 15 minutes of device time, each machine start ~35 s). PARTS picks, in this order:
 #   xl     train step, --scan, no remat (else --remat dots), cuDNN attention, vs HF PEFT
-#          (open goals: >= 3x PEFT, >= 50% MFU; 2.79x / 37.8% on 2026-11-27), profiled; then
-#          the same step unscanned (no per-layer stacking copies: 10% of the scanned step's
-#          kernel time); ~250 s
+#          (open goals: >= 3x PEFT, >= 50% MFU; 2.79x / 37.8% on 2026-11-27), A/B against
+#          recompute_elementwise=False (autodiff's residuals, as measured then: 2.4 GB a layer
+#          of which the scan writes and reads stacks), profiled; then the same step unscanned
+#          (no per-layer stacking copies); ~460 s
 #   xxl    train step at batch 32, --scan --remat dots, cuDNN attention (goals met on
-#          2026-11-27: 50.4% MFU in 65.8 GB); ~120 s
+#          2026-11-27: 50.4% MFU in 65.8 GB), then --remat none (no attention recomputed; the
+#          leaner residuals may fit it); ~260 s
 #   large  train step, --scan, cuDNN attention, vs HF PEFT (goal met: 3.71x), + scan_unroll=2;
 #          NOGRAPH=1 adds it without CUDA graphs; ~170 s
 #   eval   base size: fresh init's build time (own vs scanned twin), decode (greedy, 32 tokens, vs HF generate), rank classification (3 labels,
@@ -18,9 +20,9 @@
 # The eval lines never ran before 2026-11-27's second session: each stalled compiling the
 # unscanned base model's fresh init (threefry draws per layer; spot_jax/train/fresh_init.py
 # now draws it as the scanned twin), so their time is a guess.
-# Next session: call 1 `mkdir -p /tmp/prof; PROF=/tmp/prof PARTS=xl BUDGET=330` (timeout 370:
-# the open XL goals; unscanned XL drops the scan's stacking copies and zero-filled stacks),
-# call 2 `PARTS=eval BUDGET=400` (timeout 440) with what is left.
+# Next session: call 1 `mkdir -p /tmp/prof; PROF=/tmp/prof PARTS=xl BUDGET=470` (timeout 500:
+# the open XL goals), call 2 at once (the machine stays warm 30 s) `PARTS=eval BUDGET=300`
+# (timeout 330), then give_back; xxl in a later session.
 # Results go to ${OUT:-/tmp}/bench.jsonl, the log to ${OUT:-/tmp}/bench.log, and the large and
 # xl steps' device time by kernel to ${PROF:-$OUT}/{large,xl}_profile/op_profile.json, copied
 # to $OUT/{large,xl}_profile.json at exit with the step's optimised HLO ({..}_profile.hlo.txt.gz:
@@ -68,7 +70,8 @@ if has xl; then
   # is emptied, not an H100's 80 GB); dots remat (32 GB) otherwise or on failure.
   GPU_MIB=$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits | head -1)
   if [ "${GPU_MIB:-0}" -gt 110000 ]; then
-    run 230 --size xl --scan --remat none $big --attention $ATT --profile "$PROF/xl_profile"
+    run 260 --size xl --scan --remat none $big --attention $ATT \
+      --baseline recompute_elementwise=False --profile "$PROF/xl_profile"
   fi
   timed xl || run 200 --size xl --scan --remat dots $big --attention $ATT --profile "$PROF/xl_profile"
   # Unscanned: each layer's saved activations are arrays of their own, not slices of stacks
@@ -79,7 +82,8 @@ if has xl; then
     --profile "$PROF/xl_unscanned_profile"
 fi
 if has xxl; then
-  run 150 --size xxl --scan --remat dots --targets 32 --steps 5 --repeats 2 --attention $ATT
+  run 130 --size xxl --scan --remat dots --targets 32 --steps 5 --repeats 2 --attention $ATT
+  run 130 --size xxl --scan --remat none --targets 32 --steps 5 --repeats 2 --attention $ATT
 fi
 if has large; then
   run 170 --size large --scan $big --baseline scan_unroll=2 --attention $ATT \

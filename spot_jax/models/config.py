@@ -59,6 +59,11 @@ class T5Config:
         bias gradient: 'auto' (only where the bias is differentiated, i.e. a trainable
         relative-position table; prompt tuning's frozen one needs none) or 'always' (JAX's
         default: for every bias, a [B, heads, L, L] gradient reduced and thrown away).
+      recompute_elementwise: the backward pass recomputes the layer norms' and the gated
+        GELU's elementwise intermediates from their inputs instead of keeping autodiff's
+        residuals (`layers._recomputed_gated_gelu`): a scanned stack then saves 2 [B, L, mlp]
+        arrays a layer instead of 7, and bfloat16 norm inputs instead of float32 copies. Same
+        loss and gradients.
     """
 
     vocab_size: int = 32128
@@ -84,6 +89,7 @@ class T5Config:
     attention_padding: str = "key_mask"
     cross_projection: str = "auto"
     fused_bias_grad: str = "auto"
+    recompute_elementwise: bool = True
 
     def __post_init__(self):
         if self.attention_impl not in ("xla", "cudnn"):

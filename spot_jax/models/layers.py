@@ -12,6 +12,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import ad_checkpoint
 
 from spot_jax import axes
 from spot_jax.models import fused_attention
@@ -78,21 +79,54 @@ def constrain(x: Array, logical_axes: tuple[str | None, ...]) -> Array:
     return nn.with_logical_constraint(x, logical_axes)
 
 
+# Saved by `_rms_norm` for the backward pass besides its inputs: the rows' [.., 1] statistic.
+RMS_STATISTIC = "rms_norm_rsqrt"
+
+
+def _rms_norm(x: Array, scale: Array, epsilon: float, dtype) -> Array:
+    x32 = jnp.asarray(x, jnp.float32)
+    rsqrt = jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + epsilon)
+    rsqrt = ad_checkpoint.checkpoint_name(rsqrt, RMS_STATISTIC)
+    return jnp.asarray(x32 * rsqrt, dtype) * jnp.asarray(scale, dtype)
+
+
+def _gated_gelu(gate: Array, linear: Array) -> Array:
+    # flax's gelu defaults to the tanh approximation, as T5X (and HF's gelu_new) use.
+    return nn.gelu(gate) * linear
+
+
+# Elementwise blocks whose backward pass recomputes their intermediates from their inputs.
+# Autodiff saves what its derivative rules read: for the gated GELU five [B, L, mlp] arrays
+# besides the two inputs (x^2, tanh, 1 - tanh^2, ...), for the norm its float32 copy of x. A
+# scanned stack writes every saved array into a per-layer stack and reads it back (XL, no
+# remat: ~2.4 GB a layer, 10% of the step in those copies on an H200), where XLA fuses the
+# recomputation into the backward kernels that read the inputs anyway. Same values.
+_recomputed_rms_norm = jax.checkpoint(
+    _rms_norm,
+    static_argnums=(2, 3),
+    policy=jax.checkpoint_policies.save_only_these_names(RMS_STATISTIC),
+)
+_recomputed_gated_gelu = jax.checkpoint(_gated_gelu)
+
+
 class RMSNorm(nn.Module):
-    """T5 layer norm: scale only, no mean subtraction, statistics in float32."""
+    """T5 layer norm: scale only, no mean subtraction, statistics in float32.
+
+    `recompute`: the backward pass keeps x and the per-row statistic and recomputes the rest
+    (`_recomputed_rms_norm`); False: autodiff's residuals (a float32 copy of x)."""
 
     dtype: Any = jnp.bfloat16
     param_dtype: Any = jnp.float32
     epsilon: float = 1e-6
+    recompute: bool = True
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
-        x32 = jnp.asarray(x, jnp.float32)
-        y = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + self.epsilon)
         scale = param_with_axes(
             self, "scale", nn.initializers.ones, (x.shape[-1],), (axes.EMBED,), self.param_dtype
         )
-        return jnp.asarray(y, self.dtype) * jnp.asarray(scale, self.dtype)
+        norm = _recomputed_rms_norm if self.recompute else _rms_norm
+        return norm(x, scale, self.epsilon, jnp.dtype(self.dtype))
 
 
 class Dense(nn.Module):
@@ -344,20 +378,23 @@ class MultiHeadAttention(nn.Module):
 
 
 class MlpBlock(nn.Module):
-    """Gated GELU: gelu(x @ wi_0) * (x @ wi_1) -> dropout -> wo."""
+    """Gated GELU: gelu(x @ wi_0) * (x @ wi_1) -> dropout -> wo.
+
+    `recompute`: the backward pass keeps the two projections and recomputes the GELU from them
+    (`_recomputed_gated_gelu`); False: autodiff's residuals (seven [B, L, mlp] arrays)."""
 
     mlp_dim: int
     dropout_rate: float = 0.0
     dtype: Any = jnp.bfloat16
     param_dtype: Any = jnp.float32
+    recompute: bool = True
 
     @nn.compact
     def __call__(self, x: Array, *, deterministic: bool) -> Array:
         dense = functools.partial(Dense, dtype=self.dtype, param_dtype=self.param_dtype)
         gate = dense(self.mlp_dim, kernel_axes=(axes.EMBED, axes.MLP), name="wi_0")(x)
         linear = dense(self.mlp_dim, kernel_axes=(axes.EMBED, axes.MLP), name="wi_1")(x)
-        # flax's gelu defaults to the tanh approximation, as T5X (and HF's gelu_new) use.
-        h = nn.gelu(gate) * linear
+        h = (_recomputed_gated_gelu if self.recompute else _gated_gelu)(gate, linear)
         h = nn.Dropout(self.dropout_rate, broadcast_dims=(-2,))(h, deterministic=deterministic)
         h = constrain(h, (axes.BATCH, axes.LENGTH, axes.MLP))
         return dense(x.shape[-1], kernel_axes=(axes.MLP, axes.EMBED), name="wo")(h)

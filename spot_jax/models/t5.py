@@ -126,7 +126,7 @@ class Encoder(nn.Module):
             1 + len(per_layer),
             deterministic=deterministic,
         )(x, bias, *per_layer)
-        x = layers.RMSNorm(name="encoder_norm", **kw)(x)
+        x = layers.RMSNorm(name="encoder_norm", recompute=c.recompute_elementwise, **kw)(x)
         x = nn.Dropout(c.dropout_rate)(x, deterministic=deterministic)
         # Zero the outputs at padding, as prompt-tuning's encoder does.
         return x * (mask > 0)[..., None].astype(x.dtype)
@@ -201,7 +201,7 @@ class Decoder(nn.Module):
             decode=decode,
             max_decode_length=max_decode_length,
         )(x, encoded, self_bias, cross_bias, *per_layer)
-        x = layers.RMSNorm(name="decoder_norm", **kw)(x)
+        x = layers.RMSNorm(name="decoder_norm", recompute=c.recompute_elementwise, **kw)(x)
         x = nn.Dropout(c.dropout_rate, broadcast_dims=(-2,))(x, deterministic=deterministic)
         if hidden_only:
             return x

@@ -34,7 +34,9 @@ class EncoderLayer(nn.Module):
             bias = relative_position.with_layer_bias(
                 c, bias, length, length, True, positions=positions
             )
-        h = layers.RMSNorm(name="pre_attention_layer_norm", **kw)(x)
+        h = layers.RMSNorm(
+            name="pre_attention_layer_norm", recompute=c.recompute_elementwise, **kw
+        )(x)
         h = layers.MultiHeadAttention(
             c.num_heads,
             c.head_dim,
@@ -46,10 +48,10 @@ class EncoderLayer(nn.Module):
             **kw,
         )(h, h, bias, deterministic=self.deterministic)
         x = layers.constrain(x + drop(h, deterministic=self.deterministic), ACT)
-        h = layers.RMSNorm(name="pre_mlp_layer_norm", **kw)(x)
-        h = layers.MlpBlock(c.mlp_dim, c.dropout_rate, name="mlp", **kw)(
-            h, deterministic=self.deterministic
-        )
+        h = layers.RMSNorm(name="pre_mlp_layer_norm", recompute=c.recompute_elementwise, **kw)(x)
+        h = layers.MlpBlock(
+            c.mlp_dim, c.dropout_rate, name="mlp", recompute=c.recompute_elementwise, **kw
+        )(h, deterministic=self.deterministic)
         x = layers.constrain(x + drop(h, deterministic=self.deterministic), ACT)
         return x, None
 
@@ -95,19 +97,23 @@ class DecoderLayer(nn.Module):
             fused_bias_grad=c.fused_bias_grad,
             **kw,
         )
-        h = layers.RMSNorm(name="pre_self_attention_layer_norm", **kw)(x)
+        h = layers.RMSNorm(
+            name="pre_self_attention_layer_norm", recompute=c.recompute_elementwise, **kw
+        )(x)
         h = attn(name="self_attention")(
             h, h, self_bias, deterministic=self.deterministic, decode=self.decode
         )
         x = layers.constrain(x + drop(h, deterministic=self.deterministic), ACT)
-        h = layers.RMSNorm(name="pre_cross_attention_layer_norm", **kw)(x)
+        h = layers.RMSNorm(
+            name="pre_cross_attention_layer_norm", recompute=c.recompute_elementwise, **kw
+        )(x)
         h = attn(name="encoder_decoder_attention", cross_projection=c.cross_projection)(
             h, encoded, cross_bias, deterministic=self.deterministic
         )
         x = layers.constrain(x + drop(h, deterministic=self.deterministic), ACT)
-        h = layers.RMSNorm(name="pre_mlp_layer_norm", **kw)(x)
-        h = layers.MlpBlock(c.mlp_dim, c.dropout_rate, name="mlp", **kw)(
-            h, deterministic=self.deterministic
-        )
+        h = layers.RMSNorm(name="pre_mlp_layer_norm", recompute=c.recompute_elementwise, **kw)(x)
+        h = layers.MlpBlock(
+            c.mlp_dim, c.dropout_rate, name="mlp", recompute=c.recompute_elementwise, **kw
+        )(h, deterministic=self.deterministic)
         x = layers.constrain(x + drop(h, deterministic=self.deterministic), ACT)
         return x, None
