@@ -250,3 +250,21 @@ metadata={op_name="jit(train_step)/encoder/layers_0/mlp/mul"}
     assert "shape" not in third and third["ms"] == 0.5
     text = op_profile.format_explained([first])
     assert "from jit(train_step)/encoder/layers_0/mlp/mul" in text and "multiply x1" in text
+
+
+def test_step_memory_reads_xla_memory_analysis_from_shapes(capsys):
+    spec = importlib.util.spec_from_file_location("step_memory", TOOL.parent / "step_memory.py")
+    step_memory = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(step_memory)
+    args = ["--size=tiny", "--batch=2", "--inputs=16", "--targets=4", "--prompt-length=3"]
+    (_, lean), (_, autodiff) = step_memory.measure(
+        [*args, "--scan", "--set", "recompute_elementwise=False"]
+    )
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("tiny batch 2, inputs 16 + prompt 3") and len(out) == 3
+    assert "recompute_elementwise=False" in out[2]
+    # A scanned stack keeps 2 of the gated GELU's 7 arrays a layer, and no float32 norm copies.
+    assert 0 < lean["temporaries_gb"] < autodiff["temporaries_gb"]
+    assert lean["arguments_gb"] == autodiff["arguments_gb"] > 0
+    with pytest.raises(SystemExit, match="not a T5Config field"):
+        step_memory.measure([*args, "--set", "no_such_field=1"])
