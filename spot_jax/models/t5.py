@@ -87,7 +87,6 @@ class Encoder(nn.Module):
         the result is [B, S*P + T, H].
         """
         c = self.config
-        kw = dict(dtype=c.activation_dtype, param_dtype=c.param_dtype)
         mask = tokens if segment_ids is None else segment_ids
         if self.prompt_length:
             init = self.prompt_init or prompts.random_uniform()
@@ -126,7 +125,7 @@ class Encoder(nn.Module):
             1 + len(per_layer),
             deterministic=deterministic,
         )(x, bias, *per_layer)
-        x = layers.RMSNorm(name="encoder_norm", recompute=c.recompute_elementwise, **kw)(x)
+        x = t5_layers.norm(c, "encoder_norm")(x)
         x = nn.Dropout(c.dropout_rate)(x, deterministic=deterministic)
         # Zero the outputs at padding, as prompt-tuning's encoder does.
         return x * (mask > 0)[..., None].astype(x.dtype)
@@ -164,7 +163,6 @@ class Decoder(nn.Module):
         (prompted) segment ids, and all attention stays within a segment.
         """
         c = self.config
-        kw = dict(dtype=c.activation_dtype, param_dtype=c.param_dtype)
         x = nn.Dropout(c.dropout_rate, broadcast_dims=(-2,))(embedded, deterministic=deterministic)
         x = layers.constrain(x.astype(c.activation_dtype), t5_layers.ACT)
         relpos = relative_position.stack_bias(c, False)
@@ -201,7 +199,7 @@ class Decoder(nn.Module):
             decode=decode,
             max_decode_length=max_decode_length,
         )(x, encoded, self_bias, cross_bias, *per_layer)
-        x = layers.RMSNorm(name="decoder_norm", recompute=c.recompute_elementwise, **kw)(x)
+        x = t5_layers.norm(c, "decoder_norm")(x)
         x = nn.Dropout(c.dropout_rate, broadcast_dims=(-2,))(x, deterministic=deterministic)
         if hidden_only:
             return x

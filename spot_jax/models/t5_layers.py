@@ -18,6 +18,31 @@ Array = jax.Array
 ACT = (axes.BATCH, axes.LENGTH, axes.EMBED)
 
 
+def norm(config: T5Config, name: str) -> layers.RMSNorm:
+    """A T5 layer norm named `name`, in the config's dtypes."""
+    return layers.RMSNorm(
+        name=name,
+        dtype=config.activation_dtype,
+        param_dtype=config.param_dtype,
+        recompute=config.recompute_elementwise,
+    )
+
+
+def _mlp_residual(config: T5Config, x: Array, drop: nn.Dropout, deterministic: bool) -> Array:
+    """x + MLP(norm(x)), both layers' last block. Called inside a layer's compact `__call__`,
+    so its params are that layer's `pre_mlp_layer_norm` and `mlp`."""
+    h = norm(config, "pre_mlp_layer_norm")(x)
+    h = layers.MlpBlock(
+        config.mlp_dim,
+        config.dropout_rate,
+        name="mlp",
+        dtype=config.activation_dtype,
+        param_dtype=config.param_dtype,
+        recompute=config.recompute_elementwise,
+    )(h, deterministic=deterministic)
+    return layers.constrain(x + drop(h, deterministic=deterministic), ACT)
+
+
 class EncoderLayer(nn.Module):
     """Pre-norm self-attention and MLP, each with a residual."""
 
@@ -34,9 +59,7 @@ class EncoderLayer(nn.Module):
             bias = relative_position.with_layer_bias(
                 c, bias, length, length, True, positions=positions
             )
-        h = layers.RMSNorm(
-            name="pre_attention_layer_norm", recompute=c.recompute_elementwise, **kw
-        )(x)
+        h = norm(c, "pre_attention_layer_norm")(x)
         h = layers.MultiHeadAttention(
             c.num_heads,
             c.head_dim,
@@ -48,12 +71,7 @@ class EncoderLayer(nn.Module):
             **kw,
         )(h, h, bias, deterministic=self.deterministic)
         x = layers.constrain(x + drop(h, deterministic=self.deterministic), ACT)
-        h = layers.RMSNorm(name="pre_mlp_layer_norm", recompute=c.recompute_elementwise, **kw)(x)
-        h = layers.MlpBlock(
-            c.mlp_dim, c.dropout_rate, name="mlp", recompute=c.recompute_elementwise, **kw
-        )(h, deterministic=self.deterministic)
-        x = layers.constrain(x + drop(h, deterministic=self.deterministic), ACT)
-        return x, None
+        return _mlp_residual(c, x, drop, self.deterministic), None
 
 
 class DecoderLayer(nn.Module):
@@ -97,23 +115,14 @@ class DecoderLayer(nn.Module):
             fused_bias_grad=c.fused_bias_grad,
             **kw,
         )
-        h = layers.RMSNorm(
-            name="pre_self_attention_layer_norm", recompute=c.recompute_elementwise, **kw
-        )(x)
+        h = norm(c, "pre_self_attention_layer_norm")(x)
         h = attn(name="self_attention")(
             h, h, self_bias, deterministic=self.deterministic, decode=self.decode
         )
         x = layers.constrain(x + drop(h, deterministic=self.deterministic), ACT)
-        h = layers.RMSNorm(
-            name="pre_cross_attention_layer_norm", recompute=c.recompute_elementwise, **kw
-        )(x)
+        h = norm(c, "pre_cross_attention_layer_norm")(x)
         h = attn(name="encoder_decoder_attention", cross_projection=c.cross_projection)(
             h, encoded, cross_bias, deterministic=self.deterministic
         )
         x = layers.constrain(x + drop(h, deterministic=self.deterministic), ACT)
-        h = layers.RMSNorm(name="pre_mlp_layer_norm", recompute=c.recompute_elementwise, **kw)(x)
-        h = layers.MlpBlock(
-            c.mlp_dim, c.dropout_rate, name="mlp", recompute=c.recompute_elementwise, **kw
-        )(h, deterministic=self.deterministic)
-        x = layers.constrain(x + drop(h, deterministic=self.deterministic), ACT)
-        return x, None
+        return _mlp_residual(c, x, drop, self.deterministic), None

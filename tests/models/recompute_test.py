@@ -7,30 +7,16 @@ import dataclasses
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
+from attention_padding_test import INPUTS, PROMPT, TARGETS, _batch
 from flax import traverse_util
 
 from spot_jax.models import config, prompted
 from spot_jax.train import state as state_lib
 
-B, INPUTS, TARGETS, PROMPT = 2, 12, 6, 3
-
-
-def _batch():
-    rng = np.random.default_rng(0)
-    tokens = rng.integers(2, 512, (B, INPUTS)).astype(np.int32)
-    tokens[1, 7:] = 0
-    targets = rng.integers(2, 512, (B, TARGETS)).astype(np.int32)
-    inputs = np.concatenate([np.zeros((B, 1), np.int32), targets[:, :-1]], axis=1)
-    batch = {
-        "encoder_input_tokens": tokens,
-        "decoder_input_tokens": inputs,
-        "decoder_target_tokens": targets,
-        "decoder_loss_weights": np.ones_like(targets),
-    }
-    return {k: jnp.asarray(v) for k, v in batch.items()}
+# attention_padding_test's rows: 4 inputs of 12 tokens, padded to 12, 9, 5 and 1 at the end.
+B = 4
 
 
 def _loss_and_grads(cfg, params, batch):
