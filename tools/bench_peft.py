@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping
 
 import numpy as np
 
-from spot_jax.interop import hf
+from spot_jax.interop import hf_export
 from spot_jax.models import config as config_lib
 
 
@@ -25,7 +25,7 @@ def _prompted_model(args):
     # Frozen weights in the compute dtype (`model.to(bfloat16)`), as PEFT users run bf16.
     dtype = {"bfloat16": torch.bfloat16, "float32": torch.float32}[args.dtype]
     # The config.json `spot-jax export --to hf` writes for this model, without dropout.
-    hf_cfg = transformers.T5Config(**{**hf.hf_config(cfg), "dropout_rate": 0.0})
+    hf_cfg = transformers.T5Config(**{**hf_export.hf_config(cfg), "dropout_rate": 0.0})
     torch.manual_seed(0)
     # Initialised on the device: a 3B model's random init on the host takes most of a minute
     # of the lent GPU's time; the timed steps do not depend on where the weights were drawn.

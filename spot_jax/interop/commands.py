@@ -155,7 +155,7 @@ def export_main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     if args.target == "t5x" and args.vocabulary:
         raise CheckpointError("--vocabulary is for --to hf (T5X's gin names the vocabulary)")
-    from spot_jax.interop import hf, run_weights, t5x
+    from spot_jax.interop import hf, hf_export, run_weights, t5x
 
     output = absolute_path(args.output)
     _refuse_existing(output)
@@ -206,7 +206,7 @@ def export_main(argv: list[str]) -> int:
             )
         return 0
     with _new_output(output):
-        hf.export(read, config, output, vocabulary=args.vocabulary)
+        hf_export.export(read, config, output, vocabulary=args.vocabulary)
         _log(f"wrote HF model {output} ({_describe(config)})")
         if prompt is not None:
             # An absolute path: PEFT reads a relative one as a Hub model id.

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from spot_jax.interop import hf
+from spot_jax.interop import hf, hf_export
 from spot_jax.models.prompted import PromptedT5
 from spot_jax.train import checkpoints, frozen_checkpoint
 from spot_jax.train import state as state_lib
@@ -83,7 +83,7 @@ def test_hf_round_trip_is_bitwise(tmp_path, make_hf_model):
 
     make_hf_model(tmp_path / "hf")
     config, read = hf.read_hf(tmp_path / "hf", log=quiet)
-    hf.export(read, config, tmp_path / "out")
+    hf_export.export(read, config, tmp_path / "out")
     original = load_file(str(tmp_path / "hf" / "model.safetensors"))
     exported = load_file(str(tmp_path / "out" / "model.safetensors"))
     original = {k: v for k, v in original.items() if not k.endswith("embed_tokens.weight")}
@@ -165,7 +165,7 @@ def test_umt5_logits_match_and_round_trip_bitwise(tmp_path):
         restore(tmp_path / "frozen", shared)
 
     config, read = hf.read_hf(tmp_path / "umt5", log=quiet)
-    hf.export(read, config, tmp_path / "out")
+    hf_export.export(read, config, tmp_path / "out")
     original = load_file(str(tmp_path / "umt5" / "model.safetensors"))
     original = {k: v for k, v in original.items() if not k.endswith("embed_tokens.weight")}
     exported = load_file(str(tmp_path / "out" / "model.safetensors"))
@@ -223,7 +223,7 @@ def test_export_writes_dtype_generation_config_and_tokenizer(tmp_path, make_hf_m
         sentence_iterator=iter(words), model_prefix=str(spm)[: -len(".model")], vocab_size=20,
         pad_id=0, eos_id=1, unk_id=2, bos_id=-1, minloglevel=2,
     )  # fmt: skip
-    hf.export(read, config, tmp_path / "out", vocabulary=spm)
+    hf_export.export(read, config, tmp_path / "out", vocabulary=spm)
     written = json.loads((tmp_path / "out" / "config.json").read_text())
     assert written["dtype"] == written["torch_dtype"] == "bfloat16"
     generation = transformers.GenerationConfig.from_pretrained(tmp_path / "out")
