@@ -41,7 +41,6 @@ category (matmul, attention, fusion, copy, ...): `tools/op_profile.py`.
 
 import argparse
 import dataclasses
-import gzip
 import importlib.util
 import json
 import os
@@ -395,25 +394,13 @@ def main(argv=None) -> int:
 def _profile(args, runners) -> None:
     """One more run of spot_jax under the profiler; a failure here loses no timing above."""
     name = "spot_jax" if "spot_jax" in runners else next(k for k in runners if "spot" in k)
+    calls = args.steps if args.mode == "train" else 1
+    meta = {"impl": name, "mode": args.mode, "size": args.size}
+    meta["per"] = "step" if args.mode == "train" else "call"
     try:
-        trace, seconds = op_profile.capture(runners[name], args.profile)
-        calls = args.steps if args.mode == "train" else 1
-        summary = {"impl": name, "mode": args.mode, "size": args.size}
-        summary["per"] = "step" if args.mode == "train" else "call"
-        summary["wall_ms"] = float(seconds) * 1e3 / calls
-        summary.update(op_profile.summarize(trace, calls=calls))
+        op_profile.profile(runners[name], args.profile, calls, meta)
     except Exception as e:  # noqa: BLE001 - report and keep the benchmark's results
         print(f"profile failed: {type(e).__name__}: {e}", flush=True)
-        return
-    hlo = Path(args.profile, "train_step.hlo.txt.gz")
-    if hlo.exists():  # the top ops with their shapes, fused ops and source (op_profile.explain)
-        with gzip.open(hlo, "rt") as f:
-            summary["explained"] = op_profile.explain(summary, f.read(), top=40)
-    Path(args.profile, "op_profile.json").write_text(json.dumps(summary, indent=1))
-    print(f"{name} ({summary['per']}), trace {trace}", flush=True)
-    print(op_profile.format_summary(summary), flush=True)
-    if summary.get("explained"):
-        print(op_profile.format_explained(summary["explained"][:15]), flush=True)
 
 
 if __name__ == "__main__":

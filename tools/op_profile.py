@@ -55,6 +55,25 @@ def capture(run: Callable[[], object], log_dir: str | Path) -> tuple[Path, objec
     return traces[-1], result
 
 
+def profile(run: Callable[[], object], out_dir: str | Path, calls: int, meta: dict) -> dict:
+    """Traces `run()` (`calls` steps or calls) into `out_dir`, sums its device time by op, reads
+    the top ops against `out_dir/train_step.hlo.txt.gz` where the run wrote it (`explain`),
+    writes `out_dir/op_profile.json` and prints the tables; returns the summary."""
+    trace, seconds = capture(run, out_dir)
+    summary = {**meta, "wall_ms": float(seconds) * 1e3 / calls}
+    summary.update(summarize(trace, calls=calls))
+    hlo = Path(out_dir, "train_step.hlo.txt.gz")
+    if hlo.exists():
+        with gzip.open(hlo, "rt") as f:
+            summary["explained"] = explain(summary, f.read(), top=40)
+    Path(out_dir, "op_profile.json").write_text(json.dumps(summary, indent=1))
+    print(f"{meta.get('impl', '')} ({meta.get('per', 'call')}), trace {trace}", flush=True)
+    print(format_summary(summary), flush=True)
+    if summary.get("explained"):
+        print(format_explained(summary["explained"][:15]), flush=True)
+    return summary
+
+
 def summarize(trace: str | Path, calls: int = 1) -> dict:
     """{'device': str, 'ops': [...], 'categories': {...}, 'total_ms'} per call of the traced work.
 
