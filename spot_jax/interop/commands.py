@@ -155,6 +155,8 @@ def export_main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     if args.target == "t5x" and args.vocabulary:
         raise CheckpointError("--vocabulary is for --to hf (T5X's gin names the vocabulary)")
+    if args.step is not None and args.step < 0:
+        raise CheckpointError(f"--step {args.step}: a checkpoint's step is >= 0")
     from spot_jax.interop import hf, hf_export, run_weights, t5x
 
     output = absolute_path(args.output)

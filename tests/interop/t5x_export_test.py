@@ -82,6 +82,14 @@ def test_the_fixture_written_back_is_the_fixture_plus_the_prompt(tmp_path):
     again = t5x.T5XCheckpoint(ckpt)
     assert again.step() == 3
 
+    # --step names T5X's global step; bad requests are refused before anything is written.
+    cli("export", "--to", "t5x", "--input", tmp_path / "frozen", "--output", out / "s", "--step", 7)
+    assert t5x.T5XCheckpoint(out / "s" / "checkpoint_7").step() == 7
+    for bad, says in ((["--step", "-1"], "--step -1"), (["--vocabulary", PT_TINY], "--to hf")):
+        args = ["--input", tmp_path / "frozen", "--output", tmp_path / "bad", *bad]
+        assert says in cli("export", "--to", "t5x", *args, ok=False).stderr
+        assert not (tmp_path / "bad").exists()
+
 
 def test_bfloat16_export_and_chunking(tmp_path):
     rng = np.random.default_rng(1)
