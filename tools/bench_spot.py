@@ -19,7 +19,7 @@ from spot_jax import axes
 from spot_jax.data import packing
 from spot_jax.models import config as config_lib
 from spot_jax.models import prompted
-from spot_jax.train import optim, ranking, sharding, steps, trainer
+from spot_jax.train import initial_params, optim, ranking, sharding, steps
 from spot_jax.train import state as state_lib
 
 
@@ -49,7 +49,7 @@ class Setup:
         self.mesh = sharding.make_mesh(args.model_parallel)
         self.rules = list(axes.standard_rules())
         self.lengths = {"inputs": args.inputs, "targets": args.targets}
-        params, self.shardings = trainer.build_params(
+        params, self.shardings = initial_params.build_params(
             self.model,
             self.mesh,
             self.rules,

@@ -101,11 +101,11 @@ timeout -s ABRT 60 python3 -X faulthandler - <<'PY'
 import time
 from spot_jax import axes
 from spot_jax.models import config, prompted
-from spot_jax.train import sharding, trainer
+from spot_jax.train import initial_params, sharding
 model = prompted.PromptedT5(config.named_config("base", frozen_dtype="bfloat16"), prompt_length=100)
 for twin in (False, True):
     t = time.perf_counter()
-    trainer.build_params(model, sharding.make_mesh(1), axes.standard_rules(), batch_size=32,
+    initial_params.build_params(model, sharding.make_mesh(1), axes.standard_rules(), batch_size=32,
                          feature_lengths={"inputs": 512, "targets": 32},
                          initial_checkpoint_path=None, seed=0, init_as_scanned=twin)
     print(f"init_as_scanned={twin}: {time.perf_counter() - t:.1f} s", flush=True)

@@ -127,7 +127,7 @@ def frozen_model(model_dir: epath.PathLike) -> tuple[PromptedT5, dict]:
     from spot_jax import axes
     from spot_jax.models import config as config_lib
     from spot_jax.spot import runs as runs_lib
-    from spot_jax.train import sharding, trainer
+    from spot_jax.train import initial_params, sharding
 
     model_dir = epath.Path(model_dir)
     info = runs_lib.run_info(model_dir)
@@ -145,7 +145,7 @@ def frozen_model(model_dir: epath.PathLike) -> tuple[PromptedT5, dict]:
     gin.clear_config()
     model = PromptedT5(t5_config, info["prompt_length"])
     mesh = sharding.make_mesh(1)
-    params, _ = trainer.build_params(
+    params, _ = initial_params.build_params(
         model,
         mesh,
         axes.standard_rules(),

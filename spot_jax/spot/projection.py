@@ -225,7 +225,7 @@ def train_task(
     """
     from spot_jax import axes, data
     from spot_jax.models.prompted import PROMPT_PATH, PromptedT5
-    from spot_jax.train import sharding, state, trainer
+    from spot_jax.train import initial_params, sharding, state
 
     if len(sources) != len(targets) or not targets:
         raise ProjectionError("train_task needs one source prompt per target task")
@@ -240,7 +240,7 @@ def train_task(
             )
     model = PromptedT5(first.t5_config, first.prompt_length)
     mesh, rules = sharding.make_mesh(model_parallel), axes.standard_rules()
-    params, _ = trainer.build_params(
+    params, _ = initial_params.build_params(
         model,
         mesh,
         rules,

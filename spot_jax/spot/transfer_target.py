@@ -149,13 +149,13 @@ class Evaluator:
 
         from spot_jax import axes
         from spot_jax.models.prompted import PROMPT_PATH, PromptedT5
-        from spot_jax.train import evaluation, optim, sharding, trainer
+        from spot_jax.train import evaluation, initial_params, optim, sharding
 
         self.target = target
         self.model = PromptedT5(target.t5_config, target.prompt_length)
         self.mesh = sharding.make_mesh(model_parallel)
         self.rules = axes.standard_rules()
-        params, shardings = trainer.build_params(
+        params, shardings = initial_params.build_params(
             self.model,
             self.mesh,
             self.rules,

@@ -16,10 +16,10 @@ from the model's own init (T5X's), and a fresh init is what a pretraining run st
 
 Whatever the draw, `gpu_threefry_kernels` has JAX lower each threefry call for an NVIDIA or AMD
 GPU as one kernel (`jax_threefry_gpu_kernel_lowering`: the same bits, none of the inlined
-rounds), which `trainer.build_params` uses for its init: the model's own init keeps its values
-with a fraction of the program to compile (checked here by lowering for CUDA on a CPU; its GPU
-compile time is yet to be measured). Training steps keep JAX's default (dropout's bits stay fused
-into their consumers instead of being written out by a kernel).
+rounds), which `initial_params.build_params` uses for its init: the model's own init keeps its
+values with a fraction of the program to compile (checked here by lowering for CUDA on a CPU;
+its GPU compile time is yet to be measured). Training steps keep JAX's default (dropout's bits
+stay fused into their consumers instead of being written out by a kernel).
 """
 
 import contextlib
@@ -37,7 +37,8 @@ from spot_jax.train import state as state_lib
 def _own_init(model: PromptedT5, batch: Mapping[str, jax.Array]):
     def init(rng):
         flat = state_lib.flatten_params(nn.unbox(model.init(rng, batch)))
-        flat.pop(PROMPT_PATH, None)  # the prompt has its own initialiser (trainer.initial_prompt)
+        # The prompt has its own initialiser (initial_params.initial_prompt).
+        flat.pop(PROMPT_PATH, None)
         return flat
 
     return init

@@ -18,7 +18,14 @@ from spot_jax import axes, data
 from spot_jax.data.config import DatasetConfig
 from spot_jax.models import prompts
 from spot_jax.models.prompted import PROMPT_PATH, PromptedT5
-from spot_jax.train import checkpoints, evaluation, sharding, steps, summaries, trainer
+from spot_jax.train import (
+    checkpoints,
+    evaluation,
+    initial_params,
+    sharding,
+    steps,
+    summaries,
+)
 from spot_jax.train import optim as optim_lib
 
 
@@ -70,7 +77,7 @@ def _load(
         )
     mesh = sharding.make_mesh(model_parallel)
     rules = axes.standard_rules()
-    params, _ = trainer.build_params(
+    params, _ = initial_params.build_params(
         model,
         mesh,
         rules,

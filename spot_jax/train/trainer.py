@@ -11,20 +11,18 @@ from typing import Any
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
-import numpy as np
 import optax
 from absl import logging
 from etils import epath
 
 from spot_jax import axes, data
 from spot_jax.data.config import DatasetConfig
-from spot_jax.models.prompted import PROMPT_PATH, PromptedT5
+from spot_jax.models.prompted import PromptedT5
 from spot_jax.train import (
     checkpoints,
     evaluation,
-    fresh_init,
     frozen_checkpoint,
+    initial_params,
     optimizer_states,
     sharding,
     steps,
@@ -36,77 +34,6 @@ from spot_jax.train import state as state_lib
 
 class TrainingError(RuntimeError):
     """Training cannot go on (e.g. a non-finite loss); what was saved is intact."""
-
-
-def build_params(
-    model: PromptedT5,
-    mesh,
-    rules,
-    *,
-    batch_size: int,
-    feature_lengths: dict[str, int],
-    initial_checkpoint_path: str | None,
-    seed: int,
-    init_as_scanned: bool = False,
-):
-    """All params, flat and sharded: frozen weights restored (or seeded init) + initial prompt.
-
-    `init_as_scanned`: a fresh unscanned model is drawn as its scanned twin
-    (`fresh_init.frozen_init`: fast to compile at depth, other values than its own init).
-
-    Returns:
-      (flat params, flat shardings).
-    """
-    per_device = max(1, batch_size // mesh.shape[axes.DATA]) * mesh.shape[axes.DATA]
-    boxed = model.abstract_params(per_device, feature_lengths["inputs"], feature_lengths["targets"])
-    shardings = state_lib.flatten_params(sharding.logical_shardings(boxed, mesh, rules))
-    abstract = state_lib.flatten_params(nn.unbox(boxed))
-    abstract = {
-        k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=shardings[k])
-        for k, v in abstract.items()
-    }
-    rng_init, rng_prompt = jax.random.split(jax.random.PRNGKey(seed))
-    # Both branches make the frozen weights in this dtype directly (read or created in it),
-    # so a bf16 XXL never holds all its float32 weights at once.
-    frozen_dtype = model.config.frozen_dtype
-    if initial_checkpoint_path:
-        model_abstract = {
-            k: jax.ShapeDtypeStruct(v.shape, frozen_dtype or v.dtype, sharding=v.sharding)
-            for k, v in abstract.items()
-            if k != PROMPT_PATH
-        }
-        params = frozen_checkpoint.restore_frozen(
-            initial_checkpoint_path, model_abstract, model.config
-        )
-    else:
-        # Seeded fresh init, created directly in its shardings.
-        ids = lambda n: jnp.zeros((per_device, n), jnp.int32)  # noqa: E731
-        fake = {
-            "encoder_input_tokens": ids(feature_lengths["inputs"]),
-            "decoder_input_tokens": ids(feature_lengths["targets"]),
-            "decoder_target_tokens": ids(feature_lengths["targets"]),
-        }
-        init = fresh_init.frozen_init(model, fake, as_scanned=init_as_scanned)
-        out_shardings = {k: v for k, v in shardings.items() if k != PROMPT_PATH}
-        with sharding.active(mesh), fresh_init.gpu_threefry_kernels():
-            params = jax.jit(init, out_shardings=out_shardings)(rng_init)
-    if model.prompt_length:
-        params[PROMPT_PATH] = initial_prompt(model, params, rng_prompt, shardings[PROMPT_PATH])
-    return params, shardings
-
-
-def initial_prompt(model: PromptedT5, params, rng, prompt_sharding) -> jax.Array:
-    """Runs the prompt initialiser; those that need it get the frozen embedding table."""
-    from spot_jax.models import prompts
-
-    init = model.prompt_init or prompts.random_uniform()
-    shape = (model.prompt_length, model.config.emb_dim)
-    kwargs = {}
-    if getattr(init, "needs_embeddings", False):
-        table = params["token_embedder/embedding"]
-        kwargs["embeddings"] = sharding.to_host(table, table.sharding.mesh).astype(np.float32)
-    prompt = np.asarray(init(rng, shape, jnp.float32, **kwargs), np.float32)
-    return jax.device_put(prompt, prompt_sharding)
 
 
 def train(
@@ -178,7 +105,7 @@ def train(
     checkpoints.check_model_dir(model_dir, model.config, model.prompt_length)
 
     # -- Model and optimizer: frozen weights into their shardings, prompt initialised ---------
-    params, param_shardings = build_params(
+    params, param_shardings = initial_params.build_params(
         model,
         mesh,
         rules,

@@ -11,7 +11,7 @@ from spot_jax import axes
 from spot_jax.interop import t5x
 from spot_jax.models.config import named_config
 from spot_jax.models.prompted import PROMPT_PATH, PromptedT5, unstack_flat
-from spot_jax.train import checkpoints, sharding, trainer
+from spot_jax.train import checkpoints, initial_params, sharding, trainer
 
 PT_TINY = (
     Path(os.environ["SPOT_JAX_TEST_SHARED"])
@@ -21,7 +21,7 @@ pytestmark = pytest.mark.skipif(not PT_TINY.exists(), reason="shared fixtures no
 
 
 def build(model, mesh, path):
-    return trainer.build_params(
+    return initial_params.build_params(
         model,
         mesh,
         axes.standard_rules(),

@@ -13,7 +13,7 @@ import pytest
 from spot_jax import axes
 from spot_jax.data import DatasetConfig
 from spot_jax.models import config, prompted, prompts
-from spot_jax.train import checkpoints, optim, sharding, trainer
+from spot_jax.train import checkpoints, initial_params, optim, sharding, trainer
 from spot_jax.train import frozen_checkpoint as frozen_format
 from spot_jax.train import state as state_lib
 
@@ -27,7 +27,7 @@ def _model(prompt_init=None, **overrides):
 
 
 def _build(model, mesh, path=None, seed=0):
-    return trainer.build_params(
+    return initial_params.build_params(
         model,
         mesh,
         axes.standard_rules(),

@@ -16,12 +16,12 @@ def tiny_sharded():
 
     from spot_jax import axes
     from spot_jax.models import config, prompted
-    from spot_jax.train import sharding, trainer
+    from spot_jax.train import initial_params, sharding
 
     assert jax.device_count() == 8, "conftest sets 8 CPU devices"
     model = prompted.PromptedT5(config.named_config("tiny", dtype="float32"), prompt_length=5)
     mesh = sharding.make_mesh(2)
-    params, shardings = trainer.build_params(
+    params, shardings = initial_params.build_params(
         model,
         mesh,
         axes.standard_rules(),

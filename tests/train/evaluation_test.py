@@ -16,7 +16,7 @@ from spot_jax.data import DatasetConfig  # noqa: E402
 from spot_jax.data import tasks as spot_tasks  # noqa: E402
 from spot_jax.data.tasks import base  # noqa: E402
 from spot_jax.models import config, prompted  # noqa: E402
-from spot_jax.train import evaluation, optim, sharding, trainer  # noqa: E402
+from spot_jax.train import evaluation, initial_params, optim, sharding  # noqa: E402
 
 SPM = Path(os.environ["SPOT_JAX_TEST_SHARED"]) / "fixtures" / "t5_sentencepiece.model"
 pytestmark = [
@@ -40,7 +40,7 @@ def setup():
         base.register_spec(base.SPECS[name])
     model = prompted.PromptedT5(config.named_config("t5x_test_tiny", dtype="float32"), 3)
     mesh, rules = sharding.make_mesh(2), axes.standard_rules()
-    params, _ = trainer.build_params(
+    params, _ = initial_params.build_params(
         model,
         mesh,
         rules,
@@ -101,7 +101,7 @@ def test_eval_steps_bound_the_loss_but_task_metrics_see_every_example(setup):
     model = setup[0]
     # Two devices: batches of 2, so the mock split (4 examples, or more) is several batches.
     mesh, rules = sharding.make_mesh(2, jax.devices()[:2]), axes.standard_rules()
-    params, _ = trainer.build_params(
+    params, _ = initial_params.build_params(
         model, mesh, rules, batch_size=2, feature_lengths=LENGTHS, initial_checkpoint_path=None,
         seed=0,
     )  # fmt: skip

@@ -11,7 +11,7 @@ import pytest
 
 from spot_jax import axes
 from spot_jax.models import config, prompted
-from spot_jax.train import fresh_init, sharding, state, trainer
+from spot_jax.train import fresh_init, initial_params, sharding, state
 
 LENGTHS = {"inputs": 16, "targets": 8}
 
@@ -28,7 +28,7 @@ def _zeros_batch(rows: int) -> dict:
 
 
 def _build(model, mesh, as_scanned=True):
-    params, _ = trainer.build_params(
+    params, _ = initial_params.build_params(
         model,
         mesh,
         axes.standard_rules(),

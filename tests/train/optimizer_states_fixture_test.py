@@ -22,10 +22,10 @@ from spot_jax.models.prompted import PromptedT5, layer_name
 from spot_jax.train import (
     checkpoints,
     frozen_checkpoint,
+    initial_params,
     optim,
     optimizer_states,
     sharding,
-    trainer,
 )
 from spot_jax.train import state as state_lib
 
@@ -64,7 +64,7 @@ def fixture_param_states() -> dict[str, dict[str, np.ndarray]]:
 
 def fixture_params(model, mesh):
     """The model's params with the fixture's frozen weights."""
-    params, _ = trainer.build_params(
+    params, _ = initial_params.build_params(
         model,
         mesh,
         axes.standard_rules(),

@@ -15,7 +15,7 @@ import pytest
 from spot_jax import axes
 from spot_jax.interop.orbax_tree import OrbaxParams
 from spot_jax.models import config, prompted
-from spot_jax.train import checkpoints, frozen_checkpoint, sharding, trainer
+from spot_jax.train import checkpoints, frozen_checkpoint, initial_params, sharding
 
 CLI = Path(sys.executable).parent / "spot-jax"
 REPO = Path(__file__).resolve().parents[2]
@@ -45,7 +45,7 @@ def build(prompt_length, path=None, seed=0):
     model = prompted.PromptedT5(
         config.named_config("tiny", dtype="float32"), prompt_length=prompt_length
     )
-    return trainer.build_params(
+    return initial_params.build_params(
         model,
         sharding.make_mesh(1),
         axes.standard_rules(),
