@@ -166,7 +166,7 @@ def export_main(argv: list[str]) -> int:
         raise CheckpointError(f"export --input {args.input} does not exist")
     if args.vocabulary and not epath.Path(args.vocabulary).is_file():
         raise CheckpointError(f"--vocabulary {args.vocabulary} is not a file")
-    prompt = None
+    prompt = param_states = None
     kind = t5x.detect_format(source)
     if kind in ("spot_jax_run", "spot_jax_train"):
         if kind == "spot_jax_train":
@@ -174,12 +174,17 @@ def export_main(argv: list[str]) -> int:
         config, read, prompt = run_weights.read_run(source, args.frozen, log=_log)
         frozen = args.frozen or run_weights.initial_checkpoint_of(source)
         step = frozen_checkpoint.pretrained_step(frozen) + checkpoints.latest_train_step(source)
+        if args.target == "t5x":
+            param_states = run_weights.read_adafactor_states(source, log=_log)
     else:
         config, read = hf.iter_frozen(source)
         step = frozen_checkpoint.pretrained_step(source)
     if args.prompt:
         # Check the prompt before writing anything.
         prompt = _load_prompt(args.prompt)
+        if param_states is not None:
+            _log("--prompt replaces the run's prompt: its Adafactor states are not exported")
+            param_states = None
     if prompt is not None and (prompt.ndim != 2 or prompt.shape[1] != config.emb_dim):
         raise CheckpointError(
             f"prompt {args.prompt or 'of ' + str(source)} has shape {list(prompt.shape)}; "
@@ -205,6 +210,7 @@ def export_main(argv: list[str]) -> int:
                 output,
                 args.step if args.step is not None else step,
                 args.dtype,
+                param_states,
             )
         return 0
     with _new_output(output):
@@ -217,7 +223,7 @@ def export_main(argv: list[str]) -> int:
     return 0
 
 
-def _export_t5x(read, config, prompt, output: epath.Path, step: int, dtype: str) -> None:
+def _export_t5x(read, config, prompt, output: epath.Path, step: int, dtype: str, states) -> None:
     from spot_jax.interop import t5x, t5x_export
     from spot_jax.models.prompted import PROMPT_PATH
 
@@ -229,7 +235,7 @@ def _export_t5x(read, config, prompt, output: epath.Path, step: int, dtype: str)
         def read(name):
             return prompt if name == PROMPT_PATH else base_read(name)
 
-    t5x_export.write(read, shapes, output, step, dtype=dtype, log=_log)
+    t5x_export.write(read, shapes, output, step, dtype=dtype, log=_log, param_states=states)
 
 
 def import_prompt_main(argv: list[str]) -> int:

@@ -64,13 +64,19 @@ class OrbaxParams:
 
 
 def key_of(path) -> str:
-    return "/".join(str(getattr(p, "key", p)) for p in path)
+    return "/".join(str(getattr(p, "key", getattr(p, "idx", p))) for p in path)
 
 
 def flatten_plain(tree, prefix=""):
+    """{'a/b/c': leaf} of nested dicts; a list's items are named by index (an optax chain's
+    states: `opt_state/0/v/...`), and None leaves (stateless transforms) are left out."""
     if isinstance(tree, Mapping):
-        out = {}
-        for k, v in tree.items():
-            out.update(flatten_plain(v, f"{prefix}/{k}" if prefix else str(k)))
-        return out
-    return {prefix: tree}
+        items = tree.items()
+    elif isinstance(tree, list | tuple):
+        items = enumerate(tree)
+    else:
+        return {} if tree is None else {prefix: tree}
+    out = {}
+    for k, v in items:
+        out.update(flatten_plain(v, f"{prefix}/{k}" if prefix else str(k)))
+    return out

@@ -105,3 +105,48 @@ def read_run(
 
     prompt = trained.read(PROMPT_PATH).astype(np.float32) if PROMPT_PATH in trained.shapes else None
     return config, read, prompt
+
+
+def read_adafactor_states(
+    run_dir: epath.PathLike, log=print
+) -> dict[str, dict[str, np.ndarray]] | None:
+    """The run's Adafactor moments per trained param, in T5X's slots {v_row, v_col, v, m}.
+
+    Our `optim.adafactor` keeps them in the chain's first state (optax's FactoredState): for a
+    param of rank <= 2, T5X's Adafactor factors it by the same rule and keeps the same axes
+    (`optimizer_states`), so the slots map one to one; `m` is T5X's (1,) placeholder (no
+    beta1). None, with the reason logged, where they do not map: another optimizer, a first
+    moment (beta1), or a scanned run's stacked params (factored over the layer axis too).
+    """
+    run_dir = checkpoints.absolute_path(run_dir)
+    step = checkpoints.latest_train_step(run_dir)
+    state_dir = run_dir / "checkpoints" / str(step) / "state"
+    try:
+        opt = OrbaxParams(state_dir, prefix="opt_state")
+    except CheckpointError:
+        opt = None
+    trained = OrbaxParams(state_dir, prefix="trainable").shapes
+    slots = {}
+    for name in trained:
+        keys = {slot: f"0/{slot}/{name}" for slot in ("v_row", "v_col", "v")}
+        if opt is None or not all(k in opt.shapes for k in keys.values()):
+            log(f"{run_dir}: no Adafactor state for {name} (another optimizer?); none exported")
+            return None
+        slots[name] = keys
+    if any(k.split("/")[1] in ("ema", "mu", "nu") for k in opt.shapes):
+        log(f"{run_dir}: its optimizer keeps a first moment; Adafactor states not exported")
+        return None
+    stacked = [n for n in trained if prompted.is_stacked(n)]
+    if stacked:
+        log(f"{run_dir}: stacked params ({stacked[0]}, ...): Adafactor states not exported")
+        return None
+    flat = [key for keys in slots.values() for key in keys.values()]
+    values = dict(zip(flat, opt.read_many([f"opt_state/{k}" for k in flat]), strict=True))
+    placeholder = np.zeros((1,), np.float32)
+    return {
+        name: {
+            **{slot: np.asarray(values[key], np.float32) for slot, key in keys.items()},
+            "m": placeholder,
+        }
+        for name, keys in slots.items()
+    }

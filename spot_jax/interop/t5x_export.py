@@ -10,11 +10,13 @@ The layout T5X's `Checkpointer.save` writes (t5x checkpoints.py), for a local or
 
 Written under `checkpoint_<step>.tmp-<time>` and renamed when complete, as T5X does, so a
 stopped export never looks like a checkpoint. T5X's eval and infer jobs restore it as is
-(`restore_checkpoint_cfg.mode='specific'`): they read `target` and `state/step`. It holds no
-optimizer states (`state/param_states`): a T5X *training* run that starts from it sets
-`RestoreCheckpointConfig.fallback_to_scratch=True`, so its Adafactor starts fresh, which is
-how prompt-tuning's runs start from the public checkpoints too. A prompt goes to T5X
-prompt-tuning's `encoder/prompt/prompt/prompt`.
+(`restore_checkpoint_cfg.mode='specific'`): they read `target` and `state/step`. With
+`param_states` (a run's Adafactor moments, `run_weights.read_adafactor_states`) it also holds
+`state/param_states` as T5X's MultiOptimizer saves them: the trained params' slots, None for
+the rest, so a T5X prompt-tuning run resumes from it with its optimizer state. Without them, a
+T5X training run that starts from it sets `RestoreCheckpointConfig.fallback_to_scratch=True`
+(fresh Adafactor states, as prompt-tuning's runs start from the public checkpoints). A prompt
+goes to T5X prompt-tuning's `encoder/prompt/prompt/prompt`.
 """
 
 import math
@@ -47,14 +49,13 @@ def chunk_shape(shape: Sequence[int], max_elements: int) -> list[int]:
     return [d[-1] for d in divisors]
 
 
-def array_dir_name(name: str) -> str:
+def array_dir_name(name: str, root: str = "target") -> str:
     """`encoder/layers_0/mlp/wi_0/kernel` -> `target.encoder.layers_0.mlp.wi_0.kernel`."""
-    return "target." + name.replace("/", ".")
+    return f"{root}." + name.replace("/", ".")
 
 
-def _write_array(ckpt_dir: str, name: str, value: np.ndarray) -> dict:
-    """Writes one param as zarr under `ckpt_dir`; returns the spec that goes in the msgpack."""
-    rel = array_dir_name(name)
+def _write_array(ckpt_dir: str, rel: str, value: np.ndarray) -> dict:
+    """Writes one array as zarr at `ckpt_dir/rel`; returns the spec that goes in the msgpack."""
     metadata = {
         "compressor": {"id": "gzip"},
         "shape": list(value.shape),
@@ -89,6 +90,7 @@ def write(
     step: int,
     dtype: str = "float32",
     log: Callable[[str], None] = print,
+    param_states: Mapping[str, Mapping[str, np.ndarray]] | None = None,
 ) -> str:
     """Writes `OUTPUT/checkpoint_<step>`, one param at a time; returns its path.
 
@@ -98,6 +100,9 @@ def write(
       output: the T5X model dir the checkpoint goes in (local or gs://).
       step: the checkpoint's global step (T5X's `state/step`; the directory's suffix).
       dtype: what the params are saved as (T5X's SaveCheckpointConfig.dtype, float32 there).
+      param_states: Adafactor slots {v_row, v_col, v, m} of the trained params, written as
+        `state/param_states` the way T5X's MultiOptimizer saves them (None for every param it
+        does not train), so a T5X prompt-tuning run resumes with them; None: no optimizer state.
     """
     if dtype not in DTYPES:
         raise CheckpointError(f"dtype {dtype!r}: choose one of {sorted(DTYPES)}")
@@ -118,16 +123,38 @@ def write(
                     f"param {name} holds NaN or inf: not exported (a diverged run? export an "
                     "earlier checkpoint)"
                 )
-            target[name] = _write_array(tmp, name, value.astype(DTYPES[dtype]))
-        root = {
-            "version": VERSION,
-            "optimizer": {"target": _nest(target), "state": {"step": np.asarray(step, np.int32)}},
-        }
+            target[name] = _write_array(tmp, array_dir_name(name), value.astype(DTYPES[dtype]))
+        state = {"step": np.asarray(step, np.int32)}
+        if param_states is not None:
+            state["param_states"] = _nest(_param_states(tmp, shapes, param_states))
+        root = {"version": VERSION, "optimizer": {"target": _nest(target), "state": state}}
         epath.Path(tmp, "checkpoint").write_bytes(flax.serialization.msgpack_serialize(root))
         epath.Path(tmp).rename(final)
     except BaseException:
         if epath.Path(tmp).exists():  # a half-written checkpoint is never left behind
             epath.Path(tmp).rmtree()
         raise
-    log(f"wrote T5X checkpoint {final} ({len(target)} params, {dtype}, step {step})")
+    states = "" if param_states is None else f", Adafactor states of {len(param_states)}"
+    log(f"wrote T5X checkpoint {final} ({len(target)} params, {dtype}, step {step}{states})")
     return final
+
+
+def _param_states(ckpt_dir: str, shapes, param_states) -> dict[str, object]:
+    """{'<param>/<slot>': array or spec, '<param>': None}: T5X keeps v_row, v_col and m inline
+    (no partitioning axes) and a real `v` (the param's shape, its axes) in tensorstore."""
+    unknown = sorted(set(param_states) - set(shapes))
+    if unknown:
+        raise CheckpointError(f"optimizer states of params not in the model: {unknown[:3]}")
+    out: dict[str, object] = {}
+    for name in shapes:
+        if name not in param_states:
+            out[name] = None  # not trained: MultiOptimizer's None
+            continue
+        for slot, value in param_states[name].items():
+            value = np.asarray(value, np.float32)
+            if slot == "v" and value.shape == tuple(shapes[name]):
+                rel = array_dir_name(f"{name}/{slot}", root="state.param_states")
+                out[f"{name}/{slot}"] = _write_array(ckpt_dir, rel, value)
+            else:
+                out[f"{name}/{slot}"] = value
+    return out

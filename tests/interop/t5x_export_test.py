@@ -121,3 +121,64 @@ def test_refusals_leave_nothing_behind(tmp_path):
         t5x_export.write(good.__getitem__, {"a/kernel": (2, 3)}, tmp_path, 1)
     with pytest.raises(CheckpointError, match="dtype 'float16'"):
         t5x_export.write(good.__getitem__, {"a/kernel": (2, 3)}, tmp_path, 2, "float16")
+
+
+def test_param_states_are_written_as_t5x_multioptimizer_saves_them(tmp_path):
+    values = {"a/kernel": np.ones((2, 3), np.float32), "b/scale": np.full((3,), 2.0, np.float32)}
+    shapes = {k: v.shape for k, v in values.items()}
+    v = np.arange(6, dtype=np.float32).reshape(2, 3)
+    states = {"a/kernel": {"v": v, "v_row": np.zeros(1), "v_col": np.zeros(1), "m": np.zeros(1)}}
+    ckpt = t5x_export.write(values.__getitem__, shapes, tmp_path, 5, param_states=states, log=print)
+    root = flax.serialization.msgpack_restore((Path(ckpt) / "checkpoint").read_bytes())
+    param_states = root["optimizer"]["state"]["param_states"]
+    assert param_states["b"]["scale"] is None  # not trained: MultiOptimizer's None
+    kernel = param_states["a"]["kernel"]
+    assert set(kernel) == {"v", "v_row", "v_col", "m"}
+    np.testing.assert_array_equal(kernel["v_row"], np.zeros(1))  # inline, like T5X's
+    assert kernel["v"]["kvstore"]["path"].rstrip("/") == "state.param_states.a.kernel.v"
+    np.testing.assert_array_equal(read_zarr(Path(ckpt) / "state.param_states.a.kernel.v"), v)
+    with pytest.raises(CheckpointError, match="not in the model"):
+        t5x_export.write(values.__getitem__, shapes, tmp_path / "x", 5, param_states={"c": {}})
+
+
+def test_a_runs_adafactor_states_go_to_t5x_and_come_back(tmp_path):
+    """Ours -> T5X -> ours: a run's factored and unfactored moments, exported by
+    `read_adafactor_states` + `write`, restore (`restore_t5x_states`) to the same state."""
+    import jax
+    import optax
+
+    from spot_jax.interop import run_weights, t5x_states
+    from spot_jax.train import checkpoints, optim, optimizer_states
+    from spot_jax.train import state as state_lib
+
+    rng = np.random.default_rng(0)
+    trainable = {  # factored (both dims >= 128), and a vector (never factored)
+        "encoder/layers_0/mlp/wi_0/kernel": rng.normal(size=(256, 160)).astype(np.float32),
+        "decoder/decoder_norm/scale": rng.normal(size=(300,)).astype(np.float32),
+    }
+    shapes = {k: v.shape for k, v in trainable.items()}
+    optimizer = optim.adafactor()
+    state = state_lib.create(trainable, optimizer)
+    for _ in range(2):
+        grads = {k: rng.normal(size=v.shape).astype(np.float32) for k, v in trainable.items()}
+        _, opt_state = optimizer.update(grads, state.opt_state, state.trainable)
+        state = state.replace(opt_state=opt_state, step=state.step + 1)
+    saver = checkpoints.TrainCheckpointer(tmp_path / "run")
+    saver.save(2, state, meta={})
+    saver.close()
+
+    states = run_weights.read_adafactor_states(tmp_path / "run")
+    factored = states["encoder/layers_0/mlp/wi_0/kernel"]
+    assert {factored["v_row"].shape, factored["v_col"].shape} == {(256,), (160,)}
+    assert factored["v"].shape == (1,)  # factored: the full moment is T5X's placeholder
+    ckpt = t5x_export.write(trainable.__getitem__, shapes, tmp_path / "t5x", 2, param_states=states)
+    fresh = state_lib.create(trainable, optimizer).opt_state
+    back = optimizer_states.restore_t5x_states(fresh, shapes, t5x_states.T5XParamStates(ckpt))
+    is_factored = lambda n: isinstance(n, optax.FactoredState)  # noqa: E731
+    want = [n for n in jax.tree.leaves(state.opt_state, is_leaf=is_factored) if is_factored(n)]
+    got = [n for n in jax.tree.leaves(back, is_leaf=is_factored) if is_factored(n)]
+    for slot in ("v_row", "v_col", "v"):
+        for name in trainable:
+            np.testing.assert_array_equal(
+                getattr(got[0], slot)[name], getattr(want[0], slot)[name], err_msg=(slot, name)
+            )

@@ -176,6 +176,19 @@ def test_t5x_export_of_the_model_dir_is_the_trained_model_at_t5x_s_step(run, fro
     for param in names:
         want = trained.get(param, np.asarray(init.get(param, 0)))
         np.testing.assert_array_equal(exported.read(param), want, err_msg=param)
+    # The run's Adafactor moments as T5X's MultiOptimizer saves them: slots for what it trained,
+    # None for the frozen rest; read back by our own T5X optimizer-state reader.
+    from spot_jax.interop import t5x_states
+
+    states = t5x_states.T5XParamStates(tmp_path / "t5x" / "checkpoint_10")
+    assert set(states.params) == set(trained)
+    opt = OrbaxParams(model_dir / "checkpoints" / "10" / "state", prefix="opt_state")
+    for param in trained:
+        got = states.read(param)
+        for slot in ("v_row", "v_col", "v"):
+            np.testing.assert_array_equal(got[slot], opt.read(f"0/{slot}/{param}"), err_msg=param)
+        np.testing.assert_array_equal(got["m"], np.zeros(1))
+        assert np.abs(got["v"]).max() > 0 or np.abs(got["v_row"]).max() > 0, param
 
 
 def test_a_train_checkpoint_as_initial_checkpoint_path_says_what_to_pass(run):
