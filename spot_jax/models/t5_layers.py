@@ -4,8 +4,6 @@ with a residual, under T5X's names (`layers_<i>/attention`, `pre_mlp_layer_norm`
 `t5.py` stacks them, in a loop or a scan, with remat.
 """
 
-import functools
-
 import flax.linen as nn
 import jax
 
@@ -25,6 +23,22 @@ def norm(config: T5Config, name: str) -> layers.RMSNorm:
         dtype=config.activation_dtype,
         param_dtype=config.param_dtype,
         recompute=config.recompute_elementwise,
+    )
+
+
+def attention(config: T5Config, name: str, **kwargs) -> layers.MultiHeadAttention:
+    """An attention block named `name` with the config's heads, dropout and kernel choices."""
+    return layers.MultiHeadAttention(
+        config.num_heads,
+        config.head_dim,
+        config.attention_dropout,
+        float32_logits=config.float32_attention_logits,
+        implementation=config.attention_impl,
+        fused_bias_grad=config.fused_bias_grad,
+        dtype=config.activation_dtype,
+        param_dtype=config.param_dtype,
+        name=name,
+        **kwargs,
     )
 
 
@@ -52,7 +66,6 @@ class EncoderLayer(nn.Module):
     @nn.compact
     def __call__(self, x: Array, bias: Array, positions: Array | None = None) -> tuple[Array, None]:
         c = self.config
-        kw = dict(dtype=c.activation_dtype, param_dtype=c.param_dtype)
         drop = nn.Dropout(c.dropout_rate, broadcast_dims=(-2,))
         if c.relpos_per_layer:
             length = x.shape[1]
@@ -60,16 +73,7 @@ class EncoderLayer(nn.Module):
                 c, bias, length, length, True, positions=positions
             )
         h = norm(c, "pre_attention_layer_norm")(x)
-        h = layers.MultiHeadAttention(
-            c.num_heads,
-            c.head_dim,
-            c.attention_dropout,
-            float32_logits=c.float32_attention_logits,
-            implementation=c.attention_impl,
-            fused_bias_grad=c.fused_bias_grad,
-            name="attention",
-            **kw,
-        )(h, h, bias, deterministic=self.deterministic)
+        h = attention(c, "attention")(h, h, bias, deterministic=self.deterministic)
         x = layers.constrain(x + drop(h, deterministic=self.deterministic), ACT)
         return _mlp_residual(c, x, drop, self.deterministic), None
 
@@ -93,7 +97,6 @@ class DecoderLayer(nn.Module):
         decode_position: Array | int = 0,
     ) -> tuple[Array, None]:
         c = self.config
-        kw = dict(dtype=c.activation_dtype, param_dtype=c.param_dtype)
         drop = nn.Dropout(c.dropout_rate, broadcast_dims=(-2,))
         if c.relpos_per_layer and self.decode:
             k_len = self.max_decode_length
@@ -105,23 +108,13 @@ class DecoderLayer(nn.Module):
             self_bias = relative_position.with_layer_bias(
                 c, self_bias, length, length, False, positions=positions
             )
-        attn = functools.partial(
-            layers.MultiHeadAttention,
-            c.num_heads,
-            c.head_dim,
-            c.attention_dropout,
-            float32_logits=c.float32_attention_logits,
-            implementation=c.attention_impl,
-            fused_bias_grad=c.fused_bias_grad,
-            **kw,
-        )
         h = norm(c, "pre_self_attention_layer_norm")(x)
-        h = attn(name="self_attention")(
+        h = attention(c, "self_attention")(
             h, h, self_bias, deterministic=self.deterministic, decode=self.decode
         )
         x = layers.constrain(x + drop(h, deterministic=self.deterministic), ACT)
         h = norm(c, "pre_cross_attention_layer_norm")(x)
-        h = attn(name="encoder_decoder_attention", cross_projection=c.cross_projection)(
+        h = attention(c, "encoder_decoder_attention", cross_projection=c.cross_projection)(
             h, encoded, cross_bias, deterministic=self.deterministic
         )
         x = layers.constrain(x + drop(h, deterministic=self.deterministic), ACT)
