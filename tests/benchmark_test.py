@@ -71,13 +71,18 @@ def test_a_failing_baseline_is_reported_and_the_rest_timed(benchmark, tmp_path, 
             assert f"round {i + 1}/2 {r['impl']}: {seconds:.4f} s" in out
 
 
-def test_baseline_values_take_the_config_fields_type(benchmark):
-    assert benchmark._config_value("scan_unroll", "2") == 2
-    assert benchmark._config_value("scan_layers", "true") is True
-    assert benchmark._config_value("dropout_rate", "0.1") == 0.1
-    assert benchmark._config_value("attention_padding", "bias") == "bias"
-    assert benchmark._config_value("attention_dropout_rate", "0.0") == 0.0
-    assert benchmark._config_value("frozen_dtype", "bfloat16") == "bfloat16"
+def test_baseline_values_take_the_config_fields_type():
+    from spot_jax.models.config import field_value
+
+    assert field_value("scan_unroll", "2") == 2
+    assert field_value("scan_layers", "true") is True
+    assert field_value("recompute_elementwise", "False") is False
+    assert field_value("dropout_rate", "0.1") == 0.1
+    assert field_value("attention_padding", "bias") == "bias"
+    assert field_value("attention_dropout_rate", "0.0") == 0.0
+    assert field_value("frozen_dtype", "bfloat16") == "bfloat16"
+    with pytest.raises(ValueError, match="'no_such' is not a T5Config field"):
+        field_value("no_such", "1")
 
 
 def test_packing_mode_packs_fewer_rows_than_examples(benchmark, tmp_path):

@@ -40,7 +40,6 @@ category (matmul, attention, fusion, copy, ...): `tools/op_profile.py`.
 """
 
 import argparse
-import dataclasses
 import importlib.util
 import json
 import os
@@ -156,22 +155,10 @@ def _add_baselines(args, runners, finishers, make) -> None:
         key, _, value = override.partition("=")
         name = f"spot_jax[{override}]"
         try:
-            runners[name], finishers[name] = make({key: _config_value(key, value)})
+            runners[name], finishers[name] = make({key: config_lib.field_value(key, value)})
             say(f"{name} compiled and warmed up")
         except Exception as e:  # noqa: BLE001 - report it, time the rest
             print(f"baseline {override} failed: {type(e).__name__}: {e}", flush=True)
-
-
-def _config_value(key: str, text: str):
-    """A `--baseline` value as the T5Config field's type (`scan_unroll=2` is an int)."""
-    default = {f.name: f.default for f in dataclasses.fields(config_lib.T5Config)}.get(key)
-    if isinstance(default, bool):
-        return text.lower() in ("1", "true", "yes")
-    if isinstance(default, int | float):
-        return type(default)(text)
-    if default is None and text.replace(".", "", 1).isdigit():  # attention_dropout_rate=0.0
-        return float(text)
-    return text
 
 
 def _rank_runners(args, cfg, local):

@@ -70,17 +70,6 @@ def step_memory(cfg: config_lib.T5Config, args) -> dict[str, float]:
     }
 
 
-def _value(key: str, text: str):
-    default = {f.name: f.default for f in dataclasses.fields(config_lib.T5Config)}.get(key)
-    if key not in {f.name for f in dataclasses.fields(config_lib.T5Config)}:
-        raise SystemExit(f"--set {key}=...: not a T5Config field")
-    if isinstance(default, bool):
-        return text.lower() in ("1", "true", "yes")
-    if isinstance(default, int | float):
-        return type(default)(text)
-    return text
-
-
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--size", default="small")
@@ -106,7 +95,11 @@ def measure(argv=None) -> list[tuple[str, dict[str, float]]]:
     variants = [("as configured", base)]
     for item in args.set:
         key, _, text = item.partition("=")
-        variants.append((item, dataclasses.replace(base, **{key: _value(key, text)})))
+        try:
+            value = config_lib.field_value(key, text)
+        except ValueError as e:
+            raise SystemExit(f"--set {item}: {e}") from None
+        variants.append((item, dataclasses.replace(base, **{key: value})))
     print(
         f"{args.size} batch {args.batch}, inputs {args.inputs} + prompt {args.prompt_length}, "
         f"targets {args.targets}, {args.dtype}, frozen {args.frozen_dtype}, remat {args.remat}"

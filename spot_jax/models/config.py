@@ -202,3 +202,19 @@ def named_config(name: str, **overrides) -> T5Config:
     if name not in _SIZES:
         raise ValueError(f"unknown T5 size {name!r}; choose one of {', '.join(SIZES)}")
     return T5Config(**{**_SIZES[name], **overrides})
+
+
+def field_value(key: str, text: str):
+    """A T5Config field's value from command-line text, in the field's type (`scan_unroll=2`
+    is an int, `recompute_elementwise=False` a bool); for tools' `--baseline` / `--set`."""
+    defaults = {f.name: f.default for f in dataclasses.fields(T5Config)}
+    if key not in defaults:
+        raise ValueError(f"{key!r} is not a T5Config field")
+    default = defaults[key]
+    if isinstance(default, bool):
+        return text.lower() in ("1", "true", "yes")
+    if isinstance(default, int | float):
+        return type(default)(text)
+    if default is None and text.replace(".", "", 1).isdigit():  # attention_dropout_rate=0.0
+        return float(text)
+    return text
