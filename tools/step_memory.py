@@ -18,8 +18,8 @@ import sys
 import time
 from pathlib import Path
 
+# The repository, for spot_jax (no other tool is imported).
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import flax.linen as nn  # noqa: E402
 import jax  # noqa: E402
