@@ -15,8 +15,10 @@ from spot_jax.interop.orbax_tree import OrbaxParams
 from spot_jax.models import prompted
 from spot_jax.models.config import T5Config
 from spot_jax.spot import runs as runs_lib
-from spot_jax.train import checkpoints, frozen_checkpoint
+from spot_jax.train import checkpoints, frozen_checkpoint, optimizer_states
 from spot_jax.train.checkpoints import PROMPT_PATH, CheckpointError
+
+PLACEHOLDER = np.zeros((1,), np.float32)  # T5X's value of a slot not in use
 
 
 def initial_checkpoint_of(run_dir: epath.PathLike) -> str | None:
@@ -116,7 +118,8 @@ def read_adafactor_states(
     param of rank <= 2, T5X's Adafactor factors it by the same rule and keeps the same axes
     (`optimizer_states`), so the slots map one to one; `m` is T5X's (1,) placeholder (no
     beta1). None, with the reason logged, where they do not map: another optimizer, a first
-    moment (beta1), or a scanned run's stacked params (factored over the layer axis too).
+    moment (beta1), or a scanned run's stacked param factored over its layer axis. A stacked
+    param's moments are written per layer (`layers_<i>`, as its weights).
     """
     run_dir = checkpoints.absolute_path(run_dir)
     step = checkpoints.latest_train_step(run_dir)
@@ -136,17 +139,52 @@ def read_adafactor_states(
     if any(k.split("/")[1] in ("ema", "mu", "nu") for k in opt.shapes):
         log(f"{run_dir}: its optimizer keeps a first moment; Adafactor states not exported")
         return None
-    stacked = [n for n in trained if prompted.is_stacked(n)]
-    if stacked:
-        log(f"{run_dir}: stacked params ({stacked[0]}, ...): Adafactor states not exported")
-        return None
     flat = [key for keys in slots.values() for key in keys.values()]
     values = dict(zip(flat, opt.read_many([f"opt_state/{k}" for k in flat]), strict=True))
-    placeholder = np.zeros((1,), np.float32)
-    return {
-        name: {
-            **{slot: np.asarray(values[key], np.float32) for slot, key in keys.items()},
-            "m": placeholder,
+    out = {}
+    for name, keys in slots.items():
+        arrays = {slot: np.asarray(values[key], np.float32) for slot, key in keys.items()}
+        if not prompted.is_stacked(name):
+            out[name] = {**arrays, "m": PLACEHOLDER}
+            continue
+        layers = _layer_slots(name, tuple(trained[name]), arrays)
+        if layers is None:
+            log(
+                f"{run_dir}: {name} {list(trained[name])} is factored over its layer axis, "
+                "which T5X's per-layer moments cannot hold; Adafactor states not exported"
+            )
+            return None
+        out.update(layers)
+    return out
+
+
+def _layer_slots(name: str, shape, arrays) -> dict[str, dict[str, np.ndarray]] | None:
+    """A stacked param's moments as its layers' (T5X's `layers_<i>`), or None where optax
+    factored it over the layer axis (a stack of more layers than a layer's second largest dim).
+
+    optax factors the stacked [layers, ...] shape by its two largest axes; where the layer
+    axis is not one of them it stays in both moments, and each layer's slice is what a
+    per-layer param of the same rule would hold (row means within the layer, as T5X's)."""
+    if arrays["v"].shape != (1,):  # unfactored: the full moment, layer by layer
+        return {
+            prompted.layer_name(name, i): {
+                "v": arrays["v"][i],
+                "v_row": PLACEHOLDER,
+                "v_col": PLACEHOLDER,
+                "m": PLACEHOLDER,
+            }
+            for i in range(shape[0])
         }
-        for name, keys in slots.items()
+    stacked = optimizer_states.optax_factoring(shape, min_dim=1)
+    per_layer = optimizer_states.optax_factoring(shape[1:], min_dim=1)
+    if stacked is None or per_layer != tuple(tuple(d - 1 for d in r) for r in stacked):
+        return None
+    return {
+        prompted.layer_name(name, i): {
+            "v_row": arrays["v_row"][i],
+            "v_col": arrays["v_col"][i],
+            "v": PLACEHOLDER,
+            "m": PLACEHOLDER,
+        }
+        for i in range(shape[0])
     }

@@ -13,7 +13,8 @@ stopped export never looks like a checkpoint. T5X's eval and infer jobs restore 
 (`restore_checkpoint_cfg.mode='specific'`): they read `target` and `state/step`. With
 `param_states` (a run's Adafactor moments, `run_weights.read_adafactor_states`) it also holds
 `state/param_states` as T5X's MultiOptimizer saves them: the trained params' slots, None for
-the rest, so a T5X prompt-tuning run resumes from it with its optimizer state. Without them, a
+the rest, so a T5X prompt-tuning run resumes from it with its optimizer state (a scanned
+run's stacked params' moments go to their layers, as the weights do). Without them, a
 T5X training run that starts from it sets `RestoreCheckpointConfig.fallback_to_scratch=True`
 (fresh Adafactor states, as prompt-tuning's runs start from the public checkpoints). A prompt
 goes to T5X prompt-tuning's `encoder/prompt/prompt/prompt`.

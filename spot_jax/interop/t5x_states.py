@@ -8,7 +8,8 @@ same names. Which axes `v_row`/`v_col` keep is `spot_jax.train.optimizer_states`
 
 Legacy layout: `optimizer/state/param_states/...` in the msgpack (small leaves inline, large
 ones as tensorstore arrays `state.param_states.<dotted path>/`). Orbax layout: the same tree
-under `state/param_states/...` of the `state/` PyTree.
+under `state/param_states/...` of the `state/` PyTree. A scanned model's states stack the
+layers; `scanned_states` presents them layer by layer, as `scanned_layout` does the weights.
 """
 
 from collections.abc import Mapping
@@ -18,7 +19,8 @@ from etils import epath
 
 from spot_jax.interop import storage, t5x, t5x_msgpack
 from spot_jax.interop.orbax_tree import OrbaxParams
-from spot_jax.interop.scanned_layout import is_scanned
+from spot_jax.interop.scanned_layout import ScannedLayout, is_scanned
+from spot_jax.interop.scanned_states import ScannedStates
 from spot_jax.train.checkpoints import CheckpointError
 
 SLOTS = ("v", "v_row", "v_col", "m")
@@ -28,7 +30,9 @@ class T5XParamStates:
     """The per-param Adafactor slots of a T5X checkpoint, read lazily one param at a time.
 
     `params` maps each param path with states to {slot: shape}; it is empty when the
-    checkpoint stores no `param_states` (then `step` may still be known).
+    checkpoint stores no `param_states` (then `step` may still be known). A scanned
+    checkpoint's are listed per layer (`encoder/layers_<i>/...`), and `factorings` says how
+    its writer factored each layer (T5X's logical rules, not the unscanned size heuristic).
     """
 
     def __init__(self, path: epath.PathLike):
@@ -48,14 +52,13 @@ class T5XParamStates:
             param, _, slot = name.rpartition("/")
             if slot in SLOTS and param:
                 self.params.setdefault(param, {})[slot] = tuple(shape)
-        if is_scanned(self.params):
-            # Their slots stack the layers, factored over T5X's rules for the stacked axes;
-            # without a checkpoint of that layout to check against, they are not guessed at.
-            raise CheckpointError(
-                f"T5X checkpoint {self.path} was written by a scanned model (scalable_t5 / "
-                "flaxformer scan_layers): its Adafactor states stack the layers and are not "
-                "read; set RESTORE_OPTIMIZER_STATE=False (its weights load as usual)"
-            )
+        self.factorings: dict = {}
+        self._scanned: ScannedStates | None = None
+        self._cache: tuple[str, dict[str, np.ndarray]] | None = None
+        if self.params and is_scanned(self._target_shapes):
+            layout = ScannedLayout(self._target_shapes, self.path)
+            self._scanned = ScannedStates(layout, self._target_shapes, self.params, self.path)
+            self.params, self.factorings = self._scanned.params, self._scanned.factorings
 
     def _open_legacy(self) -> None:
         root, _, ckpt_dir, version = t5x_msgpack.read_msgpack(self.path)
@@ -68,6 +71,9 @@ class T5XParamStates:
         if isinstance(param_states, Mapping):
             self._leaves = t5x_msgpack.flatten_leaves(param_states, ckpt_dir, version)
         self._shapes = {k: _leaf_shape(v) for k, v in self._leaves.items()}
+        target = optimizer.get("target") if isinstance(optimizer, Mapping) else None
+        target = t5x_msgpack.flatten_leaves(target, ckpt_dir, version) if target else {}
+        self._target_shapes = {k: _leaf_shape(v) for k, v in target.items()}
 
     def _open_orbax(self) -> None:
         state_dir = (
@@ -81,12 +87,25 @@ class T5XParamStates:
         prefix = "state/param_states/"
         self._orbax = tree
         self._shapes = {k[len(prefix) :]: v for k, v in tree.shapes.items() if k.startswith(prefix)}
+        self._target_shapes = {
+            k[len("target/") :]: v for k, v in tree.shapes.items() if k.startswith("target/")
+        }
 
     def read(self, param: str) -> dict[str, np.ndarray]:
-        """All stored slots of one param, as float32 numpy arrays."""
+        """All stored slots of one param (one layer's, for a scanned checkpoint), as float32
+        numpy arrays."""
         slots = self.params.get(param)
         if not slots:
             raise CheckpointError(f"T5X checkpoint {self.path} has no optimizer state of {param}")
+        if self._scanned is None:
+            return self._read_stored(param, slots)
+        stored = self._scanned.stored(param)
+        if self._cache is None or self._cache[0] != stored:
+            # One stacked param's slots are kept: its layers are read one after another.
+            self._cache = (stored, self._read_stored(stored, slots))
+        return {s: self._scanned.cut(param, s, v) for s, v in self._cache[1].items()}
+
+    def _read_stored(self, param: str, slots) -> dict[str, np.ndarray]:
         names = [f"{param}/{s}" for s in slots]
         if self._orbax is not None:
             keys = [f"state/param_states/{n}" for n in names]

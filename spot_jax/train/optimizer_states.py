@@ -17,11 +17,15 @@ array is identified by the param axes it KEEPS, and arrays are matched by those 
     'joined_kv'/'vocab' COLUMN, 'layers'/'stack' BATCH; d1 = ROW axes, d0 = COLUMN axes) apply
     only to params of rank > 2 or with a BATCH axis. A param of rank <= 2 without one falls
     back to the heuristic (`fallback_to_heuristics`, present since T5X's first public commit),
-    which is optax's rule, ties and min_dim_size_to_factor included. The T5X checkpoints we
-    read hold every layer on its own (`layers_<i>`, rank <= 2; `frozen_checkpoint.restore_frozen`),
-    so for all their params the rule reduces to v_row -> v_row and v_col -> v_col, square
-    (joined_kv, embed) kernels too; a scanned model's stacked param takes the layers' arrays
-    stacked on its leading (layer) axis;
+    which is optax's rule, ties and min_dim_size_to_factor included. So for an unscanned
+    T5X checkpoint (every layer on its own, `layers_<i>`, rank <= 2) the rule reduces to
+    v_row -> v_row and v_col -> v_col, square (joined_kv, embed) kernels too. A scanned one's
+    params have a BATCH axis ('layers'), so T5X factored them by the logical rules, v_row
+    keeping 'embed': where the size heuristic's v_row keeps the other axis (a square out
+    kernel; query/key/value with heads * kv < embed, as in T5 1.1 small) ours and theirs
+    swap (`scanned_states` gives each layer's factoring; the match by kept axes swaps them
+    back). Our scanned model's stacked param takes the layers' arrays stacked on its leading
+    (layer) axis;
   * Mesh TensorFlow (`layout='mesh_tf'`, for states imported from it unchanged): `_slot_vr`
     reduces the LARGEST axis, which on ties is the FIRST one (`sorted(dims, key=-size)`), so
     for a square kernel its v_row keeps axis 1 where T5X's and ours keep axis 0: the square
@@ -244,7 +248,12 @@ def restore_t5x_states(
             one = shape[1:] if stacked else shape
             axes = (logical_axes or {}).get(name)
             axes = tuple(axes[1:]) if stacked and axes else axes
-            theirs = writer_factoring(layout, one, axes, states.params[keys[name][0]], name)
+            known = getattr(states, "factorings", {})  # a scanned writer's, by its rules
+            theirs = (
+                known[keys[name][0]]
+                if keys[name][0] in known
+                else writer_factoring(layout, one, axes, states.params[keys[name][0]], name)
+            )
             for slot, value in map_param(name, shape, ours, layers(name), theirs, stacked).items():
                 new[slot][name] = _put(value, getattr(node, slot)[name], name, slot)
         return node._replace(**new)

@@ -10,17 +10,20 @@ import dataclasses
 import re
 from pathlib import Path
 
+import jax
 import msgpack
 import numpy as np
+import optax
 import pytest
 import tensorstore as ts
 from restore_test import build  # this directory's test helpers
 from t5x_test import PT_TINY, forward, nest, reference_read, restore
 
-from spot_jax.interop import t5x, t5x_states
+from spot_jax.interop import t5x
 from spot_jax.models.config import named_config
 from spot_jax.models.prompted import PromptedT5, unstack_flat
-from spot_jax.train import checkpoints, frozen_checkpoint, sharding
+from spot_jax.train import checkpoints, frozen_checkpoint, optim, optimizer_states, sharding
+from spot_jax.train import state as state_lib
 
 pytestmark = pytest.mark.skipif(not PT_TINY.exists(), reason="shared fixtures not present")
 HEADS = 2  # pt_test_tiny's
@@ -164,12 +167,34 @@ def test_a_table_per_layer_into_a_t5_1_1_model_names_the_setting(tmp_path, unsca
         build(model, sharding.make_mesh(1), path)
 
 
-def test_scanned_adafactor_states_are_refused_by_name(tmp_path, unscanned):
-    stored = scan(unscanned)
-    states = {f"{k}/v": np.zeros(v.shape, np.float32) for k, v in stored.items()}
-    path = write_legacy(tmp_path / "checkpoint_7", stored, param_states=states)
-    with pytest.raises(checkpoints.CheckpointError, match="RESTORE_OPTIMIZER_STATE=False"):
-        t5x_states.open_param_states(path)
+@pytest.mark.parametrize("scan_layers", [False, True])
+def test_scanned_adafactor_states_restore_layer_by_layer(tmp_path, unscanned, scan_layers):
+    # The tiny model's dims are < 128, so ours keeps full second moments; so did this writer
+    # (T5X with factored=False). Distinct random moments per layer: each must land in its own.
+    want = per_layer_relpos(unscanned, 0.25)
+    rng = np.random.default_rng(0)
+    moments = {k: rng.uniform(1e-6, 1e-4, a.shape).astype(np.float32) for k, a in want.items()}
+    dummy = np.zeros((1,), np.float32)
+    states = {
+        f"{k}/{slot}": a if slot == "v" else dummy
+        for k, a in scan(moments, split_heads=True).items()
+        for slot in ("v", "v_row", "v_col", "m")
+    }
+    path = write_legacy(tmp_path / "checkpoint_7", scan(want, split_heads=True), states)
+    config = named_config("pt_test_tiny", relpos_per_layer=True, scan_layers=scan_layers)
+    model = PromptedT5(config, prompt_length=0)
+    mesh = sharding.make_mesh(2)
+    params, _ = build(model, mesh, path)
+    with sharding.active(mesh):
+        state = jax.jit(lambda t: state_lib.create(t, optim.adafactor(), 7))(params)
+    lengths = {"inputs": 8, "targets": 4}
+    restored = optimizer_states.restore_for_run(str(path), state, model, lengths, log=print)
+    is_fs = lambda n: isinstance(n, optax.FactoredState)  # noqa: E731
+    fs = next(n for n in jax.tree.leaves(restored.opt_state, is_leaf=is_fs) if is_fs(n))
+    got = unstack_flat({k: np.asarray(v) for k, v in fs.v.items()})
+    assert set(got) == set(moments)
+    for k in moments:
+        np.testing.assert_array_equal(got[k], moments[k], err_msg=k)
 
 
 def test_a_stacked_param_without_the_layers_is_an_error(tmp_path, unscanned):

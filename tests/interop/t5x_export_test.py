@@ -141,44 +141,83 @@ def test_param_states_are_written_as_t5x_multioptimizer_saves_them(tmp_path):
         t5x_export.write(values.__getitem__, shapes, tmp_path / "x", 5, param_states={"c": {}})
 
 
-def test_a_runs_adafactor_states_go_to_t5x_and_come_back(tmp_path):
-    """Ours -> T5X -> ours: a run's factored and unfactored moments, exported by
-    `read_adafactor_states` + `write`, restore (`restore_t5x_states`) to the same state."""
-    import jax
-    import optax
-
-    from spot_jax.interop import run_weights, t5x_states
-    from spot_jax.train import checkpoints, optim, optimizer_states
+def trained_run(run_dir: Path, trainable: dict):
+    """A run's train checkpoint after two Adafactor steps on `trainable`; its state."""
+    from spot_jax.train import checkpoints, optim
     from spot_jax.train import state as state_lib
 
-    rng = np.random.default_rng(0)
-    trainable = {  # factored (both dims >= 128), and a vector (never factored)
-        "encoder/layers_0/mlp/wi_0/kernel": rng.normal(size=(256, 160)).astype(np.float32),
-        "decoder/decoder_norm/scale": rng.normal(size=(300,)).astype(np.float32),
-    }
-    shapes = {k: v.shape for k, v in trainable.items()}
+    rng = np.random.default_rng(1)
     optimizer = optim.adafactor()
     state = state_lib.create(trainable, optimizer)
     for _ in range(2):
         grads = {k: rng.normal(size=v.shape).astype(np.float32) for k, v in trainable.items()}
         _, opt_state = optimizer.update(grads, state.opt_state, state.trainable)
         state = state.replace(opt_state=opt_state, step=state.step + 1)
-    saver = checkpoints.TrainCheckpointer(tmp_path / "run")
+    saver = checkpoints.TrainCheckpointer(run_dir)
     saver.save(2, state, meta={})
     saver.close()
+    return state, optimizer
+
+
+def factored_states(opt_state):
+    import jax
+    import optax
+
+    is_factored = lambda n: isinstance(n, optax.FactoredState)  # noqa: E731
+    return [n for n in jax.tree.leaves(opt_state, is_leaf=is_factored) if is_factored(n)][0]
+
+
+@pytest.mark.parametrize("scanned", [False, True], ids=["layers", "stacked"])
+def test_a_runs_adafactor_states_go_to_t5x_and_come_back(tmp_path, scanned):
+    """Ours -> T5X -> ours: a run's factored and unfactored moments, exported by
+    `read_adafactor_states` + `write`, restore (`restore_t5x_states`) to the same state; a
+    scanned run's stacked params as T5X's `layers_<i>`, one layer's moments each."""
+    from spot_jax.interop import run_weights, t5x_states
+    from spot_jax.models.prompted import unstack_flat
+    from spot_jax.train import optimizer_states
+    from spot_jax.train import state as state_lib
+
+    rng = np.random.default_rng(0)
+    wi, norm = "mlp/wi_0/kernel", "pre_mlp_layer_norm/scale"
+    if scanned:  # factored (both dims >= 128, the layer axis kept), and never factored
+        shapes = {f"encoder/layers/{wi}": (2, 256, 160), f"encoder/layers/{norm}": (2, 300)}
+    else:
+        shapes = {f"encoder/layers_0/{wi}": (256, 160), "decoder/decoder_norm/scale": (300,)}
+    trainable = {k: rng.normal(size=v).astype(np.float32) for k, v in shapes.items()}
+    state, optimizer = trained_run(tmp_path / "run", trainable)
 
     states = run_weights.read_adafactor_states(tmp_path / "run")
-    factored = states["encoder/layers_0/mlp/wi_0/kernel"]
+    factored = states[f"encoder/layers_{int(scanned)}/{wi}"]
     assert {factored["v_row"].shape, factored["v_col"].shape} == {(256,), (160,)}
     assert factored["v"].shape == (1,)  # factored: the full moment is T5X's placeholder
-    ckpt = t5x_export.write(trainable.__getitem__, shapes, tmp_path / "t5x", 2, param_states=states)
+    per_layer = unstack_flat(trainable)
+    assert set(states) == set(per_layer)
+    ckpt = t5x_export.write(
+        per_layer.__getitem__,
+        {k: v.shape for k, v in per_layer.items()},
+        tmp_path / "t5x",
+        2,
+        param_states=states,
+    )
     fresh = state_lib.create(trainable, optimizer).opt_state
     back = optimizer_states.restore_t5x_states(fresh, shapes, t5x_states.T5XParamStates(ckpt))
-    is_factored = lambda n: isinstance(n, optax.FactoredState)  # noqa: E731
-    want = [n for n in jax.tree.leaves(state.opt_state, is_leaf=is_factored) if is_factored(n)]
-    got = [n for n in jax.tree.leaves(back, is_leaf=is_factored) if is_factored(n)]
+    want, got = factored_states(state.opt_state), factored_states(back)
+    matrix, vector = sorted(trainable, key=lambda k: "scale" in k)
+    assert np.asarray(want.v_row[matrix]).min() > 0 and np.asarray(want.v[vector]).min() > 0
     for slot in ("v_row", "v_col", "v"):
         for name in trainable:
             np.testing.assert_array_equal(
-                getattr(got[0], slot)[name], getattr(want[0], slot)[name], err_msg=(slot, name)
+                getattr(got, slot)[name], getattr(want, slot)[name], err_msg=(slot, name)
             )
+
+
+def test_a_stack_factored_over_its_layers_exports_no_states(tmp_path):
+    from spot_jax.interop import run_weights
+
+    # 200 layers of [256, 64]: optax factors the stack over (layers, 256), so no layer's
+    # moments are there to write.
+    trainable = {"encoder/layers/mlp/wo/kernel": np.ones((200, 256, 64), np.float32)}
+    trained_run(tmp_path / "run", trainable)
+    logged = []
+    assert run_weights.read_adafactor_states(tmp_path / "run", log=logged.append) is None
+    assert "factored over its layer axis" in logged[-1]
