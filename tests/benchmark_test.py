@@ -257,6 +257,52 @@ metadata={op_name="jit(train_step)/encoder/layers_0/mlp/mul"}
     assert "from jit(train_step)/encoder/layers_0/mlp/mul" in text and "multiply x1" in text
 
 
+def test_explain_counts_the_bytes_a_kernel_moves():
+    # The scan's stacking: a slice of a [24, 4, 8] stack is read as the slice, and the stack a
+    # dynamic-update-slice writes in place counts as the update.
+    op_profile = _op_profile()
+    hlo = """HloModule jit_train_step
+
+%fused_slice (param_0: bf16[24,4,8], param_1: s32[]) -> bf16[4,8] {
+  %param_0 = bf16[24,4,8]{2,1,0} parameter(0)
+  %param_1 = s32[] parameter(1)
+  %constant.0 = s32[] constant(0)
+  %dynamic-slice.1 = bf16[1,4,8]{2,1,0} dynamic-slice(%param_0, %param_1, %constant.0, \
+%constant.0), dynamic_slice_sizes={1,4,8}
+  ROOT %bitcast.2 = bf16[4,8]{1,0} bitcast(%dynamic-slice.1)
+}
+
+%fused_dus (param_0.1: bf16[24,4,8], param_1.1: f32[4,8], param_2: s32[]) -> bf16[24,4,8] {
+  %param_0.1 = bf16[24,4,8]{2,1,0} parameter(0)
+  %param_1.1 = f32[4,8]{1,0} parameter(1)
+  %convert.3 = bf16[4,8]{1,0} convert(%param_1.1)
+  %bitcast.3 = bf16[1,4,8]{2,1,0} bitcast(%convert.3)
+  %param_2 = s32[] parameter(2)
+  %constant.4 = s32[] constant(0)
+  ROOT %dynamic-update-slice.5 = bf16[24,4,8]{2,1,0} dynamic-update-slice(%param_0.1, \
+%bitcast.3, %param_2, %constant.4, %constant.4)
+}
+
+ENTRY %main (stack: bf16[24,4,8], x: f32[4,8], i: s32[]) -> bf16[24,4,8] {
+  %stack = bf16[24,4,8]{2,1,0} parameter(0)
+  %x = f32[4,8]{1,0} parameter(1)
+  %i = s32[] parameter(2)
+  %slice_fusion = bf16[4,8]{1,0} fusion(%stack, %i), kind=kLoop, calls=%fused_slice
+  %copy.6 = bf16[4,8]{0,1} copy(%slice_fusion)
+  ROOT %dus_fusion = bf16[24,4,8]{2,1,0} fusion(%stack, %x, %i), kind=kLoop, calls=%fused_dus
+}
+"""
+    instructions = op_profile.hlo_instructions(hlo)
+    assert op_profile.shape_bytes("(bf16[24,4,8]{2,1,0}, s32[])") == 24 * 4 * 8 * 2 + 4
+    assert op_profile.bytes_moved("slice_fusion", instructions) == 64 + 4 + 64
+    assert op_profile.bytes_moved("dus_fusion", instructions) == 128 + 4 + 64  # f32 in, bf16 out
+    assert op_profile.bytes_moved("copy.6", instructions) == 64 + 64
+    summary = {"ops": [{"op": "dus_fusion", "ms": 0.001, "count": 24, "category": "fusion"}]}
+    (row,) = op_profile.explain(summary, hlo)
+    assert row["bytes"] == 196 and row["gb_per_s"] == pytest.approx(196 * 24 / 1e-6 / 1e9)
+    assert "moves 0.0 MB a run, 5 GB/s" in op_profile.format_explained([row])
+
+
 def test_step_memory_reads_xla_memory_analysis_from_shapes(capsys):
     spec = importlib.util.spec_from_file_location("step_memory", TOOL.parent / "step_memory.py")
     step_memory = importlib.util.module_from_spec(spec)

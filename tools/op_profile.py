@@ -18,9 +18,10 @@ files brought back to a CPU machine:
 import collections
 import gzip
 import json
+import math
 import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import jax
@@ -178,14 +179,28 @@ def format_summary(summary: dict, top: int = 15) -> str:
     return "\n".join(lines)
 
 
-_INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%?([\w.\-]+) = (\([^)]*\)|\S+) ([\w\-]+)\(")
+_INSTRUCTION = re.compile(r"^\s*(ROOT )?%?([\w.\-]+) = (\([^)]*\)|\S+) ([\w\-]+)\(")
 _CALLS = re.compile(r"calls=%?([\w.\-]+)")
 _OP_NAME = re.compile(r'op_name="([^"]*)"')
+_ARRAY = re.compile(r"\b([a-z][a-z0-9]*)\[([\d,]*)\]")
+_DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "bf16": 2, "f16": 2, "s16": 2, "u16": 2}
+_DTYPE_BYTES.update({"f32": 4, "s32": 4, "u32": 4, "f64": 8, "s64": 8, "u64": 8, "c64": 8})
+# Ops whose operand is read only in part (the slice), or written in place (the update).
+_SLICES = ("dynamic-slice", "slice")
+
+
+def shape_bytes(shape: str) -> int:
+    """Bytes of an HLO shape's arrays (`bf16[32,612,2048]{2,1,0}`, tuples summed; fp8 as 1)."""
+    total = 0
+    for dtype, dims in _ARRAY.findall(shape):
+        size = _DTYPE_BYTES.get(dtype, 1 if dtype.startswith("f8") else 0)
+        total += size * math.prod(int(d) for d in dims.split(",") if d)
+    return total
 
 
 def hlo_instructions(hlo_text: str) -> dict[str, dict]:
-    """{instruction name: {'shape', 'opcode', 'calls', 'op_name', 'computation'}} of an HLO
-    module's text (`compiled.as_text()`), for every computation in it."""
+    """{instruction name: {'shape', 'opcode', 'operands', 'calls', 'op_name', 'computation',
+    'root'}} of an HLO module's text (`compiled.as_text()`), for every computation in it."""
     out, computation = {}, None
     for line in hlo_text.splitlines():
         if line.rstrip().endswith("{") and "=" not in line.split("(")[0]:
@@ -195,14 +210,52 @@ def hlo_instructions(hlo_text: str) -> dict[str, dict]:
         if not m:
             continue
         calls, op_name = _CALLS.search(line), _OP_NAME.search(line)
-        out[m.group(1)] = {
-            "shape": m.group(2),
-            "opcode": m.group(3),
+        args = line[m.end() : line.find(")", m.end())]
+        out[m.group(2)] = {
+            "shape": m.group(3),
+            "opcode": m.group(4),
+            "operands": re.findall(r"%([\w.\-]+)", args),
             "calls": calls.group(1) if calls else None,
             "op_name": op_name.group(1) if op_name else "",
             "computation": computation,
+            "root": bool(m.group(1)),
+            "name": m.group(2),
         }
     return out
+
+
+def bytes_moved(name: str, instructions: Mapping[str, dict]) -> int:
+    """Bytes an instruction reads and writes in one execution, as its HLO shapes say: its
+    operands and result, except that an operand only sliced is read as the slices, and the
+    buffer a dynamic-update-slice writes in place counts as the update (what the scan's
+    stacking of layers does). A lower bound of a kernel's traffic where it re-reads data."""
+    info = instructions[name]
+    if info["opcode"] != "fusion" or not info["calls"]:
+        ops = [instructions[o] for o in info["operands"] if o in instructions]
+        if info["opcode"] == "dynamic-update-slice" and len(ops) > 1:
+            return 2 * shape_bytes(ops[1]["shape"])
+        if info["opcode"] in _SLICES:
+            return 2 * shape_bytes(info["shape"])
+        return shape_bytes(info["shape"]) + sum(shape_bytes(o["shape"]) for o in ops)
+    body = {k: v for k, v in instructions.items() if v["computation"] == info["calls"]}
+    users = collections.defaultdict(list)
+    for inst in body.values():
+        for position, operand in enumerate(inst["operands"]):
+            users[operand].append((inst, position))
+    read = 0
+    for param, p in body.items():
+        if p["opcode"] != "parameter":
+            continue
+        uses = users.get(param, [])
+        if uses and all(u["opcode"] in _SLICES and pos == 0 for u, pos in uses):
+            read += sum(shape_bytes(u["shape"]) for u, _ in uses)
+        elif not any(u["opcode"] == "dynamic-update-slice" and pos == 0 for u, pos in uses):
+            read += shape_bytes(p["shape"])
+    root = next((v for v in body.values() if v["root"]), None)
+    written = shape_bytes(info["shape"])
+    if root and root["opcode"] == "dynamic-update-slice" and len(root["operands"]) > 1:
+        written = shape_bytes(body.get(root["operands"][1], {"shape": ""})["shape"])
+    return read + written
 
 
 def explain(summary: dict, hlo_text: str, top: int = 15) -> list[dict]:
@@ -221,12 +274,16 @@ def explain(summary: dict, hlo_text: str, top: int = 15) -> list[dict]:
         row = {"op": r["op"], "ms": r["ms"], "category": r["category"]}
         if info:
             fused = body.get(info["calls"], collections.Counter())
+            moved = bytes_moved(info["name"], instructions)
             row.update(
                 shape=info["shape"],
                 opcode=info["opcode"],
                 op_name=info["op_name"],
                 fused=dict(fused.most_common()),
+                bytes=moved,
             )
+            if r["ms"] > 0:  # achieved bandwidth, against the card's (4.8 TB/s on an H200)
+                row["gb_per_s"] = moved * r.get("count", 1) / (r["ms"] * 1e-3) / 1e9
         rows.append(row)
     return rows
 
@@ -235,6 +292,9 @@ def format_explained(rows: list[dict]) -> str:
     lines = []
     for r in rows:
         lines.append(f"{r['ms']:9.2f} ms {r['category']:9s} {r['op']}  {r.get('shape', '?')}")
+        if r.get("bytes"):
+            rate = f", {r['gb_per_s']:.0f} GB/s" if "gb_per_s" in r else ""
+            lines.append(f"{'':13s}moves {r['bytes'] / 1e6:.1f} MB a run{rate}")
         if r.get("op_name"):
             lines.append(f"{'':13s}from {r['op_name']}")
         if r.get("fused"):
