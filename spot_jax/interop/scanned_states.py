@@ -115,32 +115,25 @@ class ScannedStates:
                     "rules? Set RESTORE_OPTIMIZER_STATE=False"
                 )
         self._kept[param] = kept
-        # Layer-wise axes: the stacked axes but `axis`, heads and kv joined as in the weights.
+        # A stacked axis -> the layer's axis: `axis` dropped, heads and kv joined (as the
+        # weights are presented).
         joined = [a for a in one_axes if a != "kv"]
         to_layer = [joined.index("heads" if a == "kv" else a) for a in one_axes]
+
+        def layer_axes(stacked_axes) -> tuple[int, ...]:
+            return tuple(sorted({to_layer[d - (d > axis)] for d in stacked_axes if d != axis}))
+
         for i in range(count):
             name = f"{stack}/layers_{i}/{rest}"
             one = self.layout.shapes[name]
             self._stored[name] = (param, i)
             self.params[name] = {
-                slot: (1,)
-                if tuple(s) == (1,)
-                else self._layer_shape(one, kept[slot], axis, to_layer)
+                slot: (1,) if tuple(s) == (1,) else tuple(one[a] for a in layer_axes(kept[slot]))
                 for slot, s in stored_slots.items()
             }
-            if stacked is None:
-                self.factorings[name] = None
-            else:
-                per_layer = [
-                    tuple(sorted({to_layer[d - (d > axis)] for d in reduced}))
-                    for reduced in stacked
-                ]
-                self.factorings[name] = (per_layer[0], per_layer[1])
-
-    @staticmethod
-    def _layer_shape(one, kept, axis, to_layer) -> tuple[int, ...]:
-        layer_axes = sorted({to_layer[d - (d > axis)] for d in kept if d != axis})
-        return tuple(one[a] for a in layer_axes)
+            self.factorings[name] = (
+                None if stacked is None else (layer_axes(stacked[0]), layer_axes(stacked[1]))
+            )
 
     def stored(self, name: str) -> str:
         """The stored param whose slots hold layer `name`'s (itself when not scanned)."""
