@@ -184,6 +184,26 @@ def test_eval_and_infer_on_the_trained_model_dir(resumed, read_tensorboard):
     assert records[-1]["eval/loss"] == pytest.approx(last_train_eval["eval/loss"], rel=1e-5)
 
 
+def test_a_suffix_prompt_run_is_evaluated_at_its_position(tmp_path):
+    suffix = "--gin.PROMPT_POSITION='suffix'"
+    train(tmp_path, 10, suffix)
+    assert json.loads((tmp_path / "model.json").read_text())["prompt_position"] == "suffix"
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").open()]
+    trained_eval = [r for r in records if r.get("step") == 10 and "eval/loss" in r][-1]
+    eval_cmd = command("eval", tmp_path, "--gin.EVAL_STEPS=2", gin_file="test/tiny_eval.gin")
+    run([*eval_cmd, suffix])  # the run's own eval batches: its own eval loss again
+    last = [json.loads(line) for line in (tmp_path / "metrics.jsonl").open()][-1]
+    assert last["job"] == "eval"
+    assert last["eval/loss"] == pytest.approx(trained_eval["eval/loss"], rel=1e-5)
+    # At another position the prompt means something else: refused, naming the fix; and the
+    # MODEL_DIR cannot be resumed as a prefix-prompt run.
+    for cmd in (eval_cmd, command("train", tmp_path, "--gin.TRAIN_STEPS=20")):
+        result = subprocess.run(
+            cmd, capture_output=True, text=True, env=env(), cwd=REPO, timeout=TIMEOUT
+        )
+        assert result.returncode != 0 and "prompt_position" in result.stderr, cmd
+
+
 def test_relative_model_dir_is_taken_from_the_working_directory(tmp_path):
     # Periods of 0: no periodic saves or evals, only the run's last step's.
     cmd = command(

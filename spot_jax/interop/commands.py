@@ -167,11 +167,13 @@ def export_main(argv: list[str]) -> int:
     if args.vocabulary and not epath.Path(args.vocabulary).is_file():
         raise CheckpointError(f"--vocabulary {args.vocabulary} is not a file")
     prompt = param_states = None
+    position = "prefix"
     kind = t5x.detect_format(source)
     if kind in ("spot_jax_run", "spot_jax_train"):
         if kind == "spot_jax_train":
             source = source.parent.parent  # MODEL_DIR/checkpoints/<step> -> MODEL_DIR
         config, read, prompt = run_weights.read_run(source, args.frozen, log=_log)
+        position = run_weights.prompt_position_of(source)
         frozen = args.frozen or run_weights.initial_checkpoint_of(source)
         step = frozen_checkpoint.pretrained_step(frozen) + checkpoints.latest_train_step(source)
         if args.target == "t5x":
@@ -201,6 +203,13 @@ def export_main(argv: list[str]) -> int:
         def read(name):
             return t5x.resize_vocab(name, base_read(name), rows)
 
+    if prompt is not None and position != "prefix" and not args.prompt:
+        note = f"Note: {source} trained its prompt at prompt_position {position!r}: "
+        if args.target == "t5x":
+            _log(note + f"a T5X run needs prompt_tuning.train.prompts.{_T5X_COMBINE[position]}")
+        else:
+            _log(note + "PEFT prepends prompts, so no PEFT adapter is written")
+            prompt = None
     if args.target == "t5x":
         with _new_output(output):
             _export_t5x(
@@ -221,6 +230,15 @@ def export_main(argv: list[str]) -> int:
             hf.export_prompt(prompt, config, output / "prompt_adapter", base_model=str(output))
             _log(f"wrote PEFT prompt adapter {output / 'prompt_adapter'} (P={prompt.shape[0]})")
     return 0
+
+
+# prompt-tuning's combination function for each prompt position (prompts.PROMPT_POSITIONS).
+_T5X_COMBINE = {
+    "prefix": "prefix_prompt",
+    "prefix_after_bos": "prefix_prompt_after_bos",
+    "suffix": "suffix_prompt",
+    "suffix_after_eos": "suffix_prompt with before_eos=False",
+}
 
 
 def _export_t5x(read, config, prompt, output: epath.Path, step: int, dtype: str, states) -> None:

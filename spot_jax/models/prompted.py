@@ -8,12 +8,18 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
-import flax
 import jax
 import jax.numpy as jnp
 
-from spot_jax.models import decoding, t5
+from spot_jax.models import decoding, prompts, t5
 from spot_jax.models.config import T5Config
+from spot_jax.models.t5 import (  # noqa: F401 (re-exported: prompted.is_stacked, ...)
+    is_stacked,
+    layer_name,
+    stack_layers,
+    unstack_flat,
+    unstack_layers,
+)
 from spot_jax.train import losses
 
 Array = jax.Array
@@ -42,7 +48,7 @@ class DecodingConfig:
 
 
 class PromptedT5:
-    """A T5 1.1 encoder-decoder with a `[P, H]` prompt prefixed to the encoder input.
+    """A T5 1.1 encoder-decoder with a `[P, H]` prompt in the encoder input (prefixed).
 
     Args:
       config: the T5 config.
@@ -57,6 +63,9 @@ class PromptedT5:
         to logits this many target positions at a time and never holds the [B, L, V] logits
         (`losses.chunked_token_losses`): for long targets (summarization), same loss and
         gradient. 0 (default): the whole logits at once.
+      prompt_position: where the prompt goes (`prompts.PROMPT_POSITIONS`, prompt-tuning's
+        combination functions): 'prefix' (default), 'prefix_after_bos', 'suffix' (after the
+        text, before its EOS) or 'suffix_after_eos'. Packing takes 'prefix' only.
     """
 
     def __init__(
@@ -68,9 +77,17 @@ class PromptedT5:
         decoding: DecodingConfig = DecodingConfig(),
         max_segments: int = 0,
         loss_chunk: int = 0,
+        prompt_position: str = "prefix",
     ):
         if prompt_length < 0:
             raise ValueError(f"PROMPT_LENGTH must be >= 0, got {prompt_length}")
+        if prompts.check_position(prompt_position) != "prefix" and max_segments:
+            raise ValueError(
+                f"prompt_position {prompt_position!r} with packing (max_segments "
+                f"{max_segments}): packed rows take each example's prompt copy first; use "
+                "'prefix' or PACK=False"
+            )
+        self.prompt_position = prompt_position
         self.config = config
         self.prompt_length = prompt_length
         self.prompt_init = prompt_init
@@ -80,7 +97,23 @@ class PromptedT5:
             raise ValueError(f"loss_chunk must be >= 0 (0: no chunking), got {loss_chunk}")
         self.max_segments = max_segments
         self.loss_chunk = loss_chunk
-        self.module = t5.Transformer(config, prompt_length, prompt_init, max_segments)
+        self.module = t5.Transformer(
+            config, prompt_length, prompt_init, max_segments, prompt_position
+        )
+
+    def replace(self, **changes) -> "PromptedT5":
+        """This model with some of its constructor arguments changed (say, `prompt_init`)."""
+        args = dict(
+            config=self.config,
+            prompt_length=self.prompt_length,
+            prompt_init=self.prompt_init,
+            z_loss=self.z_loss,
+            decoding=self.decoding,
+            max_segments=self.max_segments,
+            loss_chunk=self.loss_chunk,
+            prompt_position=self.prompt_position,
+        )
+        return PromptedT5(**{**args, **changes})
 
     # -- parameters ------------------------------------------------------------------------
 
@@ -337,49 +370,3 @@ class PromptedT5:
                 **common,
             )
         raise ValueError(f"unknown decoding method {cfg.method!r}; use greedy, sample or beam")
-
-
-def is_stacked(name: str) -> bool:
-    """Whether a flat param name is a scanned stack of layers (`encoder/layers/...`)."""
-    parts = name.split("/")
-    return len(parts) > 2 and parts[0] in ("encoder", "decoder") and parts[1] == "layers"
-
-
-def layer_name(stacked_name: str, index: int) -> str:
-    """T5X name of layer `index` of a stacked param: `encoder/layers/x` -> `encoder/layers_3/x`."""
-    stack, _, rest = stacked_name.split("/", 2)
-    return f"{stack}/layers_{index}/{rest}"
-
-
-def unstack_flat(flat: Mapping[str, Array]) -> dict[str, Array]:
-    """Flat params with stacked layers (leading layer axis) -> one array per `layers_{i}`."""
-    out = {}
-    for name, value in flat.items():
-        if is_stacked(name):
-            out.update({layer_name(name, i): value[i] for i in range(value.shape[0])})
-        else:
-            out[name] = value
-    return out
-
-
-def unstack_layers(params):
-    """Scanned params (`encoder/layers/...` with a leading layer axis) -> `layers_{i}`."""
-    flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(params), sep="/")
-    return flax.traverse_util.unflatten_dict(unstack_flat(flat), sep="/")
-
-
-def stack_layers(params):
-    """Inverse of `unstack_layers`: `layers_{i}` -> `layers` with a leading layer axis."""
-    flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(params), sep="/")
-    groups: dict[str, dict[int, Array]] = {}
-    out = {}
-    for path, value in flat.items():
-        parts = path.split("/")
-        if len(parts) > 2 and parts[1].startswith("layers_"):
-            key = "/".join([parts[0], "layers"] + parts[2:])
-            groups.setdefault(key, {})[int(parts[1][len("layers_") :])] = value
-        else:
-            out[path] = value
-    for key, by_index in groups.items():
-        out[key] = jnp.stack([by_index[i] for i in sorted(by_index)])
-    return flax.traverse_util.unflatten_dict(out, sep="/")

@@ -41,18 +41,51 @@ class Prompt(nn.Module):
         )
 
 
-class PrefixPrompt(nn.Module):
-    """Prepends the prompt to embedded inputs: [B, T, H] -> [B, P + T, H]."""
+# Where the prompt goes in the encoder input, as prompt-tuning's combination functions
+# (train/prompts.py) put it: 'prefix' (prefix_prompt, the default and SPoT's), after the first
+# token ('prefix_after_bos', prefix_prompt_after_bos), or after the text: before its EOS
+# ('suffix', suffix_prompt's default) or after it ('suffix_after_eos', before_eos=False).
+PROMPT_POSITIONS = ("prefix", "prefix_after_bos", "suffix", "suffix_after_eos")
+
+
+def check_position(position: str) -> str:
+    if position not in PROMPT_POSITIONS:
+        raise ValueError(f"prompt_position {position!r}: expected one of {PROMPT_POSITIONS}")
+    return position
+
+
+def prompt_order(tokens: Array, prompt_length: int, position: str) -> Array:
+    """[B, P + T] indices into the prefix layout [prompt (P), tokens (T)] that put each row's
+    prompt at `position`: rows of n tokens (pads last) get it at k = 0, min(1, n), max(n - 1,
+    0) or n. The valid positions stay the first P + n in every layout, so the prefix layout's
+    mask (`with_prompt_mask`) is the mask of all of them, as in prompt-tuning."""
+    n = jnp.sum(tokens > 0, axis=1, keepdims=True)  # [B, 1]
+    k = {
+        "prefix": jnp.zeros_like(n),
+        "prefix_after_bos": jnp.minimum(n, 1),
+        "suffix": jnp.maximum(n - 1, 0),
+        "suffix_after_eos": n,
+    }[check_position(position)]
+    j = jnp.arange(prompt_length + tokens.shape[1])[None]  # [1, P + T]
+    # Before the prompt: token j; the prompt: its row j - k; after it: token j - P (= j here).
+    return jnp.where(j < k, prompt_length + j, jnp.where(j < k + prompt_length, j - k, j))
+
+
+class InputPrompt(nn.Module):
+    """Puts the prompt into the embedded inputs: [B, T, H] -> [B, P + T, H], at `position`."""
 
     length: int
     initializer: Initializer
     param_dtype: Any = jnp.float32
+    position: str = "prefix"
 
     @nn.compact
-    def __call__(self, x_embed: Array, copies: int = 1) -> Array:
-        """x_embed: [B, T, H] -> [B, copies * P + T, H].
+    def __call__(self, x_embed: Array, tokens: Array | None = None, copies: int = 1) -> Array:
+        """x_embed: [B, T, H], tokens: [B, T] (where the text ends; for a `position` other than
+        'prefix') -> [B, copies * P + T, H].
 
-        `copies` > 1 gives each segment of a packed row its own prompt slot (`segments`).
+        `copies` > 1 gives each segment of a packed row its own prompt slot (`segments`),
+        leading the row.
         """
         prompt = Prompt(self.length, self.initializer, self.param_dtype, name="prompt")(
             x_embed.shape[-1]
@@ -62,7 +95,16 @@ class PrefixPrompt(nn.Module):
         batch = jnp.broadcast_to(
             jnp.asarray(prompt, x_embed.dtype)[None], (x_embed.shape[0],) + prompt.shape
         )
-        return jnp.concatenate([batch, x_embed], axis=1)
+        out = jnp.concatenate([batch, x_embed], axis=1)
+        if check_position(self.position) == "prefix":
+            return out
+        if copies != 1 or tokens is None:
+            raise ValueError(
+                f"prompt_position {self.position!r} needs the input tokens and unpacked rows "
+                "(packing puts each example's prompt copy first in its row)"
+            )
+        order = prompt_order(tokens, self.length, self.position)
+        return jnp.take_along_axis(out, order[..., None], axis=1)
 
 
 def with_prompt_mask(tokens: Array, prompt_length: int) -> Array:

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from etils import epath
 
+from spot_jax.models import prompts
 from spot_jax.models.prompted import PROMPT_PATH, PromptedT5
 
 EOS_ID = 1
@@ -43,7 +44,7 @@ def activations(
       inputs: [B, T] encoder input tokens (after the prompt); default Su et al.'s probe, the
         prompt alone plus one end-of-sequence token ([1, 1]).
       where: 'decoder' (Su et al.'s T5 hook: first decoder step) or 'encoder' (the first
-        prompt position).
+        prompt position, wherever the model's `prompt_position` puts it).
     """
     if where not in ("decoder", "encoder"):
         raise ValueError(f"where must be 'decoder' or 'encoder', not {where!r}")
@@ -66,14 +67,20 @@ def activations(
         mutable=["intermediates"],
     )
     found = flax.traverse_util.flatten_dict(state["intermediates"], sep="/")
+    # The position read in each row: the decoder's first step, or the prompt's first row.
+    at = np.zeros(tokens.shape[0], np.int64)
+    if where == "encoder":
+        order = prompts.prompt_order(tokens, model.prompt_length, model.prompt_position)
+        at = np.argmax(np.asarray(order) == 0, axis=1)
+    rows = np.arange(tokens.shape[0])
     by_layer = []
     for key, value in found.items():
         out = np.asarray(jax.device_get(value[0] if isinstance(value, tuple) else value))
         m = re.search(r"layers_(\d+)", key)
         if m:  # one Python-loop layer: [B, T, F]
-            by_layer.append((int(m.group(1)), out[:, 0, :]))
+            by_layer.append((int(m.group(1)), out[rows, at, :]))
         else:  # nn.scan stacks the layers first: [L, B, T, F]
-            by_layer += [(i, out[i, :, 0, :]) for i in range(out.shape[0])]
+            by_layer += [(i, out[i, rows, at, :]) for i in range(out.shape[0])]
     if not by_layer:
         raise RuntimeError(f"no {where} wi_0 activations captured; is this a T5 1.1 model?")
     stacked = np.stack([a for _, a in sorted(by_layer, key=lambda x: x[0])], axis=1)
@@ -143,7 +150,7 @@ def frozen_model(model_dir: epath.PathLike) -> tuple[PromptedT5, dict]:
         gin.parse_config_file(path, skip_unknown=False)
     t5_config = gin.get_configurable(f"{config_lib.__name__}.T5Config")()
     gin.clear_config()
-    model = PromptedT5(t5_config, info["prompt_length"])
+    model = PromptedT5(t5_config, info["prompt_length"], prompt_position=info["prompt_position"])
     mesh = sharding.make_mesh(1)
     params, _ = initial_params.build_params(
         model,

@@ -238,7 +238,13 @@ def train_task(
                 f"target {t.name} runs on model {record['fingerprint']}, but the projector "
                 f"projects to {spec.target['fingerprint']}; use targets of one frozen model"
             )
-    model = PromptedT5(first.t5_config, first.prompt_length)
+    positions = sorted({t.prompt_position for t in targets})
+    if len(positions) > 1:
+        raise ProjectionError(
+            f"the targets put their prompts at different positions ({positions}); train a "
+            "projector on targets of one prompt position"
+        )
+    model = PromptedT5(first.t5_config, first.prompt_length, prompt_position=positions[0])
     mesh, rules = sharding.make_mesh(model_parallel), axes.standard_rules()
     params, _ = initial_params.build_params(
         model,

@@ -33,6 +33,7 @@ class Target:
       initial_checkpoint_path: the frozen weights (None: seeded init).
       seed: the seed of the seeded init (and of the run).
       eval_steps: batches evaluated (the run's EVAL_STEPS; None = the whole split).
+      prompt_position: where the target's model puts the prompt (`prompts.PROMPT_POSITIONS`).
     """
 
     name: str
@@ -44,6 +45,7 @@ class Target:
     initial_checkpoint_path: str | None
     seed: int
     eval_steps: int | None
+    prompt_position: str = "prefix"
 
 
 def parse_target_spec(spec: str) -> tuple[str, str]:
@@ -119,13 +121,16 @@ def load_target(
         with gin.config_scope("validation"):
             eval_data = data.with_lengths(gin.get_configurable(data_config.DatasetConfig)())
         prompt_length = _query(gin, "PROMPT_LENGTH", None)
+        position = _query(gin, "PROMPT_POSITION", None)
         ckpt = _query(gin, "INITIAL_CHECKPOINT_PATH", None)
         seed = int(_query(gin, "SEED", 0))
         steps = _query(gin, "EVAL_STEPS", None) if eval_steps == "config" else eval_steps
     finally:
         gin.clear_config()
-    if prompt_length is None and run_dir is not None:
-        prompt_length = runs_lib.run_info(run_dir)["prompt_length"]
+    if run_dir is not None and (prompt_length is None or position is None):
+        info = runs_lib.run_info(run_dir)
+        prompt_length = info["prompt_length"] if prompt_length is None else prompt_length
+        position = info["prompt_position"] if position is None else position
     if not prompt_length:
         raise ValueError(f"target {name}: no PROMPT_LENGTH in {path}")
     return Target(
@@ -138,6 +143,7 @@ def load_target(
         initial_checkpoint_path=ckpt or None,
         seed=seed,
         eval_steps=None if steps is None else int(steps),
+        prompt_position=position or "prefix",
     )
 
 
@@ -152,7 +158,9 @@ class Evaluator:
         from spot_jax.train import evaluation, initial_params, optim, sharding
 
         self.target = target
-        self.model = PromptedT5(target.t5_config, target.prompt_length)
+        self.model = PromptedT5(
+            target.t5_config, target.prompt_length, prompt_position=target.prompt_position
+        )
         self.mesh = sharding.make_mesh(model_parallel)
         self.rules = axes.standard_rules()
         params, shardings = initial_params.build_params(

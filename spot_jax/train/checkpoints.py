@@ -37,21 +37,29 @@ class CheckpointError(ValueError):
     """A checkpoint that does not fit the configured model, or is missing or broken."""
 
 
-def _model_fingerprint(config: T5Config, prompt_length: int) -> dict[str, Any]:
-    return {**config.shape_dict(), "prompt_length": prompt_length}
+def _model_fingerprint(config: T5Config, prompt_length: int, prompt_position: str) -> dict:
+    # The position only where it is not the default, so that older runs' model.json still match.
+    position = {} if prompt_position == "prefix" else {"prompt_position": prompt_position}
+    return {**config.shape_dict(), "prompt_length": prompt_length, **position}
 
 
-def check_model_dir(model_dir: epath.PathLike, config: T5Config, prompt_length: int) -> None:
-    """Records the model shape in MODEL_DIR, or refuses a MODEL_DIR of a different model.
+def check_model_dir(
+    model_dir: epath.PathLike, config: T5Config, prompt_length: int, prompt_position="prefix"
+) -> None:
+    """Records the model shape (and a prompt position other than 'prefix') in MODEL_DIR, or
+    refuses a MODEL_DIR of a different model.
 
     This guards against T5X's stale-model_dir trap (t5x#1067): a checkpoint of another size
     silently taking precedence.
     """
     path = epath.Path(model_dir) / "model.json"
-    want = _model_fingerprint(config, prompt_length)
+    want = _model_fingerprint(config, prompt_length, prompt_position)
     if path.exists():
         have = json.loads(path.read_text())
         diffs = field_diffs(have, want, "{k}: {have} in MODEL_DIR vs {want} now")
+        trained_at = have.get("prompt_position", "prefix")  # recorded only when not 'prefix'
+        if trained_at != prompt_position:
+            diffs.append(f"prompt_position: {trained_at} in MODEL_DIR vs {prompt_position} now")
         if diffs:
             raise CheckpointError(
                 f"MODEL_DIR {model_dir} holds a run of a different model ({'; '.join(diffs)}); "

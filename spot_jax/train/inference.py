@@ -56,6 +56,19 @@ def _checkpoint_step(prompt_path) -> int:
     return step or 0
 
 
+def _check_prompt_position(model: PromptedT5, model_dir) -> None:
+    """Refuses to evaluate a run's prompt at another position than the run trained it at."""
+    record = epath.Path(model_dir) / "model.json"
+    if not record.exists():
+        return
+    trained = json.loads(record.read_text()).get("prompt_position", "prefix")
+    if trained != model.prompt_position:
+        raise checkpoints.CheckpointError(
+            f"{model_dir} trained its prompt at prompt_position {trained!r}, but this job puts "
+            f"it at {model.prompt_position!r}; pass --gin.PROMPT_POSITION=\"'{trained}'\""
+        )
+
+
 def _load(
     model: PromptedT5,
     eval_data,
@@ -66,15 +79,9 @@ def _load(
     seed,
 ):
     if model.prompt_length:
+        _check_prompt_position(model, model_dir)
         path = prompt_file or latest_numpy_prompt(model_dir)
-        model = PromptedT5(
-            model.config,
-            model.prompt_length,
-            prompts.from_file(str(path)),
-            model.z_loss,
-            model.decoding,
-            loss_chunk=model.loss_chunk,
-        )
+        model = model.replace(prompt_init=prompts.from_file(str(path)), max_segments=0)
     mesh = sharding.make_mesh(model_parallel)
     rules = axes.standard_rules()
     params, _ = initial_params.build_params(

@@ -102,7 +102,7 @@ def train(
     sharding.check_batch_size(train_data.batch_size, mesh)
     _check_packing(model, train_data)
     shard_index, num_shards = sharding.data_shard_info(mesh)
-    checkpoints.check_model_dir(model_dir, model.config, model.prompt_length)
+    checkpoints.check_model_dir(model_dir, model.config, model.prompt_length, model.prompt_position)
 
     # -- Model and optimizer: frozen weights into their shardings, prompt initialised ---------
     params, param_shardings = initial_params.build_params(

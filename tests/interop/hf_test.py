@@ -137,6 +137,44 @@ def test_peft_prompt_adapter_gives_same_loss(tmp_path, make_hf_model):
     np.testing.assert_allclose(ours, theirs, rtol=1e-5)
 
 
+@pytest.mark.parametrize("position", ["prefix", "prefix_after_bos", "suffix", "suffix_after_eos"])
+def test_prompt_positions_match_hf_fed_the_prompt_placed_by_hand(tmp_path, make_hf_model, position):
+    # prompt-tuning's combination functions, built here in numpy: HF's T5 gets the embedded
+    # rows with the prompt inserted at k (prefix 0, after BOS 1, suffix before the last
+    # token n - 1, after it n) and the first n + P positions unmasked.
+    hf_model = make_hf_model(tmp_path / "hf")
+    config = hf.convert(tmp_path / "hf", tmp_path / "frozen", log=quiet)
+    model, params = restore(tmp_path / "frozen", dataclasses.replace(config, dtype="float32"), 3)
+    model = model.replace(prompt_position=position)
+    prompt = np.random.default_rng(1).normal(size=(3, 8)).astype(np.float32)
+    params[checkpoints.PROMPT_PATH] = jnp.asarray(prompt)
+    batch = random_batch(np.random.default_rng(2), 64)
+    ours = np.asarray(model.logits(nest(params), {k: jnp.asarray(v) for k, v in batch.items()}))
+
+    table = hf_model.shared.weight.detach().numpy()
+    rows, masks = [], []
+    for tokens in batch["encoder_input_tokens"]:
+        n = int((tokens > 0).sum())
+        k = {"prefix": 0, "prefix_after_bos": 1, "suffix": n - 1, "suffix_after_eos": n}[position]
+        rows.append(np.concatenate([table[tokens[:k]], prompt, table[tokens[k:]]]))
+        masks.append(np.arange(len(tokens) + 3) < n + 3)
+    with torch.no_grad():
+        theirs = hf_model(
+            inputs_embeds=torch.tensor(np.stack(rows)),
+            attention_mask=torch.tensor(np.stack(masks)).long(),
+            decoder_input_ids=torch.tensor(batch["decoder_input_tokens"]),
+        ).logits.numpy()
+    real = batch["decoder_target_tokens"] > 0
+    np.testing.assert_allclose(ours[real], theirs[real], atol=1e-4, rtol=0)
+    if position != "prefix":  # the position matters: the prefix model's logits differ
+        prefix = np.asarray(
+            model.replace(prompt_position="prefix").logits(
+                nest(params), {k: jnp.asarray(v) for k, v in batch.items()}
+            )
+        )
+        assert np.abs(prefix[real] - theirs[real]).max() > 1e-3
+
+
 def _umt5(path):
     """A tiny random HF UMT5 model (T5 1.1's names, a relative-position table in every block)."""
     umt5 = transformers.UMT5Config(

@@ -166,7 +166,7 @@ def test_prompt_changes_encoder_output(tiny):
 
 def test_prompt_module_prepends_prompt_rows():
     prompt = np.arange(2 * 4, dtype=np.float32).reshape(2, 4)
-    module = prompts.PrefixPrompt(2, prompts.from_array(prompt))
+    module = prompts.InputPrompt(2, prompts.from_array(prompt))
     x = jnp.ones((3, 5, 4))
     variables = module.init(jax.random.PRNGKey(0), x)
     out = module.apply(variables, x)
@@ -176,6 +176,30 @@ def test_prompt_module_prepends_prompt_rows():
     np.testing.assert_array_equal(
         prompts.with_prompt_mask(jnp.array([[5, 0]]), 2), np.array([[1, 1, 5, 0]])
     )
+
+
+def test_prompt_positions_put_the_prompt_where_prompt_tuning_does():
+    # Rows of 3, 1 and 0 tokens (pads last); 'embeddings' equal to the token ids, prompt rows
+    # -1 and -2, so each output says what landed there.
+    tokens = jnp.array([[5, 6, 1, 0, 0], [1, 0, 0, 0, 0], [0, 0, 0, 0, 0]])
+    x = tokens[..., None].astype(jnp.float32)
+    init = prompts.from_array(np.array([[-1.0], [-2.0]], np.float32))
+    want = {
+        "prefix": [[-1, -2, 5, 6, 1, 0, 0], [-1, -2, 1, 0, 0, 0, 0], [-1, -2, 0, 0, 0, 0, 0]],
+        "prefix_after_bos": [[5, -1, -2, 6, 1, 0, 0], [1, -1, -2, 0, 0, 0, 0], [-1, -2] + [0] * 5],
+        "suffix": [[5, 6, -1, -2, 1, 0, 0], [-1, -2, 1, 0, 0, 0, 0], [-1, -2, 0, 0, 0, 0, 0]],
+        "suffix_after_eos": [[5, 6, 1, -1, -2, 0, 0], [1, -1, -2, 0, 0, 0, 0], [-1, -2] + [0] * 5],
+    }
+    for position, rows in want.items():
+        module = prompts.InputPrompt(2, init, position=position)
+        out = module.apply(module.init(jax.random.PRNGKey(0), x, tokens), x, tokens)
+        np.testing.assert_array_equal(out[..., 0], np.array(rows, np.float32), err_msg=position)
+    with pytest.raises(ValueError, match="prompt_position 'middle'"):
+        prompts.check_position("middle")
+    with pytest.raises(ValueError, match="packing"):
+        prompted.PromptedT5(
+            config.named_config("tiny"), 2, max_segments=2, prompt_position="suffix"
+        )
 
 
 def test_extra_padding_does_not_change_real_logits(tiny):

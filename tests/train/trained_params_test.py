@@ -5,6 +5,7 @@ INITIAL_CHECKPOINT_PATH is refused with what to pass instead."""
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -157,6 +158,22 @@ def test_export_of_the_model_dir_writes_the_trained_model(run, frozen, tmp_path)
         assert not adapter.exists()
     else:  # the run's trained prompt goes out as a PEFT adapter
         np.testing.assert_array_equal(hf.import_prompt(adapter), trained[prompted.PROMPT_PATH])
+
+
+def test_export_of_a_suffix_prompt_run_says_what_peft_and_t5x_need(run, tmp_path):
+    name, model_dir = run
+    if name == "model_tune":
+        pytest.skip("a run without a prompt")
+    suffix_run = tmp_path / "run"  # the same run, as if trained with PROMPT_POSITION='suffix'
+    shutil.copytree(model_dir, suffix_run)
+    record = json.loads((suffix_run / "model.json").read_text())
+    (suffix_run / "model.json").write_text(json.dumps({**record, "prompt_position": "suffix"}))
+    out = spot_jax("export", "--to", "hf", "--input", suffix_run, "--output", tmp_path / "hf")
+    assert "PEFT prepends prompts" in out.stdout
+    assert (tmp_path / "hf" / "model.safetensors").exists()
+    assert not (tmp_path / "hf" / "prompt_adapter").exists()
+    out = spot_jax("export", "--to", "t5x", "--input", suffix_run, "--output", tmp_path / "t5x")
+    assert "prompt_tuning.train.prompts.suffix_prompt" in out.stdout
 
 
 def test_t5x_export_of_the_model_dir_is_the_trained_model_at_t5x_s_step(run, frozen, tmp_path):
