@@ -301,6 +301,15 @@ ENTRY %main (stack: bf16[24,4,8], x: f32[4,8], i: s32[]) -> bf16[24,4,8] {
     (row,) = op_profile.explain(summary, hlo)
     assert row["bytes"] == 196 and row["gb_per_s"] == pytest.approx(196 * 24 / 1e-6 / 1e9)
     assert "moves 0.0 MB a run, 5 GB/s" in op_profile.format_explained([row])
+    # By category, over every op the HLO names (the unknown one is left out).
+    summary["ops"] += [
+        {"op": "copy_6", "ms": 0.002, "count": 2, "category": "copy"},
+        {"op": "not_in_the_hlo", "ms": 1.0, "count": 1, "category": "copy"},
+    ]
+    traffic = op_profile.traffic_by_category(summary, hlo)
+    assert traffic["fusion"]["gb"] == pytest.approx(196 * 24 / 1e9)
+    assert traffic["copy"] == pytest.approx({"ms": 0.002, "gb": 256e-9, "gb_per_s": 0.128})
+    assert "copy" in op_profile.format_traffic(traffic)
 
 
 def test_step_memory_reads_xla_memory_analysis_from_shapes(capsys):

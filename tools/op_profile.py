@@ -9,8 +9,10 @@ trace's XLA op events (those with an `hlo_op` argument: GPU kernels, or XLA:CPU 
 
 `explain` reads the top ops back against the step's optimised HLO (`train_step.hlo.txt.gz`,
 written beside the profile): each op's result shape, the ops a fusion holds and the JAX op that
-made it (its `op_name` metadata, which names the Flax module). Offline, e.g. on a GPU run's
-files brought back to a CPU machine:
+made it (its `op_name` metadata, which names the Flax module), with the bytes each kernel
+moves and the bandwidth that makes; `traffic_by_category` sums those by category (fusions far
+below the card's bandwidth are where a memory-bound step loses time). Offline, e.g. on a GPU
+run's files brought back to a CPU machine:
 
     python tools/op_profile.py /tmp/xl_profile/op_profile.json /tmp/xl_profile/train_step.hlo.txt.gz
 """
@@ -66,11 +68,14 @@ def profile(run: Callable[[], object], out_dir: str | Path, calls: int, meta: di
     hlo = Path(out_dir, "train_step.hlo.txt.gz")
     if hlo.exists():
         with gzip.open(hlo, "rt") as f:
-            summary["explained"] = explain(summary, f.read(), top=40)
+            text = f.read()
+        summary["explained"] = explain(summary, text, top=40)
+        summary["traffic"] = traffic_by_category(summary, text)
     Path(out_dir, "op_profile.json").write_text(json.dumps(summary, indent=1))
     print(f"{meta.get('impl', '')} ({meta.get('per', 'call')}), trace {trace}", flush=True)
     print(format_summary(summary), flush=True)
     if summary.get("explained"):
+        print(format_traffic(summary["traffic"]), flush=True)
         print(format_explained(summary["explained"][:15]), flush=True)
     return summary
 
@@ -268,9 +273,7 @@ def explain(summary: dict, hlo_text: str, top: int = 15) -> list[dict]:
             body[info["computation"]][info["opcode"]] += 1
     rows = []
     for r in summary["ops"][:top]:
-        # A kernel named after its fusion inside a CUDA graph: `loop_add_fusion_3` for `.3`.
-        name = r["op"].split()[0]
-        info = instructions.get(name) or instructions.get(re.sub(r"_(\d+)$", r".\1", name))
+        info = _instruction_of(r["op"], instructions)
         row = {"op": r["op"], "ms": r["ms"], "category": r["category"]}
         if info:
             fused = body.get(info["calls"], collections.Counter())
@@ -286,6 +289,37 @@ def explain(summary: dict, hlo_text: str, top: int = 15) -> list[dict]:
                 row["gb_per_s"] = moved * r.get("count", 1) / (r["ms"] * 1e-3) / 1e9
         rows.append(row)
     return rows
+
+
+def _instruction_of(op: str, instructions: Mapping[str, dict]) -> dict | None:
+    # A kernel named after its fusion inside a CUDA graph: `loop_add_fusion_3` for `.3`.
+    name = op.split()[0]
+    return instructions.get(name) or instructions.get(re.sub(r"_(\d+)$", r".\1", name))
+
+
+def traffic_by_category(summary: dict, hlo_text: str) -> dict[str, dict]:
+    """Per category, over every op the HLO names: its time, the bytes its kernels move in a
+    call (`bytes_moved` x runs) and the bandwidth that makes. Memory-bound work (fusions,
+    copies) far below the card's bandwidth is where a step loses time."""
+    instructions = hlo_instructions(hlo_text)
+    out: dict[str, dict] = {}
+    for r in summary["ops"]:
+        info = _instruction_of(r["op"], instructions)
+        if info is None:
+            continue
+        row = out.setdefault(r["category"], {"ms": 0.0, "gb": 0.0})
+        row["ms"] += r["ms"]
+        row["gb"] += bytes_moved(info["name"], instructions) * r.get("count", 1) / 1e9
+    for row in out.values():
+        row["gb_per_s"] = row["gb"] / (row["ms"] * 1e-3) if row["ms"] > 0 else 0.0
+    return dict(sorted(out.items(), key=lambda kv: -kv[1]["ms"]))
+
+
+def format_traffic(traffic: dict[str, dict]) -> str:
+    lines = ["bytes moved by category (ops the HLO names):"]
+    for cat, r in traffic.items():
+        lines.append(f"  {cat:11s} {r['ms']:9.2f} ms {r['gb']:9.2f} GB  {r['gb_per_s']:8.0f} GB/s")
+    return "\n".join(lines)
 
 
 def format_explained(rows: list[dict]) -> str:
@@ -306,4 +340,6 @@ def format_explained(rows: list[dict]) -> str:
 if __name__ == "__main__":
     summary = json.loads(Path(sys.argv[1]).read_text())
     with gzip.open(sys.argv[2], "rt") as f:
-        print(format_explained(explain(summary, f.read(), top=int((sys.argv[3:] or [25])[0]))))
+        hlo_text = f.read()
+    print(format_traffic(traffic_by_category(summary, hlo_text)))
+    print(format_explained(explain(summary, hlo_text, top=int((sys.argv[3:] or [25])[0]))))
