@@ -56,7 +56,8 @@ def check_model_dir(
     want = _model_fingerprint(config, prompt_length, prompt_position)
     if path.exists():
         have = json.loads(path.read_text())
-        diffs = field_diffs(have, want, "{k}: {have} in MODEL_DIR vs {want} now")
+        shape = {k: v for k, v in want.items() if k != "prompt_position"}
+        diffs = field_diffs(have, shape, "{k}: {have} in MODEL_DIR vs {want} now")
         trained_at = have.get("prompt_position", "prefix")  # recorded only when not 'prefix'
         if trained_at != prompt_position:
             diffs.append(f"prompt_position: {trained_at} in MODEL_DIR vs {prompt_position} now")
