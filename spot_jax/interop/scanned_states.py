@@ -6,11 +6,12 @@ T5X's `standard_logical_factor_rules`. With a BATCH axis T5X's Adafactor factors
 logical rules even at rank <= 2 (`_parse_rule` falls back to the size heuristic only for
 params of rank <= 2 without one), and keeps the batch axis in both factored moments:
 
-  encoder/encoder/mlp/wi_0/kernel       [embed, layers, mlp]     v_row [embed, layers]
-                                                                 v_col [layers, mlp]
-  encoder/encoder/attention/out/kernel  [heads, kv, layers, embed] (scalable_t5, axis 2) ...
-  encoder/encoder/pre_mlp_layer_norm/scale [embed, layers]       v [embed, layers] (no ROW
-                                                                 and COLUMN pair: unfactored)
+  encoder/encoder/mlp/wi_0/kernel          [embed, layers, mlp]      v_row [embed, layers]
+                                                                     v_col [layers, mlp]
+  encoder/encoder/attention/query/kernel   [embed, layers, heads, kv] v_row [embed, layers]
+                                           (scalable_t5)             v_col [layers, heads, kv]
+  encoder/encoder/pre_mlp_layer_norm/scale [embed, layers]           v [embed, layers] (no ROW
+                                                                     and COLUMN pair)
 
 So layer i's moments are the stacked slots taken at i on the layers axis, and they keep the
 axes T5X's rules say (v_row the 'embed' ROW axis, v_col the COLUMN ones), which for some
