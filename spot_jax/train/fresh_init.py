@@ -46,15 +46,7 @@ def _own_init(model: PromptedT5, batch: Mapping[str, jax.Array]):
 
 def scanned_twin(model: PromptedT5) -> PromptedT5:
     """The same model with its layers stacked and scanned (the prompt, decoding etc. kept)."""
-    return PromptedT5(
-        dataclasses.replace(model.config, scan_layers=True),
-        prompt_length=model.prompt_length,
-        prompt_init=model.prompt_init,
-        z_loss=model.z_loss,
-        decoding=model.decoding,
-        max_segments=model.max_segments,
-        loss_chunk=model.loss_chunk,
-    )
+    return model.replace(config=dataclasses.replace(model.config, scan_layers=True))
 
 
 def frozen_init(
