@@ -173,7 +173,7 @@ def export_main(argv: list[str]) -> int:
         if kind == "spot_jax_train":
             source = source.parent.parent  # MODEL_DIR/checkpoints/<step> -> MODEL_DIR
         config, read, prompt = run_weights.read_run(source, args.frozen, log=_log)
-        position = run_weights.prompt_position_of(source)
+        position = checkpoints.trained_prompt_position(source) or "prefix"
         frozen = args.frozen or run_weights.initial_checkpoint_of(source)
         step = frozen_checkpoint.pretrained_step(frozen) + checkpoints.latest_train_step(source)
         if args.target == "t5x":

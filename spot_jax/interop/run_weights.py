@@ -31,13 +31,6 @@ def initial_checkpoint_of(run_dir: epath.PathLike) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def prompt_position_of(run_dir: epath.PathLike) -> str:
-    """Where the run's model put its prompt (`prompts.PROMPT_POSITIONS`), from model.json."""
-    record = epath.Path(run_dir) / "model.json"
-    model = json.loads(record.read_text()) if record.exists() else {}
-    return model.get("prompt_position", "prefix")
-
-
 def read_run(
     run_dir: epath.PathLike, frozen: epath.PathLike | None = None, log=print
 ) -> tuple[T5Config, Callable[[str], np.ndarray], np.ndarray | None]:

@@ -43,6 +43,15 @@ def _model_fingerprint(config: T5Config, prompt_length: int, prompt_position: st
     return {**config.shape_dict(), "prompt_length": prompt_length, **position}
 
 
+def trained_prompt_position(model_dir: epath.PathLike) -> str | None:
+    """Where a run put its prompt (MODEL_DIR/model.json; 'prefix' unless recorded), or None
+    for a directory that holds no run."""
+    record = epath.Path(model_dir) / "model.json"
+    if not record.exists():
+        return None
+    return json.loads(record.read_text()).get("prompt_position", "prefix")
+
+
 def check_model_dir(
     model_dir: epath.PathLike, config: T5Config, prompt_length: int, prompt_position="prefix"
 ) -> None:

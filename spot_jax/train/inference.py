@@ -58,11 +58,8 @@ def _checkpoint_step(prompt_path) -> int:
 
 def _check_prompt_position(model: PromptedT5, model_dir) -> None:
     """Refuses to evaluate a run's prompt at another position than the run trained it at."""
-    record = epath.Path(model_dir) / "model.json"
-    if not record.exists():
-        return
-    trained = json.loads(record.read_text()).get("prompt_position", "prefix")
-    if trained != model.prompt_position:
+    trained = checkpoints.trained_prompt_position(model_dir)
+    if trained is not None and trained != model.prompt_position:
         raise checkpoints.CheckpointError(
             f"{model_dir} trained its prompt at prompt_position {trained!r}, but this job puts "
             f"it at {model.prompt_position!r}; pass --gin.PROMPT_POSITION=\"'{trained}'\""
