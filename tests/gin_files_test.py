@@ -207,6 +207,10 @@ def test_the_one_gpu_file_sets_the_measured_speed_options_on_any_size():
     )
     bound = gin.get_configurable(config.T5Config)()
     assert bound.shape_dict() == config.named_config("xxl").shape_dict()
-    assert (bound.frozen_dtype, bound.scan_layers, bound.remat_policy) == ("bfloat16", False, "dots")
+    assert (bound.frozen_dtype, bound.scan_layers, bound.remat_policy) == (
+        "bfloat16",
+        False,
+        "dots",
+    )
     assert (bound.attention_impl, bound.attention_dropout) == ("cudnn", 0.0)
     assert bound.dropout_rate == 0.1  # residual and MLP dropout stay as the size file sets them

@@ -1,31 +1,28 @@
 #!/usr/bin/env bash
 # The prepared GPU runs, in calls of the device tool (each call <= 10 minutes; a session has
 # 15 minutes of device time, each machine start ~35 s). PARTS picks, in this order:
-#   xl     train step, --scan, no remat (else --remat dots), cuDNN attention, vs HF PEFT
-#          (open goals: >= 3x PEFT, >= 50% MFU; 2.79x / 37.8% on 2026-11-27), A/B against
-#          recompute_elementwise=False (autodiff's residuals, as measured then: 2.4 GB a layer
-#          of which the scan writes and reads stacks), profiled; then the same step unscanned
-#          (no per-layer stacking copies); ~460 s
-#   xxl    train step at batch 32, --scan --remat dots, cuDNN attention (goals met on
-#          2026-11-27: 50.4% MFU in 65.8 GB), then --remat none (no attention recomputed; the
-#          leaner residuals may fit it); ~260 s
-#   large  train step, --scan, cuDNN attention, vs HF PEFT (goal met: 3.71x), + scan_unroll=2;
-#          NOGRAPH=1 adds it without CUDA graphs; ~170 s
-#   eval   base size: fresh init's build time (own vs scanned twin), decode (greedy, 32 tokens, vs HF generate), rank classification (3 labels,
-#          one encoder pass per example vs T5X's pair rows vs PEFT), packing (train and
-#          per-example scoring, 512 GLUE-like examples padded vs packed 4 per 256-token row),
-#          the base train step vs PEFT with cross_projection=projected as A/B; ~400 s
-#   goals  = xl,xxl (the default PARTS is goals,eval)
+#   xl     train step, unscanned, no remat, cuDNN attention, vs HF PEFT (goal >= 3x met: 3.63x;
+#          open: >= 50% MFU, 48.2% on 2026-11-27, third session), A/B against
+#          fold_norm_scale=True (the pre-norms' scale multiplied into the kernels: XLA wrote
+#          one scaled activation copy per projection, 5.9 ms of the 237 ms step), profiled;
+#          then the same step with CUDA graphs off, profiled (the trace then sees every kernel:
+#          with graphs it saw 75% of the step); ~250 s
+#   xxl    train step at batch 32, unscanned, --remat dots (54.9% MFU in 70.0 GB), A/B against
+#          fold_norm_scale=True; then --remat none (no attention recomputed; may not fit); ~250 s
+#   large  train step, unscanned, no remat, vs HF PEFT (goal met: 5.62x), profiled; ~100 s
+#   eval   base size: fresh init's build time (own vs scanned twin), decode (greedy, 32 tokens,
+#          vs HF generate), rank classification (3 labels, one encoder pass per example vs
+#          T5X's pair rows vs PEFT), packing (train and per-example scoring, 512 GLUE-like
+#          examples padded vs packed 4 per 256-token row), the base train step vs PEFT with
+#          cross_projection=projected as A/B; 244 s on 2026-11-27 (all measured then)
+#   goals  = xl,xxl (the default PARTS is goals)
 # All with bf16 frozen weights, batch 32, inputs 512 + 100 prompt tokens, cuDNN attention.
-# The eval lines never ran before 2026-11-27's second session: each stalled compiling the
-# unscanned base model's fresh init (threefry draws per layer; spot_jax/train/fresh_init.py
-# now draws it as the scanned twin), so their time is a guess.
-# Next session: call 1 `mkdir -p /tmp/prof; PROF=/tmp/prof PARTS=xl BUDGET=470` (timeout 500:
-# the open XL goals), call 2 at once (the machine stays warm 30 s) `PARTS=eval BUDGET=300`
-# (timeout 330), then give_back; xxl in a later session.
+# Next session: call 1 `mkdir -p /tmp/prof; PROF=/tmp/prof PARTS=xl BUDGET=300` (timeout 330),
+# call 2 at once (the machine stays warm 30 s) `PARTS=xxl BUDGET=280` (timeout 300), then
+# give_back. If fold_norm_scale wins, make it T5Config's default.
 # Results go to ${OUT:-/tmp}/bench.jsonl, the log to ${OUT:-/tmp}/bench.log, and the large and
-# xl steps' device time by kernel to ${PROF:-$OUT}/{large,xl}_profile/op_profile.json, copied
-# to $OUT/{large,xl}_profile.json at exit with the step's optimised HLO ({..}_profile.hlo.txt.gz:
+# xl steps' device time by kernel to ${PROF:-$OUT}/<name>_profile/op_profile.json, copied
+# to $OUT/<name>_profile.json at exit with the step's optimised HLO (<name>_profile.hlo.txt.gz:
 # `python tools/op_profile.py JSON HLO` says what each top fusion holds and which module made it;
 # the traces beside them are too big to come back).
 set -u
@@ -57,41 +54,24 @@ run() {  # run LIMIT_S ARGS...: one benchmark, within both its limit and what is
   timeout -s ABRT "$limit" python3 -X faulthandler -W ignore tools/benchmark.py $common "${@:2}"
 }
 ATT=cudnn
-PARTS=${PARTS:-goals,eval}
+PARTS=${PARTS:-goals}
 PARTS=",${PARTS//goals/xl,xxl},"
 has() { [[ $PARTS == *",$1,"* ]]; }
 big="--targets 32 --steps 5 --repeats 2 --compare-peft"
-# Did a size's timing land in bench.jsonl? (A run can fail after it: its --profile, say.)
-timed() { grep -q "\"size\": \"$1\"" "$OUT/bench.jsonl" 2>/dev/null; }
 # --profile: one more traced run, device time by XLA op and category (op_profile.json).
 if has xl; then
-  # XL first: its goals are the open ones (large's >= 3x is met), so it gets the budget.
-  # No remat where it fits (no recomputed elementwise work; ~97 GB: an H200 once PEFT's cache
-  # is emptied, not an H100's 80 GB); dots remat (32 GB) otherwise or on failure.
-  GPU_MIB=$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits | head -1)
-  if [ "${GPU_MIB:-0}" -gt 110000 ]; then
-    run 260 --size xl --scan --remat none $big --attention $ATT \
-      --baseline recompute_elementwise=False --profile "$PROF/xl_profile"
-  fi
-  timed xl || run 200 --size xl --scan --remat dots $big --attention $ATT --profile "$PROF/xl_profile"
-  # Unscanned: each layer's saved activations are arrays of their own, not slices of stacks
-  # that are zero-filled every step (~10 ms at XL, no remat) and written and read by
-  # dynamic_update_slice / dynamic_slice copies (31 ms); a longer compile (48 layers unrolled).
-  [ "${GPU_MIB:-0}" -gt 110000 ] && remat=none || remat=dots
-  run 200 --size xl --remat $remat --targets 32 --steps 5 --repeats 2 --attention $ATT \
-    --profile "$PROF/xl_unscanned_profile"
+  run 200 --size xl --remat none $big --attention $ATT --baseline fold_norm_scale=True \
+    --profile "$PROF/xl_profile"
+  XLA_FLAGS="--xla_gpu_enable_command_buffer=" run 90 --size xl --remat none --targets 32 \
+    --steps 5 --attention $ATT --profile "$PROF/xl_nograph_profile"
 fi
 if has xxl; then
-  run 130 --size xxl --scan --remat dots --targets 32 --steps 5 --repeats 2 --attention $ATT
-  run 130 --size xxl --scan --remat none --targets 32 --steps 5 --repeats 2 --attention $ATT
+  run 170 --size xxl --remat dots --targets 32 --steps 5 --repeats 2 --attention $ATT \
+    --baseline fold_norm_scale=True
+  run 100 --size xxl --remat none --targets 32 --steps 5 --repeats 2 --attention $ATT
 fi
 if has large; then
-  run 170 --size large --scan $big --baseline scan_unroll=2 --attention $ATT \
-    --profile "$PROF/large_profile"
-  if [ "${NOGRAPH:-0}" = 1 ]; then  # CUDA graphs off: launch gaps and per-kernel names
-    XLA_FLAGS="--xla_gpu_enable_command_buffer=" run 90 --size large --scan --targets 32 \
-      --steps 5 --attention $ATT --profile "$PROF/large_nograph_profile"
-  fi
+  run 150 --size large --remat none $big --attention $ATT --profile "$PROF/large_profile"
 fi
 has eval || { echo "== total $((SECONDS - START)) s"; exit 0; }
 # The unscanned base model's fresh init (what stalled these lines before): its own values with

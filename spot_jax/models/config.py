@@ -64,6 +64,10 @@ class T5Config:
         residuals (`layers._recomputed_gated_gelu`): a scanned stack then saves 2 [B, L, mlp]
         arrays a layer instead of 7, and bfloat16 norm inputs instead of float32 copies. Same
         loss and gradients.
+      fold_norm_scale: the layer norms in front of attention and MLP blocks hand their scale to
+        the projections that read them, which multiply it into their kernels (`norms.RMSNorm`'s
+        `fold_scale`): XLA:GPU otherwise writes one scaled copy of the normalised activation
+        per projection. Same math, other rounding; params and checkpoints unchanged.
     """
 
     vocab_size: int = 32128
@@ -90,6 +94,7 @@ class T5Config:
     cross_projection: str = "auto"
     fused_bias_grad: str = "auto"
     recompute_elementwise: bool = True
+    fold_norm_scale: bool = False
 
     def __post_init__(self):
         if self.attention_impl not in ("xla", "cudnn"):

@@ -12,7 +12,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax import ad_checkpoint
 
 from spot_jax import axes
 from spot_jax.models import fused_attention
@@ -37,6 +36,19 @@ class KeyMask(NamedTuple):
         """The whole additive bias, broadcastable to [B, heads, Q, K]."""
         padding = jnp.where(self.keys > 0, 0.0, NEG_INF)[:, None, None, :]
         return self.bias + padding.astype(jnp.float32)
+
+
+class Normed(NamedTuple):
+    """A layer norm's output with its scale not yet applied (`norms.RMSNorm(fold_scale=True)`):
+    `Dense` multiplies the scale into its kernel, `(x * scale) @ W = x @ (scale[:, None] * W)`,
+    so no scaled copy of the activation is ever written."""
+
+    x: Array  # [..., H], normalised rows
+    scale: Array  # [H]
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.x.shape
 
 
 attention_kernel_init = nn.initializers.variance_scaling(1.0, "fan_in", "normal")
@@ -79,54 +91,18 @@ def constrain(x: Array, logical_axes: tuple[str | None, ...]) -> Array:
     return nn.with_logical_constraint(x, logical_axes)
 
 
-# Saved by `_rms_norm` for the backward pass besides its inputs: the rows' [.., 1] statistic.
-RMS_STATISTIC = "rms_norm_rsqrt"
-
-
-def _rms_norm(x: Array, scale: Array, epsilon: float, dtype) -> Array:
-    x32 = jnp.asarray(x, jnp.float32)
-    rsqrt = jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + epsilon)
-    rsqrt = ad_checkpoint.checkpoint_name(rsqrt, RMS_STATISTIC)
-    return jnp.asarray(x32 * rsqrt, dtype) * jnp.asarray(scale, dtype)
-
-
 def _gated_gelu(gate: Array, linear: Array) -> Array:
     # flax's gelu defaults to the tanh approximation, as T5X (and HF's gelu_new) use.
     return nn.gelu(gate) * linear
 
 
-# Elementwise blocks whose backward pass recomputes their intermediates from their inputs.
-# Autodiff saves what its derivative rules read: for the gated GELU five [B, L, mlp] arrays
-# besides the two inputs (x^2, tanh, 1 - tanh^2, ...), for the norm its float32 copy of x. A
-# scanned stack writes every saved array into a per-layer stack and reads it back (XL, no
-# remat: ~2.4 GB a layer, 10% of the step in those copies on an H200), where XLA fuses the
-# recomputation into the backward kernels that read the inputs anyway. Same values.
-_recomputed_rms_norm = jax.checkpoint(
-    _rms_norm,
-    static_argnums=(2, 3),
-    policy=jax.checkpoint_policies.save_only_these_names(RMS_STATISTIC),
-)
+# The gated GELU's backward pass recomputes its intermediates from its two inputs. Autodiff
+# saves what its derivative rules read: five [B, L, mlp] arrays besides the inputs (x^2, tanh,
+# 1 - tanh^2, ...). A scanned stack writes every saved array into a per-layer stack and reads it
+# back (XL, no remat: ~2.4 GB a layer with the norms' float32 copies, 10% of the step in those
+# copies on an H200), where XLA fuses the recomputation into the backward kernels that read the
+# inputs anyway. Same values. (`norms._recomputed_rms_norm` does the same for the layer norms.)
 _recomputed_gated_gelu = jax.checkpoint(_gated_gelu)
-
-
-class RMSNorm(nn.Module):
-    """T5 layer norm: scale only, no mean subtraction, statistics in float32.
-
-    `recompute`: the backward pass keeps x and the per-row statistic and recomputes the rest
-    (`_recomputed_rms_norm`); False: autodiff's residuals (a float32 copy of x)."""
-
-    dtype: Any = jnp.bfloat16
-    param_dtype: Any = jnp.float32
-    epsilon: float = 1e-6
-    recompute: bool = True
-
-    @nn.compact
-    def __call__(self, x: Array) -> Array:
-        scale = param_with_axes(
-            self, "scale", nn.initializers.ones, (x.shape[-1],), (axes.EMBED,), self.param_dtype
-        )
-        norm = _recomputed_rms_norm if self.recompute else _rms_norm
-        return norm(x, scale, self.epsilon, jnp.dtype(self.dtype))
 
 
 class Dense(nn.Module):
@@ -139,7 +115,7 @@ class Dense(nn.Module):
     param_dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x: Array) -> Array:
+    def __call__(self, x: Array | Normed) -> Array:
         kernel = param_with_axes(
             self,
             "kernel",
@@ -148,6 +124,9 @@ class Dense(nn.Module):
             self.kernel_axes,
             self.param_dtype,
         )
+        if isinstance(x, Normed):  # the norm's scale multiplies the kernel's rows instead
+            kernel = kernel * jnp.asarray(x.scale, kernel.dtype)[:, None]
+            x = x.x
         return jnp.dot(jnp.asarray(x, self.dtype), jnp.asarray(kernel, self.dtype))
 
 

@@ -8,7 +8,7 @@ import flax.linen as nn
 import jax
 
 from spot_jax import axes
-from spot_jax.models import layers, relative_position
+from spot_jax.models import layers, norms, relative_position
 from spot_jax.models.config import T5Config
 
 Array = jax.Array
@@ -16,13 +16,15 @@ Array = jax.Array
 ACT = (axes.BATCH, axes.LENGTH, axes.EMBED)
 
 
-def norm(config: T5Config, name: str) -> layers.RMSNorm:
-    """A T5 layer norm named `name`, in the config's dtypes."""
-    return layers.RMSNorm(
+def norm(config: T5Config, name: str, *, feeds_dense: bool = False) -> norms.RMSNorm:
+    """A T5 layer norm named `name`, in the config's dtypes. `feeds_dense`: only `Dense`
+    layers read its output, so `config.fold_norm_scale` may fold its scale into their kernels."""
+    return norms.RMSNorm(
         name=name,
         dtype=config.activation_dtype,
         param_dtype=config.param_dtype,
         recompute=config.recompute_elementwise,
+        fold_scale=feeds_dense and config.fold_norm_scale,
     )
 
 
@@ -45,7 +47,7 @@ def attention(config: T5Config, name: str, **kwargs) -> layers.MultiHeadAttentio
 def _mlp_residual(config: T5Config, x: Array, drop: nn.Dropout, deterministic: bool) -> Array:
     """x + MLP(norm(x)), both layers' last block. Called inside a layer's compact `__call__`,
     so its params are that layer's `pre_mlp_layer_norm` and `mlp`."""
-    h = norm(config, "pre_mlp_layer_norm")(x)
+    h = norm(config, "pre_mlp_layer_norm", feeds_dense=True)(x)
     h = layers.MlpBlock(
         config.mlp_dim,
         config.dropout_rate,
@@ -72,7 +74,7 @@ class EncoderLayer(nn.Module):
             bias = relative_position.with_layer_bias(
                 c, bias, length, length, True, positions=positions
             )
-        h = norm(c, "pre_attention_layer_norm")(x)
+        h = norm(c, "pre_attention_layer_norm", feeds_dense=True)(x)
         h = attention(c, "attention")(h, h, bias, deterministic=self.deterministic)
         x = layers.constrain(x + drop(h, deterministic=self.deterministic), ACT)
         return _mlp_residual(c, x, drop, self.deterministic), None
@@ -108,12 +110,12 @@ class DecoderLayer(nn.Module):
             self_bias = relative_position.with_layer_bias(
                 c, self_bias, length, length, False, positions=positions
             )
-        h = norm(c, "pre_self_attention_layer_norm")(x)
+        h = norm(c, "pre_self_attention_layer_norm", feeds_dense=True)(x)
         h = attention(c, "self_attention")(
             h, h, self_bias, deterministic=self.deterministic, decode=self.decode
         )
         x = layers.constrain(x + drop(h, deterministic=self.deterministic), ACT)
-        h = norm(c, "pre_cross_attention_layer_norm")(x)
+        h = norm(c, "pre_cross_attention_layer_norm", feeds_dense=True)(x)
         h = attention(c, "encoder_decoder_attention", cross_projection=c.cross_projection)(
             h, encoded, cross_bias, deterministic=self.deterministic
         )
