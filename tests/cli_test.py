@@ -204,6 +204,46 @@ def test_a_suffix_prompt_run_is_evaluated_at_its_position(tmp_path):
         assert result.returncode != 0 and "prompt_position" in result.stderr, cmd
 
 
+def test_a_per_layer_prompt_run_saves_evaluates_and_resumes_with_its_layer_prompts(tmp_path):
+    per_layer = "--gin.PER_LAYER_PROMPT='replace'"
+    run_dir = tmp_path / "run"
+    train(run_dir, 10, per_layer)
+    assert json.loads((run_dir / "model.json").read_text())["per_layer_prompt"] == "replace"
+    # prompt-tuning's numpy layout: the input prompt and one file per encoder layer.
+    saved = run_dir / "numpy_checkpoints" / "checkpoint_10"
+    layer_files = sorted(p.name for p in saved.glob("encoder.layers_*.prompt.prompt.prompt"))
+    assert layer_files == [f"encoder.layers_{i}.prompt.prompt.prompt" for i in range(2)]
+    assert np.load(saved / layer_files[1]).shape == (5, 8)
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").open()]
+    trained_eval = [r for r in records if r.get("step") == 10 and "eval/loss" in r][-1]
+    eval_cmd = command("eval", run_dir, "--gin.EVAL_STEPS=2", gin_file="test/tiny_eval.gin")
+    run([*eval_cmd, per_layer])  # the run's own eval batches: its own eval loss again
+    last = [json.loads(line) for line in (run_dir / "metrics.jsonl").open()][-1]
+    assert last["eval/loss"] == pytest.approx(trained_eval["eval/loss"], rel=1e-5)
+    # Elsewhere, from the numpy checkpoint alone (the layer prompts beside the prompt file).
+    other = command("eval", tmp_path / "other", "--gin.EVAL_STEPS=2", gin_file="test/tiny_eval.gin")
+    run([*other, per_layer, f"--gin.PROMPT_FILE='{saved / PROMPT_FILE}'"])
+    elsewhere = json.loads((tmp_path / "other" / "eval_metrics.json").read_text())
+    assert elsewhere["eval/loss"] == pytest.approx(last["eval/loss"], rel=1e-5)
+    # Without its layer prompts, or without PER_LAYER_PROMPT, refused by name.
+    lone = tmp_path / "lone"
+    lone.mkdir()
+    (lone / PROMPT_FILE).write_bytes((saved / PROMPT_FILE).read_bytes())
+    bad = [
+        ([*other, per_layer, f"--gin.PROMPT_FILE='{lone / PROMPT_FILE}'"], "per-layer prompts"),
+        (eval_cmd, "per_layer_prompt"),
+        (command("train", run_dir, "--gin.TRAIN_STEPS=20"), "per_layer_prompt"),
+    ]
+    for cmd, message in bad:
+        result = subprocess.run(
+            cmd, capture_output=True, text=True, env=env(), cwd=REPO, timeout=TIMEOUT
+        )
+        assert result.returncode != 0 and message in result.stderr, (cmd, result.stderr[-500:])
+    # Resumed as what it is, it trains on from step 10.
+    train(run_dir, 20, per_layer)
+    assert (run_dir / "numpy_checkpoints" / "checkpoint_20" / layer_files[0]).exists()
+
+
 def test_relative_model_dir_is_taken_from_the_working_directory(tmp_path):
     # Periods of 0: no periodic saves or evals, only the run's last step's.
     cmd = command(

@@ -167,13 +167,13 @@ def export_main(argv: list[str]) -> int:
     if args.vocabulary and not epath.Path(args.vocabulary).is_file():
         raise CheckpointError(f"--vocabulary {args.vocabulary} is not a file")
     prompt = param_states = None
-    position = "prefix"
+    placed = dict(checkpoints.PLACEMENT_DEFAULTS)
     kind = t5x.detect_format(source)
     if kind in ("spot_jax_run", "spot_jax_train"):
         if kind == "spot_jax_train":
             source = source.parent.parent  # MODEL_DIR/checkpoints/<step> -> MODEL_DIR
         config, read, prompt = run_weights.read_run(source, args.frozen, log=_log)
-        position = checkpoints.trained_prompt_position(source) or "prefix"
+        placed = checkpoints.trained_placement(source) or placed
         frozen = args.frozen or run_weights.initial_checkpoint_of(source)
         step = frozen_checkpoint.pretrained_step(frozen) + checkpoints.latest_train_step(source)
         if args.target == "t5x":
@@ -203,12 +203,26 @@ def export_main(argv: list[str]) -> int:
         def read(name):
             return t5x.resize_vocab(name, base_read(name), rows)
 
+    position, per_layer = placed["prompt_position"], placed["per_layer_prompt"]
     if prompt is not None and position != "prefix" and not args.prompt:
         note = f"Note: {source} trained its prompt at prompt_position {position!r}: "
         if args.target == "t5x":
             _log(note + f"a T5X run needs prompt_tuning.train.prompts.{_T5X_COMBINE[position]}")
         else:
             _log(note + "PEFT prepends prompts, so no PEFT adapter is written")
+            prompt = None
+    layer_prompts = []
+    if per_layer != "none":
+        note = f"Note: {source} trained per-layer prompts ({per_layer!r}): "
+        if args.target == "t5x":
+            layer_prompts = [_LAYER_PROMPT.format(i) for i in range(config.num_encoder_layers)]
+            _log(
+                note + "written at encoder/layers_<i>/prompt/prompt/prompt; a T5X run needs "
+                "prompt-tuning's per_layer_prompt_encoder_t5_1_1_flaxformer.gin with "
+                f"per_layer.{per_layer}_prompt"
+            )
+        elif prompt is not None:
+            _log(note + "PEFT has no such prompts, so no PEFT adapter is written")
             prompt = None
     if args.target == "t5x":
         with _new_output(output):
@@ -220,6 +234,7 @@ def export_main(argv: list[str]) -> int:
                 args.step if args.step is not None else step,
                 args.dtype,
                 param_states,
+                layer_prompts,
             )
         return 0
     with _new_output(output):
@@ -241,11 +256,18 @@ _T5X_COMBINE = {
 }
 
 
-def _export_t5x(read, config, prompt, output: epath.Path, step: int, dtype: str, states) -> None:
+_LAYER_PROMPT = "encoder/layers_{}/prompt/prompt/prompt"  # prompt-tuning's per-layer prompts
+
+
+def _export_t5x(
+    read, config, prompt, output: epath.Path, step: int, dtype: str, states, layer_prompts=()
+) -> None:
     from spot_jax.interop import t5x, t5x_export
     from spot_jax.models.prompted import PROMPT_PATH
 
     shapes = dict(t5x.param_shapes(config))
+    # The run's per-layer prompts, read with its other trained params.
+    shapes.update({name: tuple(read(name).shape) for name in layer_prompts})
     if prompt is not None:
         shapes[PROMPT_PATH] = tuple(prompt.shape)
         base_read = read

@@ -47,8 +47,9 @@ from spot_jax.interop.t5x_msgpack import (
     load_inline,
     read_msgpack,
 )
+from spot_jax.models import prompted
 from spot_jax.models.config import T5Config
-from spot_jax.train.checkpoints import PROMPT_PATH, CheckpointError
+from spot_jax.train.checkpoints import CheckpointError
 from spot_jax.train.frozen_checkpoint import FROZEN_META, save_frozen
 
 _RELPOS_LAYOUT = {True: "in every layer (umT5)", False: "per stack (T5 1.1)"}
@@ -283,8 +284,9 @@ def convert(
     if vocab_rows and vocab_rows != config.vocab_size:
         log(f"resizing vocab rows {config.vocab_size} -> {vocab_rows} (embedding, logits)")
         config = dataclasses.replace(config, vocab_size=vocab_rows)
-    if PROMPT_PATH in ckpt.shapes:
-        log(f"note: {PROMPT_PATH} in the checkpoint is not part of the frozen model; skipped")
+    found = sorted(n for n in ckpt.shapes if prompted.is_prompt_path(n))
+    if found:  # the input prompt and any per-layer ones (prompt-tuning's extended models)
+        log(f"note: {', '.join(found)} in the checkpoint: prompts, not the frozen model; skipped")
     write_frozen_streaming(
         output_path,
         param_shapes(config),

@@ -5,6 +5,7 @@ over plain nested param dicts, as T5X's EncoderDecoderModel does over its module
 """
 
 import dataclasses
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -13,7 +14,7 @@ import jax.numpy as jnp
 
 from spot_jax.models import decoding, prompts, t5
 from spot_jax.models.config import T5Config
-from spot_jax.models.t5 import (  # noqa: F401 (re-exported: prompted.is_stacked, ...)
+from spot_jax.models.stacks import (  # noqa: F401 (re-exported: prompted.is_stacked, ...)
     is_stacked,
     layer_name,
     stack_layers,
@@ -25,6 +26,8 @@ from spot_jax.train import losses
 Array = jax.Array
 Batch = Mapping[str, Array]
 PROMPT_PATH = "encoder/prompt/prompt/prompt"
+# Per-layer prompts (`per_layer_prompt`): one per encoder layer, or their scanned stack.
+LAYER_PROMPT_PATH = re.compile(r"encoder/layers(_\d+)?/prompt/prompt/prompt")
 # seqio EncDecFeatureConverter(pack=True) features; all four are present in a packed batch.
 PACKING_FEATURES = (
     "encoder_segment_ids",
@@ -32,6 +35,12 @@ PACKING_FEATURES = (
     "decoder_segment_ids",
     "decoder_positions",
 )
+
+
+def is_prompt_path(name: str) -> bool:
+    """Whether a flat param name is a prompt: the input prompt or a per-layer one (neither is
+    in a frozen checkpoint; both are trained and saved with the run)."""
+    return name == PROMPT_PATH or LAYER_PROMPT_PATH.fullmatch(name) is not None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,6 +75,9 @@ class PromptedT5:
       prompt_position: where the prompt goes (`prompts.PROMPT_POSITIONS`, prompt-tuning's
         combination functions): 'prefix' (default), 'prefix_after_bos', 'suffix' (after the
         text, before its EOS) or 'suffix_after_eos'. Packing takes 'prefix' only.
+      per_layer_prompt: 'none' (default: the input prompt alone), or each encoder layer's own
+        `[P, H]` prompt combined with the prompt rows of its input, 'replace' or 'add'
+        (prompt-tuning's extended per-layer prompts; `prompts.LayerPrompt`). Needs 'prefix'.
     """
 
     def __init__(
@@ -78,9 +90,19 @@ class PromptedT5:
         max_segments: int = 0,
         loss_chunk: int = 0,
         prompt_position: str = "prefix",
+        per_layer_prompt: str = "none",
     ):
         if prompt_length < 0:
             raise ValueError(f"PROMPT_LENGTH must be >= 0, got {prompt_length}")
+        if prompts.check_per_layer(per_layer_prompt) != "none" and (
+            not prompt_length or prompt_position != "prefix"
+        ):
+            raise ValueError(
+                f"per_layer_prompt {per_layer_prompt!r} needs a prompt (PROMPT_LENGTH > 0, got "
+                f"{prompt_length}) at prompt_position 'prefix' (got {prompt_position!r}): each "
+                "layer's prompt takes the rows that lead its input"
+            )
+        self.per_layer_prompt = per_layer_prompt
         if prompts.check_position(prompt_position) != "prefix" and max_segments:
             raise ValueError(
                 f"prompt_position {prompt_position!r} with packing (max_segments "
@@ -98,7 +120,7 @@ class PromptedT5:
         self.max_segments = max_segments
         self.loss_chunk = loss_chunk
         self.module = t5.Transformer(
-            config, prompt_length, prompt_init, max_segments, prompt_position
+            config, prompt_length, prompt_init, max_segments, prompt_position, per_layer_prompt
         )
 
     def replace(self, **changes) -> "PromptedT5":
@@ -112,6 +134,7 @@ class PromptedT5:
             max_segments=self.max_segments,
             loss_chunk=self.loss_chunk,
             prompt_position=self.prompt_position,
+            per_layer_prompt=self.per_layer_prompt,
         )
         return PromptedT5(**{**args, **changes})
 
@@ -310,10 +333,8 @@ class PromptedT5:
         module, params = self.module, params
         if self.config.scan_layers:
             # Decoding runs layer by layer (per-layer caches), so unstack scanned params.
-            module = t5.Transformer(
-                dataclasses.replace(self.config, scan_layers=False, remat_policy="none"),
-                self.prompt_length,
-                self.prompt_init,
+            module = self.module.clone(
+                config=dataclasses.replace(self.config, scan_layers=False, remat_policy="none")
             )
             params = unstack_layers(params)
         enc_tokens = batch["encoder_input_tokens"]

@@ -2,13 +2,11 @@
 
 Parameter paths equal T5X's (`encoder/layers_0/attention/query/kernel`, ...); with a prompt the
 encoder also holds `encoder/prompt/prompt/prompt`. With `scan_layers` the layers are stacked
-under `encoder/layers/...` with a leading 'layers' axis (see `checkpoints` for the conversion).
+under `encoder/layers/...` with a leading 'layers' axis (`stacks` converts the names).
 """
 
-from collections.abc import Mapping
 from typing import Any
 
-import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -72,6 +70,7 @@ class Encoder(nn.Module):
     prompt_length: int = 0
     prompt_init: Any = None
     prompt_position: str = "prefix"  # prompts.PROMPT_POSITIONS
+    per_layer_prompt: str = "none"  # prompts.PER_LAYER_PROMPTS
 
     @nn.compact
     def __call__(
@@ -91,6 +90,7 @@ class Encoder(nn.Module):
         """
         c = self.config
         mask = tokens if segment_ids is None else segment_ids
+        layer_prompt = {}
         if self.prompt_length:
             init = self.prompt_init or prompts.random_uniform()
             # Placeholder param init for inits that need the embedding table: the trainer
@@ -107,6 +107,14 @@ class Encoder(nn.Module):
             )(embedded, tokens, copies)
             if segment_ids is None:
                 mask = prompts.with_prompt_mask(tokens, self.prompt_length)
+            if prompts.check_per_layer(self.per_layer_prompt) != "none":
+                layer_prompt = dict(
+                    per_layer_prompt=self.per_layer_prompt,
+                    prompt_length=self.prompt_length,
+                    # prompt-tuning's per-layer prompts: U[0, 0.5), whatever the input's init.
+                    prompt_init=prompts.random_uniform(),
+                    prompt_copies=copies,
+                )
         # Dropout after the prompt is added, as prompt-tuning's PromptEncoder does.
         x = nn.Dropout(c.dropout_rate, broadcast_dims=(-2,))(embedded, deterministic=deterministic)
         x = layers.constrain(x.astype(c.activation_dtype), t5_layers.ACT)
@@ -127,6 +135,7 @@ class Encoder(nn.Module):
             c.num_encoder_layers,
             1 + len(per_layer),
             deterministic=deterministic,
+            **layer_prompt,
         )(x, bias, *per_layer)
         x = t5_layers.norm(c, "encoder_norm")(x)
         x = nn.Dropout(c.dropout_rate)(x, deterministic=deterministic)
@@ -225,13 +234,16 @@ class Transformer(nn.Module):
     # Prompt slots per packed row (the most examples a packed row may hold); 0: unpacked only.
     max_segments: int = 0
     prompt_position: str = "prefix"  # prompts.PROMPT_POSITIONS; 'prefix' alone packs
+    per_layer_prompt: str = "none"  # prompts.PER_LAYER_PROMPTS: each encoder layer's own prompt
 
     def setup(self):
         c = self.config
         self.token_embedder = layers.Embed(
             c.vocab_size, c.emb_dim, dtype=c.activation_dtype, param_dtype=c.param_dtype
         )
-        self.encoder = Encoder(c, self.prompt_length, self.prompt_init, self.prompt_position)
+        self.encoder = Encoder(
+            c, self.prompt_length, self.prompt_init, self.prompt_position, self.per_layer_prompt
+        )
         self.decoder = Decoder(c)
 
     def encoder_mask(self, encoder_input_tokens: Array) -> Array:
@@ -343,54 +355,3 @@ class Transformer(nn.Module):
             hidden_only=hidden_only,
             **packing,
         )
-
-
-# ---------------------------------------------------------------------------------------------
-# Param names of the two layouts: scanned stacks (`encoder/layers/...`, a leading layer axis)
-# and one param per layer (`encoder/layers_<i>/...`, T5X's and the Python loop's).
-
-
-def is_stacked(name: str) -> bool:
-    """Whether a flat param name is a scanned stack of layers (`encoder/layers/...`)."""
-    parts = name.split("/")
-    return len(parts) > 2 and parts[0] in ("encoder", "decoder") and parts[1] == "layers"
-
-
-def layer_name(stacked_name: str, index: int) -> str:
-    """T5X name of layer `index` of a stacked param: `encoder/layers/x` -> `encoder/layers_3/x`."""
-    stack, _, rest = stacked_name.split("/", 2)
-    return f"{stack}/layers_{index}/{rest}"
-
-
-def unstack_flat(flat: Mapping[str, Array]) -> dict[str, Array]:
-    """Flat params with stacked layers (leading layer axis) -> one array per `layers_{i}`."""
-    out = {}
-    for name, value in flat.items():
-        if is_stacked(name):
-            out.update({layer_name(name, i): value[i] for i in range(value.shape[0])})
-        else:
-            out[name] = value
-    return out
-
-
-def unstack_layers(params):
-    """Scanned params (`encoder/layers/...` with a leading layer axis) -> `layers_{i}`."""
-    flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(params), sep="/")
-    return flax.traverse_util.unflatten_dict(unstack_flat(flat), sep="/")
-
-
-def stack_layers(params):
-    """Inverse of `unstack_layers`: `layers_{i}` -> `layers` with a leading layer axis."""
-    flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(params), sep="/")
-    groups: dict[str, dict[int, Array]] = {}
-    out = {}
-    for path, value in flat.items():
-        parts = path.split("/")
-        if len(parts) > 2 and parts[1].startswith("layers_"):
-            key = "/".join([parts[0], "layers"] + parts[2:])
-            groups.setdefault(key, {})[int(parts[1][len("layers_") :])] = value
-        else:
-            out[path] = value
-    for key, by_index in groups.items():
-        out[key] = jnp.stack([by_index[i] for i in sorted(by_index)])
-    return flax.traverse_util.unflatten_dict(out, sep="/")

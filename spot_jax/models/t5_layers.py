@@ -4,11 +4,13 @@ with a residual, under T5X's names (`layers_<i>/attention`, `pre_mlp_layer_norm`
 `t5.py` stacks them, in a loop or a scan, with remat.
 """
 
+from typing import Any
+
 import flax.linen as nn
 import jax
 
 from spot_jax import axes
-from spot_jax.models import layers, norms, relative_position
+from spot_jax.models import layers, norms, prompts, relative_position
 from spot_jax.models.config import T5Config
 
 Array = jax.Array
@@ -60,14 +62,28 @@ def _mlp_residual(config: T5Config, x: Array, drop: nn.Dropout, deterministic: b
 
 
 class EncoderLayer(nn.Module):
-    """Pre-norm self-attention and MLP, each with a residual."""
+    """Pre-norm self-attention and MLP, each with a residual; with `per_layer_prompt` ('replace'
+    or 'add', `prompts.PER_LAYER_PROMPTS`) the layer's own prompt first meets the prompt rows
+    that lead its input (`prompt_copies` of them in a packed row)."""
 
     config: T5Config
     deterministic: bool
+    per_layer_prompt: str = "none"
+    prompt_length: int = 0
+    prompt_init: Any = None
+    prompt_copies: int = 1
 
     @nn.compact
     def __call__(self, x: Array, bias: Array, positions: Array | None = None) -> tuple[Array, None]:
         c = self.config
+        if self.per_layer_prompt != "none":
+            x = prompts.LayerPrompt(
+                self.prompt_length,
+                self.prompt_init,
+                c.param_dtype,
+                self.per_layer_prompt,
+                name="prompt",
+            )(x, self.prompt_copies)
         drop = nn.Dropout(c.dropout_rate, broadcast_dims=(-2,))
         if c.relpos_per_layer:
             length = x.shape[1]

@@ -37,39 +37,60 @@ class CheckpointError(ValueError):
     """A checkpoint that does not fit the configured model, or is missing or broken."""
 
 
-def _model_fingerprint(config: T5Config, prompt_length: int, prompt_position: str) -> dict:
-    # The position only where it is not the default, so that older runs' model.json still match.
-    position = {} if prompt_position == "prefix" else {"prompt_position": prompt_position}
-    return {**config.shape_dict(), "prompt_length": prompt_length, **position}
+# How a run placed its prompts (PromptedT5's arguments of these names, the gin macros beside
+# them), recorded in model.json only where not the default, so older runs' files still match.
+PLACEMENT_DEFAULTS = {"prompt_position": "prefix", "per_layer_prompt": "none"}
+PLACEMENT_MACROS = {"prompt_position": "PROMPT_POSITION", "per_layer_prompt": "PER_LAYER_PROMPT"}
 
 
-def trained_prompt_position(model_dir: epath.PathLike) -> str | None:
-    """Where a run put its prompt (MODEL_DIR/model.json; 'prefix' unless recorded), or None
-    for a directory that holds no run."""
+def placement(model: prompted.PromptedT5) -> dict[str, str]:
+    return {k: getattr(model, k) for k in PLACEMENT_DEFAULTS}
+
+
+def _model_fingerprint(config: T5Config, prompt_length: int, placed: Mapping[str, str]) -> dict:
+    recorded = {k: v for k, v in placed.items() if v != PLACEMENT_DEFAULTS[k]}
+    return {**config.shape_dict(), "prompt_length": prompt_length, **recorded}
+
+
+def trained_placement(model_dir: epath.PathLike) -> dict[str, str] | None:
+    """How a run placed its prompts (MODEL_DIR/model.json; the defaults unless recorded), or
+    None for a directory that holds no run."""
     record = epath.Path(model_dir) / "model.json"
     if not record.exists():
         return None
-    return json.loads(record.read_text()).get("prompt_position", "prefix")
+    have = json.loads(record.read_text())
+    return {k: have.get(k, default) for k, default in PLACEMENT_DEFAULTS.items()}
+
+
+def trained_prompt_position(model_dir: epath.PathLike) -> str | None:
+    """Where a run put its prompt ('prefix' unless recorded), or None for no run."""
+    placed = trained_placement(model_dir)
+    return None if placed is None else placed["prompt_position"]
 
 
 def check_model_dir(
-    model_dir: epath.PathLike, config: T5Config, prompt_length: int, prompt_position="prefix"
+    model_dir: epath.PathLike,
+    config: T5Config,
+    prompt_length: int,
+    prompt_position="prefix",
+    per_layer_prompt="none",
 ) -> None:
-    """Records the model shape (and a prompt position other than 'prefix') in MODEL_DIR, or
-    refuses a MODEL_DIR of a different model.
+    """Records the model shape (and a prompt placement other than the default) in MODEL_DIR,
+    or refuses a MODEL_DIR of a different model.
 
     This guards against T5X's stale-model_dir trap (t5x#1067): a checkpoint of another size
     silently taking precedence.
     """
     path = epath.Path(model_dir) / "model.json"
-    want = _model_fingerprint(config, prompt_length, prompt_position)
+    placed = {"prompt_position": prompt_position, "per_layer_prompt": per_layer_prompt}
+    want = _model_fingerprint(config, prompt_length, placed)
     if path.exists():
         have = json.loads(path.read_text())
-        shape = {k: v for k, v in want.items() if k != "prompt_position"}
+        shape = {k: v for k, v in want.items() if k not in PLACEMENT_DEFAULTS}
         diffs = field_diffs(have, shape, "{k}: {have} in MODEL_DIR vs {want} now")
-        trained_at = have.get("prompt_position", "prefix")  # recorded only when not 'prefix'
-        if trained_at != prompt_position:
-            diffs.append(f"prompt_position: {trained_at} in MODEL_DIR vs {prompt_position} now")
+        for key, default in PLACEMENT_DEFAULTS.items():  # recorded only when not the default
+            if have.get(key, default) != placed[key]:
+                diffs.append(f"{key}: {have.get(key, default)} in MODEL_DIR vs {placed[key]} now")
         if diffs:
             raise CheckpointError(
                 f"MODEL_DIR {model_dir} holds a run of a different model ({'; '.join(diffs)}); "
@@ -251,6 +272,12 @@ def numpy_prompt_path(model_dir: epath.PathLike, step: int) -> epath.Path:
         / f"checkpoint_{step}"
         / PROMPT_PATH.replace("/", ".")
     )
+
+
+def numpy_prompts(trainable: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
+    """The prompts among a run's trainable params as prompt-tuning saves them: the input prompt
+    and each encoder layer's own, a scanned stack cut into its layers."""
+    return prompted.unstack_flat({k: v for k, v in trainable.items() if prompted.is_prompt_path(k)})
 
 
 def save_numpy_params(

@@ -30,16 +30,15 @@ import flax.linen as nn
 import jax
 from jax._src import config as jax_config
 
-from spot_jax.models.prompted import PROMPT_PATH, PromptedT5, unstack_flat
+from spot_jax.models.prompted import PromptedT5, is_prompt_path, unstack_flat
 from spot_jax.train import state as state_lib
 
 
 def _own_init(model: PromptedT5, batch: Mapping[str, jax.Array]):
     def init(rng):
         flat = state_lib.flatten_params(nn.unbox(model.init(rng, batch)))
-        # The prompt has its own initialiser (initial_params.initial_prompt).
-        flat.pop(PROMPT_PATH, None)
-        return flat
+        # The prompts have their own initialisers (initial_params.build_params).
+        return {k: v for k, v in flat.items() if not is_prompt_path(k)}
 
     return init
 

@@ -22,7 +22,7 @@ from etils import epath
 from spot_jax.models import prompted
 from spot_jax.models.config import T5Config
 from spot_jax.paths import absolute_path
-from spot_jax.train.checkpoints import PROMPT_PATH, CheckpointError, field_diffs
+from spot_jax.train.checkpoints import CheckpointError, field_diffs
 
 FROZEN_META = "spot_model.json"
 
@@ -65,7 +65,9 @@ def save_frozen(
     known, the global `step` the weights were trained to (see `pretrained_step`).
     """
     path = absolute_path(path)
-    params = prompted.unstack_flat({k: v for k, v in flat_params.items() if k != PROMPT_PATH})
+    params = prompted.unstack_flat(
+        {k: v for k, v in flat_params.items() if not prompted.is_prompt_path(k)}
+    )
     groups = frozen_groups(params, group_bytes or FROZEN_GROUP_BYTES)
     for i, names in enumerate(groups):
         with ocp.StandardCheckpointer() as ckptr:

@@ -17,7 +17,13 @@ from etils import epath
 from spot_jax import axes, data
 from spot_jax.data.config import DatasetConfig
 from spot_jax.models import prompts
-from spot_jax.models.prompted import PROMPT_PATH, PromptedT5
+from spot_jax.models.prompted import (
+    PROMPT_PATH,
+    PromptedT5,
+    is_prompt_path,
+    is_stacked,
+    layer_name,
+)
 from spot_jax.train import (
     checkpoints,
     evaluation,
@@ -56,14 +62,35 @@ def _checkpoint_step(prompt_path) -> int:
     return step or 0
 
 
-def _check_prompt_position(model: PromptedT5, model_dir) -> None:
-    """Refuses to evaluate a run's prompt at another position than the run trained it at."""
-    trained = checkpoints.trained_prompt_position(model_dir)
-    if trained is not None and trained != model.prompt_position:
-        raise checkpoints.CheckpointError(
-            f"{model_dir} trained its prompt at prompt_position {trained!r}, but this job puts "
-            f"it at {model.prompt_position!r}; pass --gin.PROMPT_POSITION=\"'{trained}'\""
-        )
+def _check_placement(model: PromptedT5, model_dir) -> None:
+    """Refuses to evaluate a run's prompt placed otherwise than the run trained it (its
+    position, its per-layer prompts)."""
+    trained = checkpoints.trained_placement(model_dir) or {}
+    for key, value in checkpoints.placement(model).items():
+        if key in trained and trained[key] != value:
+            raise checkpoints.CheckpointError(
+                f"{model_dir} trained its prompt with {key} {trained[key]!r}, but this job "
+                f"uses {value!r}; pass --gin.{checkpoints.PLACEMENT_MACROS[key]}="
+                f"\"'{trained[key]}'\""
+            )
+
+
+def _layer_prompts_beside(prompt_file, abstract) -> dict[str, np.ndarray]:
+    """Per-layer prompts saved beside the input prompt's file (a numpy checkpoint folder, as
+    prompt-tuning writes them: `encoder.layers_<i>.prompt.prompt.prompt`), stacked for a
+    scanned model; {} where any is missing."""
+    folder = epath.Path(prompt_file).parent
+    found = {}
+    for name, shape in abstract.items():
+        if name == PROMPT_PATH or not is_prompt_path(name):
+            continue
+        layers = [layer_name(name, i) for i in range(shape.shape[0])] if is_stacked(name) else []
+        files = [folder / n.replace("/", ".") for n in layers or [name]]
+        if not all(f.exists() for f in files):
+            return {}
+        values = [np.load(f.open("rb")) for f in files]
+        found[name] = np.stack(values) if layers else values[0]
+    return found
 
 
 def _load(
@@ -75,8 +102,9 @@ def _load(
     model_parallel,
     seed,
 ):
+    path = None
     if model.prompt_length:
-        _check_prompt_position(model, model_dir)
+        _check_placement(model, model_dir)
         path = prompt_file or latest_numpy_prompt(model_dir)
         model = model.replace(prompt_init=prompts.from_file(str(path)), max_segments=0)
     mesh = sharding.make_mesh(model_parallel)
@@ -94,8 +122,15 @@ def _load(
     abstract = {
         k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=v.sharding) for k, v in params.items()
     }
-    trained = checkpoints.restore_trained(model_dir, abstract, skip=(PROMPT_PATH,))
+    # Per-layer prompts: beside the prompt file where saved there (the same save), else from
+    # the run's train checkpoint with its other trained params.
+    beside = _layer_prompts_beside(path, abstract) if model.per_layer_prompt != "none" else {}
+    params.update({k: jax.device_put(v, params[k].sharding) for k, v in beside.items()})
+    trained = checkpoints.restore_trained(model_dir, abstract, skip=(PROMPT_PATH, *beside))
     trained_step = None
+    if beside:
+        trained_step = _checkpoint_step(path) or None
+        print(f"Using the per-layer prompts beside {path}.", flush=True)
     if trained is not None and trained[1]:
         trained_step, values = trained
         params.update(values)
@@ -103,6 +138,14 @@ def _load(
             f"Using the {len(values)} trained params of {model_dir}/checkpoints/{trained_step} "
             "over the frozen weights.",
             flush=True,
+        )
+    restored = set(beside) | set(trained[1] if trained else ())
+    missing = [k for k in params if is_prompt_path(k) and k != PROMPT_PATH and k not in restored]
+    if missing:
+        raise checkpoints.CheckpointError(
+            f"per-layer prompts {missing[:2]}...: neither beside {path} nor in a train checkpoint "
+            f"of {model_dir}; evaluate the run's MODEL_DIR (or keep its numpy checkpoint folder "
+            "whole)"
         )
     trainable, frozen = optim_lib.split_trainable(params, ".*")
     return model, mesh, rules, trainable, frozen, trained_step

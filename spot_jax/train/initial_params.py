@@ -10,7 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from spot_jax import axes
-from spot_jax.models.prompted import PROMPT_PATH, PromptedT5
+from spot_jax.models import prompts
+from spot_jax.models.prompted import PROMPT_PATH, PromptedT5, is_prompt_path
 from spot_jax.train import fresh_init, frozen_checkpoint, sharding
 from spot_jax.train import state as state_lib
 
@@ -50,7 +51,7 @@ def build_params(
         model_abstract = {
             k: jax.ShapeDtypeStruct(v.shape, frozen_dtype or v.dtype, sharding=v.sharding)
             for k, v in abstract.items()
-            if k != PROMPT_PATH
+            if not is_prompt_path(k)
         }
         params = frozen_checkpoint.restore_frozen(
             initial_checkpoint_path, model_abstract, model.config
@@ -64,18 +65,23 @@ def build_params(
             "decoder_target_tokens": ids(feature_lengths["targets"]),
         }
         init = fresh_init.frozen_init(model, fake, as_scanned=init_as_scanned)
-        out_shardings = {k: v for k, v in shardings.items() if k != PROMPT_PATH}
+        out_shardings = {k: v for k, v in shardings.items() if not is_prompt_path(k)}
         with sharding.active(mesh), fresh_init.gpu_threefry_kernels():
             params = jax.jit(init, out_shardings=out_shardings)(rng_init)
     if model.prompt_length:
         params[PROMPT_PATH] = initial_prompt(model, params, rng_prompt, shardings[PROMPT_PATH])
+        # Per-layer prompts: prompt-tuning's U[0, 0.5) (`prompts.LayerPrompt`), each its own key.
+        layer_prompts = sorted(k for k in abstract if k != PROMPT_PATH and is_prompt_path(k))
+        for i, name in enumerate(layer_prompts):
+            draw = prompts.random_uniform()(
+                jax.random.fold_in(rng_prompt, i + 1), abstract[name].shape
+            )
+            params[name] = jax.device_put(np.asarray(draw, np.float32), shardings[name])
     return params, shardings
 
 
 def initial_prompt(model: PromptedT5, params, rng, prompt_sharding) -> jax.Array:
     """Runs the prompt initialiser; those that need it get the frozen embedding table."""
-    from spot_jax.models import prompts
-
     init = model.prompt_init or prompts.random_uniform()
     shape = (model.prompt_length, model.config.emb_dim)
     kwargs = {}

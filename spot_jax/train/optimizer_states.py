@@ -221,7 +221,7 @@ def restore_t5x_states(
         log("Note: the optimizer is no Adafactor: the checkpoint's Adafactor states are unused.")
         return opt_state
     # A new prompt has no state in a pretrained checkpoint: it starts fresh.
-    names = sorted(n for n in param_shapes if n != prompted.PROMPT_PATH)
+    names = sorted(n for n in param_shapes if not prompted.is_prompt_path(n))
     shapes = {n: tuple(param_shapes[n]) for n in names}
     keys = {
         n: [prompted.layer_name(n, i) for i in range(shapes[n][0])]
@@ -334,7 +334,7 @@ def restore_for_run(
 
     if layout not in LAYOUTS:
         raise ValueError(f"RESTORE_OPTIMIZER_STATE layout {layout!r}: one of {LAYOUTS}")
-    names = [n for n in state.trainable if n != prompted.PROMPT_PATH]
+    names = [n for n in state.trainable if not prompted.is_prompt_path(n)]
     if not names:
         return state  # prompt tuning: the prompt is new, no state to restore
     states = t5x_states.open_param_states(path)

@@ -102,7 +102,9 @@ def train(
     sharding.check_batch_size(train_data.batch_size, mesh)
     _check_packing(model, train_data)
     shard_index, num_shards = sharding.data_shard_info(mesh)
-    checkpoints.check_model_dir(model_dir, model.config, model.prompt_length, model.prompt_position)
+    checkpoints.check_model_dir(
+        model_dir, model.config, model.prompt_length, **checkpoints.placement(model)
+    )
 
     # -- Model and optimizer: frozen weights into their shardings, prompt initialised ---------
     params, param_shardings = initial_params.build_params(
@@ -203,7 +205,8 @@ def train(
 
     def save(step: int, metrics: dict[str, float] | None = None):
         ckpt.save(step, state, {"step": step, "data_position": data_position}, metrics)
-        checkpoints.save_numpy_params(model_dir, step, state.trainable)
+        prompts = checkpoints.numpy_prompts(state.trainable)
+        checkpoints.save_numpy_params(model_dir, step, prompts, names=tuple(prompts))
 
     # -- Loop ---------------------------------------------------------------------------------
     batches = data.make_train_iterator(

@@ -141,6 +141,14 @@ def test_prompts_of_other_models_are_refused_and_nothing_changes(runs, tmp_path)
     with pytest.raises(library.LibraryError, match="fingerprint"):
         lib.add(other)
     assert snapshot(lib_dir) == before
+    # A run that trained per-layer prompts: its input prompt alone is not what it learned.
+    per_layer = tmp_path / "per_layer"
+    shutil.copytree(runs["a"], per_layer, ignore=shutil.ignore_patterns("checkpoints"))
+    record = json.loads((per_layer / "model.json").read_text())
+    (per_layer / "model.json").write_text(json.dumps({**record, "per_layer_prompt": "add"}))
+    with pytest.raises(library.LibraryError, match="PER_LAYER_PROMPT='none'"):
+        lib.add(per_layer)
+    assert snapshot(lib_dir) == before
     # Through the CLI: one line, exit 1.
     result = subprocess.run(
         _cli("library", "add", "--library", str(lib_dir), str(runs["p6"])),

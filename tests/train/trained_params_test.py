@@ -1,6 +1,6 @@
-"""Runs that train more than the prompt (model tuning, TRAINABLE beyond the prompt): eval and
-infer use the trained params, export writes the trained model, and a train checkpoint passed as
-INITIAL_CHECKPOINT_PATH is refused with what to pass instead."""
+"""Runs that train more than the prompt (model tuning, TRAINABLE beyond the prompt, per-layer
+prompts): eval and infer use the trained params, export writes the trained model, and a train
+checkpoint passed as INITIAL_CHECKPOINT_PATH is refused with what to pass instead."""
 
 import json
 import os
@@ -21,8 +21,10 @@ from spot_jax.train import checkpoints, frozen_checkpoint, initial_params, shard
 CLI = Path(sys.executable).parent / "spot-jax"
 REPO = Path(__file__).resolve().parents[2]
 LENGTHS = {"inputs": 16, "targets": 8}
-# Model tuning (runs/model_tune.gin's macros), and a prompt trained with the decoder's norm.
+# Model tuning (runs/model_tune.gin's macros), a prompt trained with the decoder's norm, and
+# per-layer prompts (each encoder layer's own, added to its prompt rows).
 RUNS = {
+    "per_layer": ["--gin.PER_LAYER_PROMPT='add'", "--gin.LEARNING_RATE=0.1"],
     "model_tune": ["--gin.PROMPT_LENGTH=0", "--gin.TRAINABLE='.*'", "--gin.LEARNING_RATE=0.01"],
     "prompt_and_norm": [
         "--gin.TRAINABLE='.*/prompt/.*|decoder/decoder_norm/scale'",
@@ -85,6 +87,8 @@ def run(request, frozen, tmp_path_factory):
 
 def eval_args(name, model_dir, frozen):
     prompt_length = ["--gin.PROMPT_LENGTH=0"] if name == "model_tune" else []
+    if name == "per_layer":
+        prompt_length = ["--gin.PER_LAYER_PROMPT='add'"]
     return [
         "--gin_file=test/tiny_eval.gin",
         f"--gin.MODEL_DIR={model_dir}",
@@ -108,14 +112,20 @@ def test_eval_reproduces_the_runs_own_final_eval(run, frozen):
     # The run really moved weights other than the prompt.
     trained = trained_params(model_dir)
     init = build(0, frozen)
-    moved = [k for k in trained if k != prompted.PROMPT_PATH]
-    assert moved and all(np.abs(trained[k] - np.asarray(init[k])).max() > 1e-4 for k in moved)
+    moved = [k for k in trained if not prompted.is_prompt_path(k)]
+    assert all(np.abs(trained[k] - np.asarray(init[k])).max() > 1e-4 for k in moved)
+    layer_prompts = [k for k in trained if prompted.LAYER_PROMPT_PATH.fullmatch(k)]
+    assert (len(layer_prompts) == 2) == (name == "per_layer")
+    assert moved or layer_prompts
 
     result = spot_jax("eval", *eval_args(name, model_dir, frozen))
     metrics = json.loads((model_dir / "eval_metrics.json").read_text())
     assert metrics["eval/loss"] == pytest.approx(final["eval/loss"], rel=1e-5)
     assert metrics["eval/token_accuracy"] == pytest.approx(final["eval/token_accuracy"])
-    assert "checkpoints/10" in result.stdout
+    if name == "per_layer":  # from the numpy checkpoint of the same save as the prompt
+        assert "per-layer prompts beside" in result.stdout and "checkpoint_10" in result.stdout
+    else:
+        assert "checkpoints/10" in result.stdout
     record = json.loads((model_dir / "metrics.jsonl").read_text().splitlines()[-1])
     assert record["job"] == "eval" and record["trained_step"] == 10
 
@@ -156,6 +166,8 @@ def test_export_of_the_model_dir_writes_the_trained_model(run, frozen, tmp_path)
     adapter = tmp_path / "hf" / "prompt_adapter"
     if name == "model_tune":
         assert not adapter.exists()
+    elif name == "per_layer":  # PEFT has no per-layer prompts: no adapter, and a note why
+        assert not adapter.exists()
     else:  # the run's trained prompt goes out as a PEFT adapter
         np.testing.assert_array_equal(hf.import_prompt(adapter), trained[prompted.PROMPT_PATH])
 
@@ -189,6 +201,8 @@ def test_t5x_export_of_the_model_dir_is_the_trained_model_at_t5x_s_step(run, fro
     names = set(t5x.param_shapes(config.named_config("tiny", dtype="float32")))
     if name != "model_tune":  # the trained prompt, where prompt-tuning keeps it
         names.add(prompted.PROMPT_PATH)
+    if name == "per_layer":  # and each layer's, where its per-layer models keep them
+        names |= {f"encoder/layers_{i}/prompt/prompt/prompt" for i in range(2)}
     assert set(exported.names()) == names
     for param in names:
         want = trained.get(param, np.asarray(init.get(param, 0)))
