@@ -202,6 +202,20 @@ def test_prompt_positions_put_the_prompt_where_prompt_tuning_does():
         )
 
 
+def test_scanned_models_decode_with_their_prompt_position(tiny):
+    # Decoding unstacks a scanned model into its loop twin, which keeps the prompt's position.
+    _, params, batch = tiny
+    for position in ("prefix", "suffix"):
+        loop = prompted.PromptedT5(_config(), PROMPT_LENGTH, prompt_position=position)
+        scanned = loop.replace(config=_config(scan_layers=True))
+        want, _ = loop.predict(params, batch, max_decode_length=4)
+        got, _ = scanned.predict(prompted.stack_layers(params), batch, max_decode_length=4)
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+        if position == "prefix":
+            prefix = want
+    assert not np.array_equal(np.asarray(prefix), np.asarray(want))  # the position matters
+
+
 def test_extra_padding_does_not_change_real_logits(tiny):
     model, params, batch = tiny
     base = np.asarray(_logits(model, params, batch))
