@@ -88,8 +88,16 @@ def _layer_prompts_beside(prompt_file, abstract) -> dict[str, np.ndarray]:
         files = [folder / n.replace("/", ".") for n in layers or [name]]
         if not all(f.exists() for f in files):
             return {}
-        values = [np.load(f.open("rb")) for f in files]
+        values = []
+        for f in files:
+            with f.open("rb") as fh:
+                values.append(np.load(fh))
         found[name] = np.stack(values) if layers else values[0]
+        if found[name].shape != shape.shape:
+            raise checkpoints.CheckpointError(
+                f"per-layer prompt {name} beside {prompt_file} has shape "
+                f"{list(found[name].shape)}; the model needs {list(shape.shape)} (PROMPT_LENGTH?)"
+            )
     return found
 
 
