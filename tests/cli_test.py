@@ -244,6 +244,24 @@ def test_a_per_layer_prompt_run_saves_evaluates_and_resumes_with_its_layer_promp
     assert (run_dir / "numpy_checkpoints" / "checkpoint_20" / layer_files[0]).exists()
 
 
+def test_a_prompt_attention_run_is_recorded_and_evaluated_under_its_rule(tmp_path):
+    rule = "--gin.PROMPT_ATTENTION=['prompt->prompt']"
+    train(tmp_path, 10, rule)
+    recorded = json.loads((tmp_path / "model.json").read_text())["prompt_attention"]
+    assert recorded == ["input->input", "input->prompt", "prompt->prompt"]
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").open()]
+    trained_eval = [r for r in records if r.get("step") == 10 and "eval/loss" in r][-1]
+    eval_cmd = command("eval", tmp_path, "--gin.EVAL_STEPS=2", gin_file="test/tiny_eval.gin")
+    run([*eval_cmd, rule])
+    last = [json.loads(line) for line in (tmp_path / "metrics.jsonl").open()][-1]
+    assert last["eval/loss"] == pytest.approx(trained_eval["eval/loss"], rel=1e-5)
+    # Under the standard rule the prompt means something else: refused, naming the macro.
+    result = subprocess.run(
+        eval_cmd, capture_output=True, text=True, env=env(), cwd=REPO, timeout=TIMEOUT
+    )
+    assert result.returncode != 0 and "PROMPT_ATTENTION" in result.stderr, result.stderr[-500:]
+
+
 def test_relative_model_dir_is_taken_from_the_working_directory(tmp_path):
     # Periods of 0: no periodic saves or evals, only the run's last step's.
     cmd = command(

@@ -224,6 +224,17 @@ def export_main(argv: list[str]) -> int:
         elif prompt is not None:
             _log(note + "PEFT has no such prompts, so no PEFT adapter is written")
             prompt = None
+    attention = placed["prompt_attention"]
+    if attention is not None:
+        note = f"Note: {source} trained its prompt with prompt_attention {attention}: "
+        if args.target == "t5x":
+            _log(
+                note + "a T5X run needs prompt-tuning's extended masks."
+                f"prompt_encoder_attention_mask with allowable_attention {set(attention)}"
+            )
+        elif prompt is not None:
+            _log(note + "PEFT's prompts see everything, so no PEFT adapter is written")
+            prompt = None
     if args.target == "t5x":
         with _new_output(output):
             _export_t5x(

@@ -12,7 +12,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from spot_jax.models import decoding, prompts, t5
+from spot_jax.models import decoding, placement, t5
 from spot_jax.models.config import T5Config
 from spot_jax.models.stacks import (  # noqa: F401 (re-exported: prompted.is_stacked, ...)
     is_stacked,
@@ -78,6 +78,10 @@ class PromptedT5:
       per_layer_prompt: 'none' (default: the input prompt alone), or each encoder layer's own
         `[P, H]` prompt combined with the prompt rows of its input, 'replace' or 'add'
         (prompt-tuning's extended per-layer prompts; `prompts.LayerPrompt`). Needs 'prefix'.
+      prompt_attention: None (default: every encoder position sees every other) or the kinds
+        of attention allowed around the prompt (`models.prompt_attention.KINDS`, prompt-tuning's
+        extended masks: 'prompt->input', 'prompt->prompt', 'prompt->prompt;causal'; inputs
+        always see inputs and the prompt). Needs 'prefix' and unpacked rows.
     """
 
     def __init__(
@@ -91,24 +95,12 @@ class PromptedT5:
         loss_chunk: int = 0,
         prompt_position: str = "prefix",
         per_layer_prompt: str = "none",
+        prompt_attention: Any = None,
     ):
-        if prompt_length < 0:
-            raise ValueError(f"PROMPT_LENGTH must be >= 0, got {prompt_length}")
-        if prompts.check_per_layer(per_layer_prompt) != "none" and (
-            not prompt_length or prompt_position != "prefix"
-        ):
-            raise ValueError(
-                f"per_layer_prompt {per_layer_prompt!r} needs a prompt (PROMPT_LENGTH > 0, got "
-                f"{prompt_length}) at prompt_position 'prefix' (got {prompt_position!r}): each "
-                "layer's prompt takes the rows that lead its input"
-            )
+        self.prompt_attention = placement.check(
+            prompt_length, prompt_position, per_layer_prompt, prompt_attention, max_segments
+        )
         self.per_layer_prompt = per_layer_prompt
-        if prompts.check_position(prompt_position) != "prefix" and max_segments:
-            raise ValueError(
-                f"prompt_position {prompt_position!r} with packing (max_segments "
-                f"{max_segments}): packed rows take each example's prompt copy first; use "
-                "'prefix' or PACK=False"
-            )
         self.prompt_position = prompt_position
         self.config = config
         self.prompt_length = prompt_length
@@ -120,7 +112,13 @@ class PromptedT5:
         self.max_segments = max_segments
         self.loss_chunk = loss_chunk
         self.module = t5.Transformer(
-            config, prompt_length, prompt_init, max_segments, prompt_position, per_layer_prompt
+            config,
+            prompt_length,
+            prompt_init,
+            max_segments,
+            prompt_position,
+            per_layer_prompt,
+            self.prompt_attention,
         )
 
     def replace(self, **changes) -> "PromptedT5":
@@ -135,6 +133,7 @@ class PromptedT5:
             loss_chunk=self.loss_chunk,
             prompt_position=self.prompt_position,
             per_layer_prompt=self.per_layer_prompt,
+            prompt_attention=self.prompt_attention,
         )
         return PromptedT5(**{**args, **changes})
 

@@ -12,7 +12,14 @@ import jax
 import jax.numpy as jnp
 
 from spot_jax import axes
-from spot_jax.models import layers, prompts, relative_position, segments, t5_layers
+from spot_jax.models import (
+    layers,
+    prompt_attention,
+    prompts,
+    relative_position,
+    segments,
+    t5_layers,
+)
 from spot_jax.models.config import T5Config
 
 Array = jax.Array
@@ -71,6 +78,7 @@ class Encoder(nn.Module):
     prompt_init: Any = None
     prompt_position: str = "prefix"  # prompts.PROMPT_POSITIONS
     per_layer_prompt: str = "none"  # prompts.PER_LAYER_PROMPTS
+    prompt_attention: tuple[str, ...] | None = None  # prompt_attention.normalize's; None: all
 
     @nn.compact
     def __call__(
@@ -122,6 +130,8 @@ class Encoder(nn.Module):
         rel = relative_position.stack_bias(c, True)(
             length, length, q_positions=positions, k_positions=positions
         )
+        if self.prompt_attention is not None:  # who sees whom around the prompt
+            rel = rel + prompt_attention.bias(self.prompt_attention, self.prompt_length, length)
         per_layer = (positions,) if c.relpos_per_layer else ()
         if segment_ids is None and c.attention_padding == "key_mask":
             bias = layers.KeyMask(rel, mask)
@@ -235,6 +245,7 @@ class Transformer(nn.Module):
     max_segments: int = 0
     prompt_position: str = "prefix"  # prompts.PROMPT_POSITIONS; 'prefix' alone packs
     per_layer_prompt: str = "none"  # prompts.PER_LAYER_PROMPTS: each encoder layer's own prompt
+    prompt_attention: tuple[str, ...] | None = None  # prompt_attention.normalize's; None: all
 
     def setup(self):
         c = self.config
@@ -242,7 +253,12 @@ class Transformer(nn.Module):
             c.vocab_size, c.emb_dim, dtype=c.activation_dtype, param_dtype=c.param_dtype
         )
         self.encoder = Encoder(
-            c, self.prompt_length, self.prompt_init, self.prompt_position, self.per_layer_prompt
+            c,
+            self.prompt_length,
+            self.prompt_init,
+            self.prompt_position,
+            self.per_layer_prompt,
+            self.prompt_attention,
         )
         self.decoder = Decoder(c)
 

@@ -151,16 +151,18 @@ class Library:
           LibraryError: the run is of another model than the library's (prompt length, width or
             frozen checkpoint), has no checkpoint at the library's embedding step, holds a
             non-finite prompt, never recorded `best_metric`, the name is taken or invalid, or
-            the run is incomplete or trained per-layer prompts. The library is left unchanged.
+            the run is incomplete or trained per-layer prompts or another attention rule. The
+            library is left unchanged.
         """
         model_dir = absolute_path(model_dir)
         info = runs_lib.run_info(model_dir)
-        if info["per_layer_prompt"] != "none":
-            raise LibraryError(
-                f"{model_dir} trained per-layer prompts ({info['per_layer_prompt']!r}): a library "
-                "entry is one input prompt (SPoT's transfer and task embedding), which is not "
-                "what this run learned; add runs of PER_LAYER_PROMPT='none'"
-            )
+        for key, default in (("per_layer_prompt", "none"), ("prompt_attention", None)):
+            if info[key] != default:
+                raise LibraryError(
+                    f"{model_dir} trained with {key} {info[key]!r}: a library entry is one input "
+                    "prompt in the standard prompted model (SPoT's transfer and task embedding), "
+                    f"which is not what this run learned; add runs of {key}={default!r}"
+                )
         selection = runs_lib.select_checkpoint(model_dir, checkpoint, best_metric)
         step = selection.step
         if embedding_at is None:

@@ -39,20 +39,32 @@ class CheckpointError(ValueError):
 
 # How a run placed its prompts (PromptedT5's arguments of these names, the gin macros beside
 # them), recorded in model.json only where not the default, so older runs' files still match.
-PLACEMENT_DEFAULTS = {"prompt_position": "prefix", "per_layer_prompt": "none"}
-PLACEMENT_MACROS = {"prompt_position": "PROMPT_POSITION", "per_layer_prompt": "PER_LAYER_PROMPT"}
+# (prompt_attention: a list of the allowed kinds, as JSON keeps it.)
+PLACEMENT_DEFAULTS = {
+    "prompt_position": "prefix",
+    "per_layer_prompt": "none",
+    "prompt_attention": None,
+}
+PLACEMENT_MACROS = {
+    "prompt_position": "PROMPT_POSITION",
+    "per_layer_prompt": "PER_LAYER_PROMPT",
+    "prompt_attention": "PROMPT_ATTENTION",
+}
 
 
-def placement(model: prompted.PromptedT5) -> dict[str, str]:
-    return {k: getattr(model, k) for k in PLACEMENT_DEFAULTS}
+def placement(model: prompted.PromptedT5) -> dict[str, Any]:
+    placed = {k: getattr(model, k) for k in PLACEMENT_DEFAULTS}
+    if placed["prompt_attention"] is not None:
+        placed["prompt_attention"] = list(placed["prompt_attention"])
+    return placed
 
 
-def _model_fingerprint(config: T5Config, prompt_length: int, placed: Mapping[str, str]) -> dict:
+def _model_fingerprint(config: T5Config, prompt_length: int, placed: Mapping[str, Any]) -> dict:
     recorded = {k: v for k, v in placed.items() if v != PLACEMENT_DEFAULTS[k]}
     return {**config.shape_dict(), "prompt_length": prompt_length, **recorded}
 
 
-def trained_placement(model_dir: epath.PathLike) -> dict[str, str] | None:
+def trained_placement(model_dir: epath.PathLike) -> dict[str, Any] | None:
     """How a run placed its prompts (MODEL_DIR/model.json; the defaults unless recorded), or
     None for a directory that holds no run."""
     record = epath.Path(model_dir) / "model.json"
@@ -69,20 +81,17 @@ def trained_prompt_position(model_dir: epath.PathLike) -> str | None:
 
 
 def check_model_dir(
-    model_dir: epath.PathLike,
-    config: T5Config,
-    prompt_length: int,
-    prompt_position="prefix",
-    per_layer_prompt="none",
+    model_dir: epath.PathLike, config: T5Config, prompt_length: int, **placed: Any
 ) -> None:
     """Records the model shape (and a prompt placement other than the default) in MODEL_DIR,
-    or refuses a MODEL_DIR of a different model.
+    or refuses a MODEL_DIR of a different model. `placed`: `placement(model)`'s entries (the
+    defaults for those not given).
 
     This guards against T5X's stale-model_dir trap (t5x#1067): a checkpoint of another size
     silently taking precedence.
     """
     path = epath.Path(model_dir) / "model.json"
-    placed = {"prompt_position": prompt_position, "per_layer_prompt": per_layer_prompt}
+    placed = {**PLACEMENT_DEFAULTS, **placed}
     want = _model_fingerprint(config, prompt_length, placed)
     if path.exists():
         have = json.loads(path.read_text())

@@ -71,7 +71,7 @@ def _check_placement(model: PromptedT5, model_dir) -> None:
             raise checkpoints.CheckpointError(
                 f"{model_dir} trained its prompt with {key} {trained[key]!r}, but this job "
                 f"uses {value!r}; pass --gin.{checkpoints.PLACEMENT_MACROS[key]}="
-                f"\"'{trained[key]}'\""
+                f'"{trained[key]!r}"'
             )
 
 

@@ -146,7 +146,7 @@ def test_prompts_of_other_models_are_refused_and_nothing_changes(runs, tmp_path)
     shutil.copytree(runs["a"], per_layer, ignore=shutil.ignore_patterns("checkpoints"))
     record = json.loads((per_layer / "model.json").read_text())
     (per_layer / "model.json").write_text(json.dumps({**record, "per_layer_prompt": "add"}))
-    with pytest.raises(library.LibraryError, match="PER_LAYER_PROMPT='none'"):
+    with pytest.raises(library.LibraryError, match="per_layer_prompt='none'"):
         lib.add(per_layer)
     assert snapshot(lib_dir) == before
     # Through the CLI: one line, exit 1.

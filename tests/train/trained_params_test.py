@@ -179,13 +179,17 @@ def test_export_of_a_suffix_prompt_run_says_what_peft_and_t5x_need(run, tmp_path
     suffix_run = tmp_path / "run"  # the same run, as if trained with PROMPT_POSITION='suffix'
     shutil.copytree(model_dir, suffix_run)
     record = json.loads((suffix_run / "model.json").read_text())
-    (suffix_run / "model.json").write_text(json.dumps({**record, "prompt_position": "suffix"}))
+    # ... and with an attention rule around the prompt (prompt-tuning's extended masks).
+    rule = ["input->input", "input->prompt", "prompt->prompt"]
+    record = {**record, "prompt_position": "suffix", "prompt_attention": rule}
+    (suffix_run / "model.json").write_text(json.dumps(record))
     out = spot_jax("export", "--to", "hf", "--input", suffix_run, "--output", tmp_path / "hf")
     assert "PEFT prepends prompts" in out.stdout
     assert (tmp_path / "hf" / "model.safetensors").exists()
     assert not (tmp_path / "hf" / "prompt_adapter").exists()
     out = spot_jax("export", "--to", "t5x", "--input", suffix_run, "--output", tmp_path / "t5x")
     assert "prompt_tuning.train.prompts.suffix_prompt" in out.stdout
+    assert "prompt_encoder_attention_mask" in out.stdout
 
 
 def test_t5x_export_of_the_model_dir_is_the_trained_model_at_t5x_s_step(run, frozen, tmp_path):

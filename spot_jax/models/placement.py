@@ -1,0 +1,40 @@
+"""How a prompted model places its prompt, checked as one: where the prompt goes
+(`prompts.PROMPT_POSITIONS`), whether every encoder layer has its own (`prompts.PER_LAYER_PROMPTS`)
+and who attends to whom around it (`prompt_attention`). Runs record what is not the default
+(`train.checkpoints.PLACEMENT_DEFAULTS`)."""
+
+from collections.abc import Iterable
+
+from spot_jax.models import prompt_attention, prompts
+
+
+def check(
+    prompt_length: int,
+    position: str,
+    per_layer: str,
+    attention: Iterable[str] | str | None,
+    max_segments: int,
+) -> tuple[str, ...] | None:
+    """Refuses placements that do not go together; returns the attention rule normalised
+    (`prompt_attention.normalize`: None for full visibility)."""
+    if prompt_length < 0:
+        raise ValueError(f"PROMPT_LENGTH must be >= 0, got {prompt_length}")
+    if prompts.check_position(position) != "prefix" and max_segments:
+        raise ValueError(
+            f"prompt_position {position!r} with packing (max_segments {max_segments}): packed "
+            "rows take each example's prompt copy first; use 'prefix' or PACK=False"
+        )
+    if prompts.check_per_layer(per_layer) != "none" and (not prompt_length or position != "prefix"):
+        raise ValueError(
+            f"per_layer_prompt {per_layer!r} needs a prompt (PROMPT_LENGTH > 0, got "
+            f"{prompt_length}) at prompt_position 'prefix' (got {position!r}): each layer's "
+            "prompt takes the rows that lead its input"
+        )
+    rule = prompt_attention.normalize(attention)
+    if rule is not None and (not prompt_length or position != "prefix" or max_segments):
+        raise ValueError(
+            f"prompt_attention {list(rule)} needs a prompt (PROMPT_LENGTH {prompt_length}) at "
+            f"prompt_position 'prefix' (got {position!r}) in unpacked rows (max_segments "
+            f"{max_segments}; PACK=False)"
+        )
+    return rule
