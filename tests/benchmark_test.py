@@ -127,6 +127,26 @@ def test_train_mode_with_a_chunked_loss_reports_step_memory(benchmark, tmp_path)
     assert r["step_s"] > 0 and r["step_memory_gb"] > 0
 
 
+def test_set_overrides_the_config_of_every_spot_jax_run(benchmark, tmp_path, monkeypatch):
+    import bench_spot
+
+    built = []
+    real = bench_spot.Setup.__init__
+
+    def spy(self, *a, **kw):
+        real(self, *a, **kw)
+        built.append(self.cfg)
+
+    monkeypatch.setattr(bench_spot.Setup, "__init__", spy)
+    results = _run(
+        benchmark, tmp_path, "--mode=score", "--set=fold_norm_scale=True",
+        "--baseline=recompute_elementwise=False",
+    )  # fmt: skip
+    assert [r["set"] for r in results] == [["fold_norm_scale=True"]] * 2
+    assert [c.fold_norm_scale for c in built] == [True, True]
+    assert [c.recompute_elementwise for c in built] == [True, False]
+
+
 def _op_profile():
     spec = importlib.util.spec_from_file_location("op_profile", TOOL.parent / "op_profile.py")
     module = importlib.util.module_from_spec(spec)

@@ -35,6 +35,9 @@ class Setup:
         )
         if args.frozen_dtype:
             overrides["frozen_dtype"] = args.frozen_dtype
+        for item in getattr(args, "set", ()):  # --set FIELD=VALUE, then a baseline's own
+            key, _, value = item.partition("=")
+            overrides[key] = config_lib.field_value(key, value)
         overrides.update(config_overrides or {})
         self.cfg = config_lib.named_config(args.size, **overrides)
         self.args, self.config_overrides = args, config_overrides

@@ -302,6 +302,14 @@ def main(argv=None) -> int:
         help="also time spot_jax with this T5Config override (string fields, e.g. "
         "cross_projection=projected), interleaved with the default; repeatable",
     )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="a T5Config override for every spot_jax run (the default and its baselines), e.g. "
+        "fold_norm_scale=True; repeatable",
+    )
     p.add_argument("--json", default=None, help="append results as a JSON line to this file")
     p.add_argument(
         "--profile",
@@ -333,6 +341,7 @@ def main(argv=None) -> int:
         "remat": args.remat,
         "scan": args.scan,
         "loss_chunk": args.loss_chunk,
+        **({"set": args.set} if args.set else {}),
         "device": str(jax.devices()[0].device_kind),
         "jax": jax.__version__,
         "python": platform.python_version(),

@@ -5,8 +5,8 @@
 #          open: >= 50% MFU, 48.2% on 2026-11-27, third session), A/B against
 #          fold_norm_scale=True (the pre-norms' scale multiplied into the kernels: XLA wrote
 #          one scaled activation copy per projection, 5.9 ms of the 237 ms step), profiled;
-#          then the same step with CUDA graphs off, profiled (the trace then sees every kernel:
-#          with graphs it saw 75% of the step); ~250 s
+#          then the folded step with CUDA graphs off, profiled (the trace then sees every
+#          kernel: with graphs it saw 75% of the step); ~250 s
 #   xxl    train step at batch 32, unscanned, --remat dots (54.9% MFU in 70.0 GB), A/B against
 #          fold_norm_scale=True; then --remat none (no attention recomputed; may not fit); ~250 s
 #   large  train step, unscanned, no remat, vs HF PEFT (goal met: 5.62x), profiled; ~100 s
@@ -63,7 +63,7 @@ if has xl; then
   run 200 --size xl --remat none $big --attention $ATT --baseline fold_norm_scale=True \
     --profile "$PROF/xl_profile"
   XLA_FLAGS="--xla_gpu_enable_command_buffer=" run 90 --size xl --remat none --targets 32 \
-    --steps 5 --attention $ATT --profile "$PROF/xl_nograph_profile"
+    --steps 5 --attention $ATT --set fold_norm_scale=True --profile "$PROF/xl_nograph_profile"
 fi
 if has xxl; then
   run 170 --size xxl --remat dots --targets 32 --steps 5 --repeats 2 --attention $ATT \
