@@ -74,12 +74,6 @@ def trained_placement(model_dir: epath.PathLike) -> dict[str, Any] | None:
     return {k: have.get(k, default) for k, default in PLACEMENT_DEFAULTS.items()}
 
 
-def trained_prompt_position(model_dir: epath.PathLike) -> str | None:
-    """Where a run put its prompt ('prefix' unless recorded), or None for no run."""
-    placed = trained_placement(model_dir)
-    return None if placed is None else placed["prompt_position"]
-
-
 def check_model_dir(
     model_dir: epath.PathLike, config: T5Config, prompt_length: int, **placed: Any
 ) -> None:
