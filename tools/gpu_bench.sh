@@ -1,15 +1,13 @@
 #!/usr/bin/env bash
 # The prepared GPU runs, in calls of the device tool (each call <= 10 minutes; a session has
 # 15 minutes of device time, each machine start ~35 s). PARTS picks, in this order:
-#   xl     train step, unscanned, no remat, cuDNN attention, vs HF PEFT (goal >= 3x met: 3.63x;
-#          open: >= 50% MFU, 48.2% on 2026-11-27, third session), A/B against
-#          fold_norm_scale=True (the pre-norms' scale multiplied into the kernels: XLA wrote
-#          one scaled activation copy per projection, 5.9 ms of the 237 ms step), profiled;
-#          then the folded step with CUDA graphs off, profiled (the trace then sees every
-#          kernel: with graphs it saw 75% of the step); ~250 s
-#   xxl    train step at batch 32, unscanned, --remat dots (54.9% MFU in 70.0 GB), A/B against
-#          fold_norm_scale=True; then --remat none (no attention recomputed; may not fit); ~250 s
+#   xl     train step, unscanned, no remat, cuDNN attention, vs HF PEFT (goals >= 3x and >= 50%
+#          MFU: 3.6x and 50.9% on 2026-11-27), profiled; then the A/B for our
+#          default of cuBLAS over XLA's Triton GEMM fusions (triton on: 47.8%); ~200 s
+#   xxl    train step at batch 32, unscanned, --remat dots (56.4% MFU in 67.2 GB); then
+#          --remat none (60.7%, but 85.4 GB: over 80 GB); ~130 s
 #   large  train step, unscanned, no remat, vs HF PEFT (goal met: 5.62x), profiled; ~100 s
+#   base   train step, unscanned, no remat, vs HF PEFT (goal met: 6.89x); Triton GEMMs A/B; ~80 s
 #   eval   base size: fresh init's build time (own vs scanned twin), decode (greedy, 32 tokens,
 #          vs HF generate), rank classification (3 labels, one encoder pass per example vs
 #          T5X's pair rows vs PEFT), packing (train and per-example scoring, 512 GLUE-like
@@ -17,9 +15,8 @@
 #          cross_projection=projected as A/B; 244 s on 2026-11-27 (all measured then)
 #   goals  = xl,xxl (the default PARTS is goals)
 # All with bf16 frozen weights, batch 32, inputs 512 + 100 prompt tokens, cuDNN attention.
-# Next session: call 1 `mkdir -p /tmp/prof; PROF=/tmp/prof PARTS=xl BUDGET=300` (timeout 330),
-# call 2 at once (the machine stays warm 30 s) `PARTS=xxl BUDGET=280` (timeout 300), then
-# give_back. If fold_norm_scale wins, make it T5Config's default.
+# A session: call 1 `mkdir -p /tmp/prof; PROF=/tmp/prof PARTS=xl,large BUDGET=330` (timeout
+# 360), call 2 at once (the machine stays warm 30 s) `PARTS=xxl,eval BUDGET=400`, then give_back.
 # Results go to ${OUT:-/tmp}/bench.jsonl, the log to ${OUT:-/tmp}/bench.log, and the large and
 # xl steps' device time by kernel to ${PROF:-$OUT}/<name>_profile/op_profile.json, copied
 # to $OUT/<name>_profile.json at exit with the step's optimised HLO (<name>_profile.hlo.txt.gz:
@@ -60,18 +57,21 @@ has() { [[ $PARTS == *",$1,"* ]]; }
 big="--targets 32 --steps 5 --repeats 2 --compare-peft"
 # --profile: one more traced run, device time by XLA op and category (op_profile.json).
 if has xl; then
-  run 200 --size xl --remat none $big --attention $ATT --baseline fold_norm_scale=True \
-    --profile "$PROF/xl_profile"
-  XLA_FLAGS="--xla_gpu_enable_command_buffer=" run 90 --size xl --remat none --targets 32 \
-    --steps 5 --attention $ATT --set fold_norm_scale=True --profile "$PROF/xl_nograph_profile"
+  run 200 --size xl --remat none $big --attention $ATT --profile "$PROF/xl_profile"
+  XLA_FLAGS="--xla_gpu_enable_triton_gemm=true" run 80 --size xl --remat none --targets 32 \
+    --steps 5 --repeats 2 --attention $ATT
 fi
 if has xxl; then
-  run 170 --size xxl --remat dots --targets 32 --steps 5 --repeats 2 --attention $ATT \
-    --baseline fold_norm_scale=True
+  run 170 --size xxl --remat dots --targets 32 --steps 5 --repeats 2 --attention $ATT
   run 100 --size xxl --remat none --targets 32 --steps 5 --repeats 2 --attention $ATT
 fi
 if has large; then
   run 150 --size large --remat none $big --attention $ATT --profile "$PROF/large_profile"
+fi
+if has base; then
+  run 120 --size base --remat none $big --attention $ATT
+  XLA_FLAGS="--xla_gpu_enable_triton_gemm=true" run 60 --size base --remat none --targets 32 \
+    --steps 5 --repeats 2 --attention $ATT
 fi
 has eval || { echo "== total $((SECONDS - START)) s"; exit 0; }
 # The unscanned base model's fresh init (what stalled these lines before): its own values with
