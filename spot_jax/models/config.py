@@ -67,7 +67,9 @@ class T5Config:
       fold_norm_scale: the layer norms in front of attention and MLP blocks hand their scale to
         the projections that read them, which multiply it into their kernels (`norms.RMSNorm`'s
         `fold_scale`): XLA:GPU otherwise writes one scaled copy of the normalised activation
-        per projection. Same math, other rounding; params and checkpoints unchanged.
+        per projection. Same math, other rounding; params and checkpoints unchanged. Off by
+        default: 1.03x on the H200's XL step with XLA's Triton GEMMs, 0.99x with cuBLAS (our
+        default there) and on CPUs (docs/benchmarks.md).
     """
 
     vocab_size: int = 32128
