@@ -23,6 +23,9 @@ LAYERS = "layers"
 # 2-D parameter partitioning, and can always be saved as one .npy (the SPoT artifact).
 PROMPT = "prompt"
 PROMPT_EMBED = "prompt_embed"
+# Multi-task prompts' task table [tasks, P_t * H] (prompt-tuning's names).
+TASKS = "tasks"
+TASK_PROMPT = "prompt+embed"
 
 # Activation axes.
 BATCH = "batch"
@@ -66,5 +69,7 @@ def standard_rules(
         (LAYERS, None),
         (PROMPT, None),
         (PROMPT_EMBED, None),
+        (TASKS, None),
+        (TASK_PROMPT, None),
     ]
     return tuple(rules)

@@ -19,12 +19,27 @@ can be wrapped in `jax.jit` (e.g. via `functools.partial`); the loops are
 `lax.while_loop`s that stop as soon as no further progress is possible.
 """
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 from jax import lax
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodingConfig:
+    """How `predict` decodes: 'greedy', 'sample' (temperature/top-k/top-p) or 'beam'."""
+
+    method: str = "greedy"
+    num_decodes: int = 1
+    temperature: float = 1.0
+    topk: int = 0
+    topp: float = 0.0
+    beam_alpha: float = 0.6
+    eos_id: int = 1
+
 
 PyTree = Any
 TokensToLogits = Callable[[jax.Array, PyTree, jax.Array], tuple[jax.Array, PyTree]]

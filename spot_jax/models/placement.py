@@ -1,11 +1,12 @@
 """How a prompted model places its prompt, checked as one: where the prompt goes
-(`prompts.PROMPT_POSITIONS`), whether every encoder layer has its own (`prompts.PER_LAYER_PROMPTS`)
-and who attends to whom around it (`prompt_attention`). Runs record what is not the default
+(`prompts.PROMPT_POSITIONS`), whether every encoder layer has its own
+(`layer_prompts.PER_LAYER_PROMPTS`), who attends to whom around it (`prompt_attention`) and
+whether several tasks share it (`multi_task_prompt`). Runs record what is not the default
 (`train.checkpoints.PLACEMENT_DEFAULTS`)."""
 
 from collections.abc import Iterable
 
-from spot_jax.models import prompt_attention, prompts
+from spot_jax.models import layer_prompts, multi_task_prompt, prompt_attention, prompts
 
 
 def check(
@@ -24,7 +25,9 @@ def check(
             f"prompt_position {position!r} with packing (max_segments {max_segments}): packed "
             "rows take each example's prompt copy first; use 'prefix' or PACK=False"
         )
-    if prompts.check_per_layer(per_layer) != "none" and (not prompt_length or position != "prefix"):
+    if layer_prompts.check_per_layer(per_layer) != "none" and (
+        not prompt_length or position != "prefix"
+    ):
         raise ValueError(
             f"per_layer_prompt {per_layer!r} needs a prompt (PROMPT_LENGTH > 0, got "
             f"{prompt_length}) at prompt_position 'prefix' (got {position!r}): each layer's "
@@ -38,3 +41,23 @@ def check(
             f"{max_segments}; PACK=False)"
         )
     return rule
+
+
+def check_multi_task(
+    prompt_length: int, combine: str, num_tasks: int, task_length: int, max_segments: int
+) -> multi_task_prompt.MultiTask | None:
+    """The multi-task split of the prompt ('none': None), or why it cannot be."""
+    if combine == "none":
+        if num_tasks or task_length:
+            raise ValueError(
+                f"NUM_TASKS {num_tasks} / TASK_PROMPT_LENGTH {task_length} are for a multi-task "
+                f"prompt: set MULTI_TASK_PROMPT to one of {multi_task_prompt.COMBINES}"
+            )
+        return None
+    if not prompt_length or max_segments:
+        raise ValueError(
+            f"multi_task_prompt {combine!r} needs a prompt (PROMPT_LENGTH {prompt_length}) in "
+            f"unpacked rows (max_segments {max_segments}; PACK=False): each row's first token "
+            "picks its task's prompt"
+        )
+    return multi_task_prompt.MultiTask(num_tasks, combine, task_length).check(prompt_length)

@@ -5,7 +5,7 @@ over plain nested param dicts, as T5X's EncoderDecoderModel does over its module
 """
 
 import dataclasses
-import re
+import inspect
 from collections.abc import Mapping
 from typing import Any
 
@@ -14,6 +14,14 @@ import jax.numpy as jnp
 
 from spot_jax.models import decoding, placement, t5
 from spot_jax.models.config import T5Config
+from spot_jax.models.decoding import DecodingConfig  # noqa: F401 (prompted.DecodingConfig)
+from spot_jax.models.prompt_params import (  # noqa: F401 (re-exported: prompted.PROMPT_PATH, ...)
+    LAYER_PROMPT_PATH,
+    PROMPT_PATH,
+    SHARED_PROMPT_PATH,
+    TASK_PROMPTS_PATH,
+    is_prompt_path,
+)
 from spot_jax.models.stacks import (  # noqa: F401 (re-exported: prompted.is_stacked, ...)
     is_stacked,
     layer_name,
@@ -25,9 +33,6 @@ from spot_jax.train import losses
 
 Array = jax.Array
 Batch = Mapping[str, Array]
-PROMPT_PATH = "encoder/prompt/prompt/prompt"
-# Per-layer prompts (`per_layer_prompt`): one per encoder layer, or their scanned stack.
-LAYER_PROMPT_PATH = re.compile(r"encoder/layers(_\d+)?/prompt/prompt/prompt")
 # seqio EncDecFeatureConverter(pack=True) features; all four are present in a packed batch.
 PACKING_FEATURES = (
     "encoder_segment_ids",
@@ -35,25 +40,6 @@ PACKING_FEATURES = (
     "decoder_segment_ids",
     "decoder_positions",
 )
-
-
-def is_prompt_path(name: str) -> bool:
-    """Whether a flat param name is a prompt: the input prompt or a per-layer one (neither is
-    in a frozen checkpoint; both are trained and saved with the run)."""
-    return name == PROMPT_PATH or LAYER_PROMPT_PATH.fullmatch(name) is not None
-
-
-@dataclasses.dataclass(frozen=True)
-class DecodingConfig:
-    """How `predict` decodes: 'greedy', 'sample' (temperature/top-k/top-p) or 'beam'."""
-
-    method: str = "greedy"
-    num_decodes: int = 1
-    temperature: float = 1.0
-    topk: int = 0
-    topp: float = 0.0
-    beam_alpha: float = 0.6
-    eos_id: int = 1
 
 
 class PromptedT5:
@@ -77,11 +63,15 @@ class PromptedT5:
         text, before its EOS) or 'suffix_after_eos'. Packing takes 'prefix' only.
       per_layer_prompt: 'none' (default: the input prompt alone), or each encoder layer's own
         `[P, H]` prompt combined with the prompt rows of its input, 'replace' or 'add'
-        (prompt-tuning's extended per-layer prompts; `prompts.LayerPrompt`). Needs 'prefix'.
+        (prompt-tuning's extended per-layer prompts; `layer_prompts.LayerPrompt`). Needs 'prefix'.
       prompt_attention: None (default: every encoder position sees every other) or the kinds
         of attention allowed around the prompt (`models.prompt_attention.KINDS`, prompt-tuning's
         extended masks: 'prompt->input', 'prompt->prompt', 'prompt->prompt;causal'; inputs
         always see inputs and the prompt). Needs 'prefix' and unpacked rows.
+      multi_task_prompt: 'none' (default), or 'add' / 'concat': a prompt shared by
+        `num_tasks` tasks combined with each task's own (`multi_task_prompt`, prompt-tuning's
+        extended multi-task prompts; 'concat': `task_prompt_length` of the prompt's rows are the
+        task's). Every input then leads with its task's sentinel (`task_index_*` tasks).
     """
 
     def __init__(
@@ -96,10 +86,18 @@ class PromptedT5:
         prompt_position: str = "prefix",
         per_layer_prompt: str = "none",
         prompt_attention: Any = None,
+        multi_task_prompt: str = "none",
+        num_tasks: int = 0,
+        task_prompt_length: int = 0,
     ):
         self.prompt_attention = placement.check(
             prompt_length, prompt_position, per_layer_prompt, prompt_attention, max_segments
         )
+        self.multi_task = placement.check_multi_task(
+            prompt_length, multi_task_prompt, num_tasks, task_prompt_length, max_segments
+        )
+        self.multi_task_prompt = multi_task_prompt
+        self.num_tasks, self.task_prompt_length = num_tasks, task_prompt_length
         self.per_layer_prompt = per_layer_prompt
         self.prompt_position = prompt_position
         self.config = config
@@ -119,25 +117,28 @@ class PromptedT5:
             prompt_position,
             per_layer_prompt,
             self.prompt_attention,
+            self.multi_task,
         )
 
     def replace(self, **changes) -> "PromptedT5":
         """This model with some of its constructor arguments changed (say, `prompt_init`)."""
-        args = dict(
-            config=self.config,
-            prompt_length=self.prompt_length,
-            prompt_init=self.prompt_init,
-            z_loss=self.z_loss,
-            decoding=self.decoding,
-            max_segments=self.max_segments,
-            loss_chunk=self.loss_chunk,
-            prompt_position=self.prompt_position,
-            per_layer_prompt=self.per_layer_prompt,
-            prompt_attention=self.prompt_attention,
-        )
+        # Every constructor argument is kept under its own name.
+        names = list(inspect.signature(PromptedT5.__init__).parameters)[1:]
+        args = {k: getattr(self, k) for k in names}
         return PromptedT5(**{**args, **changes})
 
     # -- parameters ------------------------------------------------------------------------
+
+    @property
+    def input_prompt_path(self) -> str:
+        """The prompt PROMPT_INIT initialises: the input prompt, or the shared prompt."""
+        return PROMPT_PATH if self.multi_task is None else SHARED_PROMPT_PATH
+
+    @property
+    def input_prompt_shape(self) -> tuple[int, int]:
+        if self.multi_task is None:
+            return (self.prompt_length, self.config.emb_dim)
+        return self.multi_task.shapes(self.prompt_length, self.config.emb_dim)[0]
 
     def init(self, rng: Array, batch: Batch):
         """Boxed params (with logical-axis metadata) for a batch of the given shapes."""

@@ -2,8 +2,8 @@
 
 The parameter lives at `encoder/prompt/prompt/prompt` with axes ('prompt', 'prompt_embed'),
 exactly where prompt-tuning keeps it, so prompts move between the two projects as .npy files.
-Optionally each encoder layer has its own prompt too (`LayerPrompt`, prompt-tuning's extended
-per-layer prompts, at `encoder/layers_<i>/prompt/prompt/prompt`).
+Optionally each encoder layer has its own prompt too (`layer_prompts`), or the prompt is shared
+by several tasks and combined with each task's own (`multi_task_prompt`).
 Initialisers share the signature `init(rng, shape) -> [P, H]`; those that read the embedding
 table take it as an argument (the caller restores it from the frozen checkpoint).
 """
@@ -18,6 +18,7 @@ import numpy as np
 from absl import logging
 
 from spot_jax import axes
+from spot_jax.models import multi_task_prompt
 
 Array = jax.Array
 Initializer = Callable[[jax.Array, tuple[int, ...]], Array]
@@ -80,24 +81,34 @@ class InputPrompt(nn.Module):
     initializer: Initializer
     param_dtype: Any = jnp.float32
     position: str = "prefix"
+    multi_task: Any = None  # multi_task_prompt.MultiTask: a shared + per-task prompt
 
     @nn.compact
-    def __call__(self, x_embed: Array, tokens: Array | None = None, copies: int = 1) -> Array:
+    def __call__(
+        self, x_embed: Array, tokens: Array | None = None, copies: int = 1, task_ids=None
+    ) -> Array:
         """x_embed: [B, T, H], tokens: [B, T] (where the text ends; for a `position` other than
-        'prefix') -> [B, copies * P + T, H].
+        'prefix') -> [B, copies * P + T, H]. `task_ids` [B]: each row's task (`multi_task`).
 
         `copies` > 1 gives each segment of a packed row its own prompt slot (`segments`),
         leading the row.
         """
-        prompt = Prompt(self.length, self.initializer, self.param_dtype, name="prompt")(
-            x_embed.shape[-1]
-        )
+        b, h = x_embed.shape[0], x_embed.shape[-1]
+        if self.multi_task is not None:
+            batch = multi_task_prompt.MultiTaskPrompt(
+                self.length,
+                self.multi_task,
+                self.initializer,
+                random_uniform(),
+                self.param_dtype,
+                name="prompt",
+            )(task_ids, h)
+        else:
+            prompt = Prompt(self.length, self.initializer, self.param_dtype, name="prompt")(h)
+            batch = jnp.broadcast_to(prompt[None], (b,) + prompt.shape)
         if copies != 1:
-            prompt = jnp.tile(prompt, (copies, 1))
-        batch = jnp.broadcast_to(
-            jnp.asarray(prompt, x_embed.dtype)[None], (x_embed.shape[0],) + prompt.shape
-        )
-        out = jnp.concatenate([batch, x_embed], axis=1)
+            batch = jnp.tile(batch, (1, copies, 1))
+        out = jnp.concatenate([batch.astype(x_embed.dtype), x_embed], axis=1)
         if check_position(self.position) == "prefix":
             return out
         if copies != 1 or tokens is None:
@@ -107,42 +118,6 @@ class InputPrompt(nn.Module):
             )
         order = prompt_order(tokens, self.length, self.position)
         return jnp.take_along_axis(out, order[..., None], axis=1)
-
-
-# How each encoder layer's own prompt meets that layer's input, as prompt-tuning's extended/
-# per_layer.py combination functions: 'replace' (replace_prompt) overwrites the prompt rows,
-# 'add' (add_prompt) adds to them; 'none': the input prompt alone (SPoT's, the default).
-PER_LAYER_PROMPTS = ("none", "replace", "add")
-
-
-def check_per_layer(per_layer: str) -> str:
-    if per_layer not in PER_LAYER_PROMPTS:
-        raise ValueError(f"per_layer_prompt {per_layer!r}: expected one of {PER_LAYER_PROMPTS}")
-    return per_layer
-
-
-class LayerPrompt(nn.Module):
-    """An encoder layer's own `[P, H]` prompt (at `encoder/layers_<i>/prompt/prompt/prompt`, as
-    in prompt-tuning's per-layer models), combined with the prompt rows of the layer's input.
-
-    The prompt rows lead the input (the prefix layout; packed rows: one copy per slot)."""
-
-    length: int
-    initializer: Initializer
-    param_dtype: Any = jnp.float32
-    combine: str = "replace"
-
-    @nn.compact
-    def __call__(self, x: Array, copies: int = 1) -> Array:
-        """x: [B, copies * P + T, H] -> the same with its first copies * P rows combined."""
-        prompt = Prompt(self.length, self.initializer, self.param_dtype, name="prompt")(x.shape[-1])
-        if copies != 1:
-            prompt = jnp.tile(prompt, (copies, 1))
-        rows = jnp.broadcast_to(jnp.asarray(prompt, x.dtype)[None], (x.shape[0],) + prompt.shape)
-        n = prompt.shape[0]
-        if check_per_layer(self.combine) == "add":
-            rows = rows + x[:, :n]
-        return jnp.concatenate([rows, x[:, n:]], axis=1)
 
 
 def with_prompt_mask(tokens: Array, prompt_length: int) -> Array:

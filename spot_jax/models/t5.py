@@ -13,7 +13,9 @@ import jax.numpy as jnp
 
 from spot_jax import axes
 from spot_jax.models import (
+    layer_prompts,
     layers,
+    multi_task_prompt,
     prompt_attention,
     prompts,
     relative_position,
@@ -77,8 +79,9 @@ class Encoder(nn.Module):
     prompt_length: int = 0
     prompt_init: Any = None
     prompt_position: str = "prefix"  # prompts.PROMPT_POSITIONS
-    per_layer_prompt: str = "none"  # prompts.PER_LAYER_PROMPTS
+    per_layer_prompt: str = "none"  # layer_prompts.PER_LAYER_PROMPTS
     prompt_attention: tuple[str, ...] | None = None  # prompt_attention.normalize's; None: all
+    multi_task: multi_task_prompt.MultiTask | None = None  # shared + per-task prompts
 
     @nn.compact
     def __call__(
@@ -89,6 +92,7 @@ class Encoder(nn.Module):
         deterministic: bool,
         segment_ids: Array | None = None,
         positions: Array | None = None,
+        task_ids: Array | None = None,
     ) -> Array:
         """embedded: [B, T, H]; tokens: [B, T] (0 = pad). Returns [B, P + T, H].
 
@@ -111,11 +115,16 @@ class Encoder(nn.Module):
                     segment_ids.shape[1], tokens.shape[1], self.prompt_length
                 )
             embedded = prompts.InputPrompt(
-                self.prompt_length, init, c.param_dtype, self.prompt_position, name="prompt"
-            )(embedded, tokens, copies)
+                self.prompt_length,
+                init,
+                c.param_dtype,
+                self.prompt_position,
+                self.multi_task,
+                name="prompt",
+            )(embedded, tokens, copies, task_ids)
             if segment_ids is None:
                 mask = prompts.with_prompt_mask(tokens, self.prompt_length)
-            if prompts.check_per_layer(self.per_layer_prompt) != "none":
+            if layer_prompts.check_per_layer(self.per_layer_prompt) != "none":
                 layer_prompt = dict(
                     per_layer_prompt=self.per_layer_prompt,
                     prompt_length=self.prompt_length,
@@ -244,8 +253,12 @@ class Transformer(nn.Module):
     # Prompt slots per packed row (the most examples a packed row may hold); 0: unpacked only.
     max_segments: int = 0
     prompt_position: str = "prefix"  # prompts.PROMPT_POSITIONS; 'prefix' alone packs
-    per_layer_prompt: str = "none"  # prompts.PER_LAYER_PROMPTS: each encoder layer's own prompt
+    per_layer_prompt: str = (
+        "none"  # layer_prompts.PER_LAYER_PROMPTS: each encoder layer's own prompt
+    )
     prompt_attention: tuple[str, ...] | None = None  # prompt_attention.normalize's; None: all
+    # Shared + per-task prompts; each example's first input token names its task and is dropped.
+    multi_task: multi_task_prompt.MultiTask | None = None
 
     def setup(self):
         c = self.config
@@ -259,11 +272,21 @@ class Transformer(nn.Module):
             self.prompt_position,
             self.per_layer_prompt,
             self.prompt_attention,
+            self.multi_task,
         )
         self.decoder = Decoder(c)
 
+    def split_task_index(self, encoder_input_tokens: Array) -> tuple[Array | None, Array]:
+        """[B, T] inputs -> (task ids [B] or None, the [B, T'] text the encoder reads): a
+        multi-task model's inputs lead with their task's sentinel, which the encoder drops."""
+        if self.multi_task is None:
+            return None, encoder_input_tokens
+        first = encoder_input_tokens[:, 0]
+        return multi_task_prompt.task_index(first), encoder_input_tokens[:, 1:]
+
     def encoder_mask(self, encoder_input_tokens: Array) -> Array:
         """[B, T] -> [B, P + T] validity of each encoder output position."""
+        _, encoder_input_tokens = self.split_task_index(encoder_input_tokens)
         if self.prompt_length:
             return prompts.with_prompt_mask(encoder_input_tokens, self.prompt_length)
         return encoder_input_tokens
@@ -287,10 +310,13 @@ class Transformer(nn.Module):
         encoder_segment_ids: Array | None = None,
         encoder_positions: Array | None = None,
     ) -> Array:
-        """[B, T] -> [B, P + T, H] ([B, S*P + T, H] for packed rows)."""
+        """[B, T] -> [B, P + T, H] ([B, S*P + T, H] for packed rows; multi-task: T - 1)."""
+        task_ids, encoder_input_tokens = self.split_task_index(encoder_input_tokens)
         embedded = self.token_embedder(encoder_input_tokens)
         if encoder_segment_ids is None:
-            return self.encoder(embedded, encoder_input_tokens, deterministic=deterministic)
+            return self.encoder(
+                embedded, encoder_input_tokens, deterministic=deterministic, task_ids=task_ids
+            )
         seg, pos = self.encoder_segments(encoder_segment_ids, encoder_positions)
         return self.encoder(
             embedded,

@@ -10,7 +10,7 @@ import flax.linen as nn
 import jax
 
 from spot_jax import axes
-from spot_jax.models import layers, norms, prompts, relative_position
+from spot_jax.models import layer_prompts, layers, norms, relative_position
 from spot_jax.models.config import T5Config
 
 Array = jax.Array
@@ -63,7 +63,7 @@ def _mlp_residual(config: T5Config, x: Array, drop: nn.Dropout, deterministic: b
 
 class EncoderLayer(nn.Module):
     """Pre-norm self-attention and MLP, each with a residual; with `per_layer_prompt` ('replace'
-    or 'add', `prompts.PER_LAYER_PROMPTS`) the layer's own prompt first meets the prompt rows
+    or 'add', `layer_prompts.PER_LAYER_PROMPTS`) the layer's own prompt first meets the prompt rows
     that lead its input (`prompt_copies` of them in a packed row)."""
 
     config: T5Config
@@ -77,7 +77,7 @@ class EncoderLayer(nn.Module):
     def __call__(self, x: Array, bias: Array, positions: Array | None = None) -> tuple[Array, None]:
         c = self.config
         if self.per_layer_prompt != "none":
-            x = prompts.LayerPrompt(
+            x = layer_prompts.LayerPrompt(
                 self.prompt_length,
                 self.prompt_init,
                 c.param_dtype,

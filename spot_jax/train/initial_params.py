@@ -11,7 +11,7 @@ import numpy as np
 
 from spot_jax import axes
 from spot_jax.models import prompts
-from spot_jax.models.prompted import PROMPT_PATH, PromptedT5, is_prompt_path
+from spot_jax.models.prompted import PromptedT5, is_prompt_path
 from spot_jax.train import fresh_init, frozen_checkpoint, sharding
 from spot_jax.train import state as state_lib
 
@@ -69,10 +69,12 @@ def build_params(
         with sharding.active(mesh), fresh_init.gpu_threefry_kernels():
             params = jax.jit(init, out_shardings=out_shardings)(rng_init)
     if model.prompt_length:
-        params[PROMPT_PATH] = initial_prompt(model, params, rng_prompt, shardings[PROMPT_PATH])
-        # Per-layer prompts: prompt-tuning's U[0, 0.5) (`prompts.LayerPrompt`), each its own key.
-        layer_prompts = sorted(k for k in abstract if k != PROMPT_PATH and is_prompt_path(k))
-        for i, name in enumerate(layer_prompts):
+        # The input prompt (a multi-task model's shared prompt) from PROMPT_INIT; the others
+        # (per-layer prompts, task prompts): prompt-tuning's U[0, 0.5), each its own key.
+        main = model.input_prompt_path
+        params[main] = initial_prompt(model, params, rng_prompt, shardings[main])
+        others = sorted(k for k in abstract if k != main and is_prompt_path(k))
+        for i, name in enumerate(others):
             draw = prompts.random_uniform()(
                 jax.random.fold_in(rng_prompt, i + 1), abstract[name].shape
             )
@@ -83,7 +85,7 @@ def build_params(
 def initial_prompt(model: PromptedT5, params, rng, prompt_sharding) -> jax.Array:
     """Runs the prompt initialiser; those that need it get the frozen embedding table."""
     init = model.prompt_init or prompts.random_uniform()
-    shape = (model.prompt_length, model.config.emb_dim)
+    shape = model.input_prompt_shape
     kwargs = {}
     if getattr(init, "needs_embeddings", False):
         table = params["token_embedder/embedding"]
