@@ -128,7 +128,12 @@ def _write_config(model_dir: str, name: str = "config.gin") -> None:
         path.mkdir(parents=True, exist_ok=True)
         target, text = path / name, gin.config_str()
         if target.exists() and target.read_text() != text:
-            target.rename(path / f"{name}.{time.strftime('%Y%m%d-%H%M%S')}")
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            kept = path / f"{name}.{stamp}"
+            n = 1
+            while kept.exists():  # two jobs in one second keep both earlier configs
+                kept, n = path / f"{name}.{stamp}-{n}", n + 1
+            target.rename(kept)
         target.write_text(text)
 
 

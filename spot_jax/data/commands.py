@@ -60,10 +60,12 @@ def show_examples(name: str, split: str = "validation", n: int = 5) -> Iterator[
     import seqio
 
     from spot_jax.data import tasks
-    from spot_jax.data.tasks import few_shot
+    from spot_jax.data.tasks import few_shot, task_index
 
     tasks.register_all()
-    if name not in seqio.TaskRegistry.names() and not few_shot.resolve(name):
+    if name not in seqio.TaskRegistry.names():
+        few_shot.resolve(name) or task_index.resolve(name)
+    if name not in seqio.TaskRegistry.names():
         if name in seqio.MixtureRegistry.names():
             raise ValueError(f"{name!r} is a mixture; show one of its tasks.")
         raise ValueError(f"No task named {name!r}; see `spot-jax tasks list`.")

@@ -20,6 +20,12 @@ MIX_PREFIX = "spot_mix__"
 TASK_FEATURES = ("inputs", "targets")
 # T5 1.1's SentencePiece model: 32000 pieces + 100 sentinel ids (models pad to 32128).
 DEFAULT_SPM_PATH = "gs://t5-data/vocabs/cc_all.32000/sentencepiece.model"
+# Multi-task prompts: task i's examples lead with its sentinel `<extra_id_i>`, id
+# TASK_INDEX_VOCAB - 1 - i (prompt-tuning's `sentinel_to_task` with T5's 32100 ids).
+TASK_INDEX_VOCAB = 32100
+# Prefixes of task-index variants and of their mixtures (data/tasks/task_index.py).
+TASK_INDEX_PREFIX = "task_index_"
+MULTITASK_PREFIX = "spot_multitask__"
 # Lets offline machines point at a local copy without editing gin files.
 VOCAB_ENV_VAR = "SPOT_JAX_VOCAB"
 

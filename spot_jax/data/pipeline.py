@@ -66,14 +66,15 @@ def get_provider(cfg: DatasetConfig) -> seqio.DatasetProviderBase:
     tasks.register_all()
     if cfg.module:
         importlib.import_module(cfg.module)
-    # Few-shot variants (`<task>_<k>shot_seed<s>`) and task-named mixtures (`spot_mix__a__b`)
+    # Few-shot variants (`<task>_<k>shot_seed<s>`), task-named mixtures (`spot_mix__a__b`)
+    # and task-index variants and their mixtures (`task_index_<i>__a`, `spot_multitask__a__b`)
     # are registered on first use.
     from spot_jax.data import mixtures
-    from spot_jax.data.tasks import few_shot
+    from spot_jax.data.tasks import few_shot, task_index
 
     name = cfg.mixture_or_task_name
     if name not in seqio.TaskRegistry.names() and name not in seqio.MixtureRegistry.names():
-        few_shot.resolve(name) or mixtures.resolve(name)
+        few_shot.resolve(name) or mixtures.resolve(name) or task_index.resolve(name)
     try:
         return seqio.get_mixture_or_task(cfg.mixture_or_task_name)
     except ValueError as error:

@@ -147,10 +147,12 @@ class TaskScorer:
 
 
 def _label_names(task_name: str) -> tuple[str, ...] | None:
-    """Class labels of a catalog task, its taskless twin or a few-shot subset of it."""
-    from spot_jax.data.tasks import base, few_shot
+    """Class labels of a catalog task, its taskless twin, a few-shot subset or a task-index
+    variant of it."""
+    from spot_jax.data.tasks import base, few_shot, task_index
 
-    name = few_shot.source_task(task_name).removesuffix(base.TASKLESS_SUFFIX)
+    name = task_index.source_task(task_name)
+    name = few_shot.source_task(name).removesuffix(base.TASKLESS_SUFFIX)
     spec = base.SPECS.get(name)
     return tuple(spec.label_names) if spec and spec.label_names else None
 

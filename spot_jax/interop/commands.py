@@ -18,6 +18,7 @@ import shutil
 import numpy as np
 from etils import epath
 
+from spot_jax.models import prompt_params
 from spot_jax.train import checkpoints, frozen_checkpoint
 from spot_jax.train.checkpoints import CheckpointError, absolute_path
 
@@ -224,6 +225,22 @@ def export_main(argv: list[str]) -> int:
         elif prompt is not None:
             _log(note + "PEFT has no such prompts, so no PEFT adapter is written")
             prompt = None
+    combine = placed["multi_task_prompt"]
+    if combine != "none":
+        note = (
+            f"Note: {source} trained multi-task prompts ({combine!r}, {placed['num_tasks']} "
+            "tasks): "
+        )
+        if args.target == "t5x":
+            layer_prompts += [prompt_params.SHARED_PROMPT_PATH, prompt_params.TASK_PROMPTS_PATH]
+            kind_ = "AddMultiTaskPrompt" if combine == "add" else "ConcatMultiTaskPrompt"
+            _log(
+                note + "written at encoder/prompt/prompt/{shared_prompt,task_prompts/embedding}; "
+                "a T5X run needs prompt-tuning's multi_task_t5_1_1_prompt.gin with "
+                f"multitask_prompts.{kind_}"
+            )
+        else:
+            _log(note + "PEFT has no such prompts, so no PEFT adapter is written")
     attention = placed["prompt_attention"]
     if attention is not None:
         note = f"Note: {source} trained its prompt with prompt_attention {attention}: "
@@ -277,7 +294,7 @@ def _export_t5x(
     from spot_jax.models.prompted import PROMPT_PATH
 
     shapes = dict(t5x.param_shapes(config))
-    # The run's per-layer prompts, read with its other trained params.
+    # The run's per-layer (and multi-task) prompts, read with its other trained params.
     shapes.update({name: tuple(read(name).shape) for name in layer_prompts})
     if prompt is not None:
         shapes[PROMPT_PATH] = tuple(prompt.shape)

@@ -20,13 +20,15 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from spot_jax import axes
+from spot_jax.data import config as data_config
 
 Array = jax.Array
 COMBINES = ("add", "concat")
 # T5's SentencePiece vocabulary: 32000 pieces + 100 sentinels, `<extra_id_0>` = 32099.
-TASK_INDEX_VOCAB = 32100
+TASK_INDEX_VOCAB = data_config.TASK_INDEX_VOCAB
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,8 +87,11 @@ def task_index(first_tokens: Array) -> Array:
 
 
 class MultiTaskPrompt(nn.Module):
-    """The shared and per-task prompt params; returns each example's combined prompt [B, P, H]
-    (rows of an unknown task index are NaN, so they cannot pass for another task's)."""
+    """The shared and per-task prompt params; returns each example's combined prompt [B, P, H].
+
+    A row of no known task (a padding row of an eval batch: its first token is 0) gets zero
+    task rows rather than another task's; `check_task_tokens` refuses real such rows on the
+    host before a step."""
 
     length: int
     multi_task: MultiTask
@@ -108,7 +113,7 @@ class MultiTaskPrompt(nn.Module):
         )()
         known = (task_ids >= 0) & (task_ids < self.multi_task.num_tasks)
         rows = jnp.take(table, jnp.clip(task_ids, 0, self.multi_task.num_tasks - 1), axis=0)
-        rows = jnp.where(known[:, None], rows, jnp.nan)
+        rows = jnp.where(known[:, None], rows, 0.0)
         return self.multi_task.combined(shared, rows)
 
 
@@ -126,4 +131,22 @@ class TaskPrompts(nn.Module):
             nn.with_logical_partitioning(self.initializer, (axes.TASKS, axes.TASK_PROMPT)),
             self.shape,
             self.param_dtype,
+        )
+
+
+def check_task_tokens(encoder_input_tokens, multi_task: MultiTask | None) -> None:
+    """Refuses (on the host, before the step) inputs that do not lead with one of a multi-task
+    model's task sentinels: in the step their rows would get no task prompt."""
+    if multi_task is None:
+        return
+    tokens = np.asarray(encoder_input_tokens)
+    first = tokens[np.any(tokens != 0, axis=1), 0]  # padding rows (all 0) are no example
+    tasks = TASK_INDEX_VOCAB - 1 - first
+    bad = sorted(set(first[(tasks < 0) | (tasks >= multi_task.num_tasks)].tolist()))
+    if bad:
+        raise ValueError(
+            f"inputs leading with token ids {bad[:5]} name no task of this multi-task prompt "
+            f"(NUM_TASKS {multi_task.num_tasks}: task i leads with id {TASK_INDEX_VOCAB - 1} - "
+            "i, `<extra_id_i>`); train on `task_index_<i>__<task>` tasks or a "
+            "`spot_multitask__...` mixture, or raise NUM_TASKS"
         )

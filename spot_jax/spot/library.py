@@ -151,12 +151,13 @@ class Library:
           LibraryError: the run is of another model than the library's (prompt length, width or
             frozen checkpoint), has no checkpoint at the library's embedding step, holds a
             non-finite prompt, never recorded `best_metric`, the name is taken or invalid, or
-            the run is incomplete or trained per-layer prompts or another attention rule. The
-            library is left unchanged.
+            the run is incomplete or trained per-layer prompts, another attention rule or
+            multi-task prompts. The library is left unchanged.
         """
         model_dir = absolute_path(model_dir)
         info = runs_lib.run_info(model_dir)
-        for key, default in (("per_layer_prompt", "none"), ("prompt_attention", None)):
+        placed = (("per_layer_prompt", "none"), ("prompt_attention", None))
+        for key, default in (*placed, ("multi_task_prompt", "none")):
             if info[key] != default:
                 raise LibraryError(
                     f"{model_dir} trained with {key} {info[key]!r}: a library entry is one input "

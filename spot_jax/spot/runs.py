@@ -332,7 +332,15 @@ def run_info(model_dir: epath.PathLike) -> dict[str, Any]:
             raise LibraryError(f"{model_dir} is not a spot_jax run: {f} is missing")
     model = json.loads((model_dir / "model.json").read_text())
     macros = read_macros((model_dir / "config.gin").read_text())
-    placement = ("prompt_length", "prompt_position", "per_layer_prompt", "prompt_attention")
+    placement = (
+        "prompt_length",
+        "prompt_position",
+        "per_layer_prompt",
+        "prompt_attention",
+        "multi_task_prompt",
+        "num_tasks",
+        "task_prompt_length",
+    )
     shape = {k: v for k, v in model.items() if k not in placement}
     ckpt, seed = macros.get("INITIAL_CHECKPOINT_PATH"), macros.get("SEED", 0)
     return {
@@ -342,6 +350,7 @@ def run_info(model_dir: epath.PathLike) -> dict[str, Any]:
         "prompt_position": model.get("prompt_position", "prefix"),
         "per_layer_prompt": model.get("per_layer_prompt", "none"),
         "prompt_attention": model.get("prompt_attention"),
+        "multi_task_prompt": model.get("multi_task_prompt", "none"),
         "emb_dim": int(model["emb_dim"]),
         "fingerprint": fingerprint(shape, ckpt, seed),
         "frozen": ckpt if ckpt else f"seeded-init:{seed}",

@@ -44,11 +44,17 @@ PLACEMENT_DEFAULTS = {
     "prompt_position": "prefix",
     "per_layer_prompt": "none",
     "prompt_attention": None,
+    "multi_task_prompt": "none",
+    "num_tasks": 0,
+    "task_prompt_length": 0,
 }
 PLACEMENT_MACROS = {
     "prompt_position": "PROMPT_POSITION",
     "per_layer_prompt": "PER_LAYER_PROMPT",
     "prompt_attention": "PROMPT_ATTENTION",
+    "multi_task_prompt": "MULTI_TASK_PROMPT",
+    "num_tasks": "NUM_TASKS",
+    "task_prompt_length": "TASK_PROMPT_LENGTH",
 }
 
 
@@ -279,7 +285,8 @@ def numpy_prompt_path(model_dir: epath.PathLike, step: int) -> epath.Path:
 
 def numpy_prompts(trainable: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
     """The prompts among a run's trainable params as prompt-tuning saves them: the input prompt
-    and each encoder layer's own, a scanned stack cut into its layers."""
+    (or a multi-task run's shared prompt and task table) and each encoder layer's own, a scanned
+    stack cut into its layers."""
     return prompted.unstack_flat({k: v for k, v in trainable.items() if prompted.is_prompt_path(k)})
 
 

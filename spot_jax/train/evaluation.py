@@ -27,6 +27,7 @@ import numpy as np
 
 from spot_jax import data
 from spot_jax.data.config import DatasetConfig
+from spot_jax.models import multi_task_prompt
 from spot_jax.train import sharding, steps
 
 PREFIX = "eval/"
@@ -109,6 +110,7 @@ class Evaluator:
           progress: a progress bar per task's pass (on a terminal, process 0 only).
         """
         self.mesh, self.rules, self.max_batches = mesh, rules, max_batches
+        self.multi_task = model.multi_task
         self.progress = progress and jax.process_index() == 0
         configs = data.eval_task_configs(eval_data)
         self.is_mixture = None not in configs
@@ -152,27 +154,35 @@ class Evaluator:
         with self.mesh, nn.logical_axis_rules(list(self.rules)):
             it = data.make_eval_iterator(part.data, shard_index=shard_index, num_shards=num_shards)
             scored = predict and part.scorer is not None
-            for i, local in enumerate(self._bar(it, part, scored)):
-                teacher_forced = self.max_batches is None or i < self.max_batches
-                if not (teacher_forced or scored):
-                    break
-                batch = sharding.global_batch(local, self.mesh)
-                if not predict:
-                    counts.add_sums(jax.device_get(self._eval_fn(trainable, frozen, batch)))
-                    continue
-                sums, tokens, _, ranked = part.step(trainable, frozen, batch, jax.random.PRNGKey(0))
-                if teacher_forced:
-                    counts.add_sums(jax.device_get(sums))
-                target = sharding.to_host(batch["decoder_target_tokens"], self.mesh)
-                real = target[:, 0] != 0
-                pred = sharding.to_host(tokens, self.mesh)[:, -1]
-                counts.exact += int(np.sum(np.all(pred == target, axis=-1) & real))
-                counts.sequences += int(np.sum(real))
-                if part.scorer is not None:
-                    predicted.extend(pred[real])
-                if part.ranks:
-                    scores = sharding.to_host(ranked, self.mesh)
-                    chosen.extend(np.argmax(scores, axis=-1)[real])
+            try:
+                for i, local in enumerate(self._bar(it, part, scored)):
+                    teacher_forced = self.max_batches is None or i < self.max_batches
+                    if not (teacher_forced or scored):
+                        break
+                    multi_task_prompt.check_task_tokens(
+                        local["encoder_input_tokens"], self.multi_task
+                    )
+                    batch = sharding.global_batch(local, self.mesh)
+                    if not predict:
+                        counts.add_sums(jax.device_get(self._eval_fn(trainable, frozen, batch)))
+                        continue
+                    sums, tokens, _, ranked = part.step(
+                        trainable, frozen, batch, jax.random.PRNGKey(0)
+                    )
+                    if teacher_forced:
+                        counts.add_sums(jax.device_get(sums))
+                    target = sharding.to_host(batch["decoder_target_tokens"], self.mesh)
+                    real = target[:, 0] != 0
+                    pred = sharding.to_host(tokens, self.mesh)[:, -1]
+                    counts.exact += int(np.sum(np.all(pred == target, axis=-1) & real))
+                    counts.sequences += int(np.sum(real))
+                    if part.scorer is not None:
+                        predicted.extend(pred[real])
+                    if part.ranks:
+                        scores = sharding.to_host(ranked, self.mesh)
+                        chosen.extend(np.argmax(scores, axis=-1)[real])
+            finally:
+                del it  # not by the GC: see trainer.train's loop
         out = counts.metrics(predict)
         if predicted:
             out.update(part.scorer(predicted))

@@ -16,7 +16,7 @@ from etils import epath
 
 from spot_jax import axes, data
 from spot_jax.data.config import DatasetConfig
-from spot_jax.models import prompts
+from spot_jax.models import multi_task_prompt, prompts
 from spot_jax.models.prompted import (
     PROMPT_PATH,
     PromptedT5,
@@ -41,7 +41,8 @@ def _numpy_step(folder: str) -> int | None:
     return int(number) if folder.startswith("checkpoint_") and number.isdigit() else None
 
 
-def latest_numpy_prompt(model_dir: epath.PathLike) -> epath.Path:
+def latest_numpy_prompt(model_dir: epath.PathLike, name: str = PROMPT_PATH) -> epath.Path:
+    """The prompt `name` (a multi-task run's: its shared prompt) of the run's last save."""
     root = epath.Path(model_dir) / "numpy_checkpoints"
     found = sorted(
         (step, p)
@@ -53,7 +54,7 @@ def latest_numpy_prompt(model_dir: epath.PathLike) -> epath.Path:
             f"no numpy prompt checkpoints in {root}; set PROMPT_FILE (or PROMPT_LENGTH=0 for "
             "a run trained without a prompt, e.g. runs/model_tune.gin)"
         )
-    return found[-1][1] / PROMPT_PATH.replace("/", ".")
+    return found[-1][1] / name.replace("/", ".")
 
 
 def _checkpoint_step(prompt_path) -> int:
@@ -75,14 +76,15 @@ def _check_placement(model: PromptedT5, model_dir) -> None:
             )
 
 
-def _layer_prompts_beside(prompt_file, abstract) -> dict[str, np.ndarray]:
-    """Per-layer prompts saved beside the input prompt's file (a numpy checkpoint folder, as
-    prompt-tuning writes them: `encoder.layers_<i>.prompt.prompt.prompt`), stacked for a
-    scanned model; {} where any is missing."""
+def _prompts_beside(prompt_file, abstract, main: str) -> dict[str, np.ndarray]:
+    """The model's other prompts saved beside its input prompt's file (a numpy checkpoint
+    folder, as prompt-tuning writes them: `encoder.layers_<i>.prompt.prompt.prompt` per layer,
+    stacked for a scanned model; a multi-task run's `encoder.prompt.prompt.task_prompts.
+    embedding`); {} where any is missing."""
     folder = epath.Path(prompt_file).parent
     found = {}
     for name, shape in abstract.items():
-        if name == PROMPT_PATH or not is_prompt_path(name):
+        if name == main or not is_prompt_path(name):
             continue
         layers = [layer_name(name, i) for i in range(shape.shape[0])] if is_stacked(name) else []
         files = [folder / n.replace("/", ".") for n in layers or [name]]
@@ -95,8 +97,8 @@ def _layer_prompts_beside(prompt_file, abstract) -> dict[str, np.ndarray]:
         found[name] = np.stack(values) if layers else values[0]
         if found[name].shape != shape.shape:
             raise checkpoints.CheckpointError(
-                f"per-layer prompt {name} beside {prompt_file} has shape "
-                f"{list(found[name].shape)}; the model needs {list(shape.shape)} (PROMPT_LENGTH?)"
+                f"prompt {name} beside {prompt_file} has shape {list(found[name].shape)}; the "
+                f"model needs {list(shape.shape)} (PROMPT_LENGTH? NUM_TASKS?)"
             )
     return found
 
@@ -110,10 +112,10 @@ def _load(
     model_parallel,
     seed,
 ):
-    path = None
+    path, main = None, model.input_prompt_path
     if model.prompt_length:
         _check_placement(model, model_dir)
-        path = prompt_file or latest_numpy_prompt(model_dir)
+        path = prompt_file or latest_numpy_prompt(model_dir, main)
         model = model.replace(prompt_init=prompts.from_file(str(path)), max_segments=0)
     mesh = sharding.make_mesh(model_parallel)
     rules = axes.standard_rules()
@@ -130,15 +132,16 @@ def _load(
     abstract = {
         k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=v.sharding) for k, v in params.items()
     }
-    # Per-layer prompts: beside the prompt file where saved there (the same save), else from
-    # the run's train checkpoint with its other trained params.
-    beside = _layer_prompts_beside(path, abstract) if model.per_layer_prompt != "none" else {}
+    # The other prompts (per-layer, task prompts): beside the prompt file where saved there
+    # (the same save), else from the run's train checkpoint with its other trained params.
+    others = [k for k in params if is_prompt_path(k) and k != main]
+    beside = _prompts_beside(path, abstract, main) if others else {}
     params.update({k: jax.device_put(v, params[k].sharding) for k, v in beside.items()})
-    trained = checkpoints.restore_trained(model_dir, abstract, skip=(PROMPT_PATH, *beside))
+    trained = checkpoints.restore_trained(model_dir, abstract, skip=(main, *beside))
     trained_step = None
     if beside:
         trained_step = _checkpoint_step(path) or None
-        print(f"Using the per-layer prompts beside {path}.", flush=True)
+        print(f"Using the prompts beside {path}: {', '.join(sorted(beside))}.", flush=True)
     if trained is not None and trained[1]:
         trained_step, values = trained
         params.update(values)
@@ -148,10 +151,10 @@ def _load(
             flush=True,
         )
     restored = set(beside) | set(trained[1] if trained else ())
-    missing = [k for k in params if is_prompt_path(k) and k != PROMPT_PATH and k not in restored]
+    missing = [k for k in others if k not in restored]
     if missing:
         raise checkpoints.CheckpointError(
-            f"per-layer prompts {missing[:2]}...: neither beside {path} nor in a train checkpoint "
+            f"prompts {missing[:2]}...: neither beside {path} nor in a train checkpoint "
             f"of {model_dir}; evaluate the run's MODEL_DIR (or keep its numpy checkpoint folder "
             "whole)"
         )
@@ -197,7 +200,9 @@ def evaluate_job(
     out.mkdir(parents=True, exist_ok=True)
     if jax.process_index() == 0:
         (out / "eval_metrics.json").write_text(json.dumps(metrics, indent=2))
-        prompt = prompt_file or (latest_numpy_prompt(model_dir) if model.prompt_length else None)
+        prompt = prompt_file or (
+            latest_numpy_prompt(model_dir, model.input_prompt_path) if model.prompt_length else None
+        )
         record = {
             "job": "eval",
             "task": eval_data.mixture_or_task_name,
@@ -244,7 +249,7 @@ def infer_job(
     predict = jax.jit(functools.partial(steps.predict_step, model, max_decode_length=length))
     rows = []
     for cfg in data.eval_task_configs(eval_data).values():
-        rows += _decode(cfg, predict, trainable, frozen, mesh, eval_steps, seed)
+        rows += _decode(cfg, predict, trainable, frozen, mesh, eval_steps, seed, model.multi_task)
     out = epath.Path(model_dir)
     out.mkdir(parents=True, exist_ok=True)
     if jax.process_index() == 0:
@@ -255,36 +260,42 @@ def infer_job(
     return {"num_predictions": len(rows)}
 
 
-def _decode(cfg: DatasetConfig, predict, trainable, frozen, mesh, eval_steps, seed) -> list[dict]:
+def _decode(
+    cfg: DatasetConfig, predict, trainable, frozen, mesh, eval_steps, seed, multi_task=None
+) -> list[dict]:
     """The rows of inference.jsonl for one task's split (every host's examples)."""
     shard_index, num_shards = sharding.data_shard_info(mesh)
     detokenize = data.make_detokenizer(cfg)
     rows = []
     with sharding.active(mesh):
         it = data.make_eval_iterator(cfg, shard_index=shard_index, num_shards=num_shards)
-        for i, local in enumerate(it):
-            if eval_steps is not None and i >= eval_steps:
-                break
-            batch = sharding.global_batch(local, mesh)
-            tokens, scores = predict(trainable, frozen, batch, jax.random.PRNGKey(seed))
-            # Whole global rows on every process (each host read only its shard), so the
-            # file process 0 writes holds every host's examples.
-            tokens = sharding.to_host(tokens, mesh)[:, -1]
-            scores = sharding.to_host(scores, mesh)[:, -1]
-            inputs = sharding.to_host(batch["encoder_input_tokens"], mesh)
-            targets = sharding.to_host(batch["decoder_target_tokens"], mesh)
-            for j in np.flatnonzero(data.real_rows({"decoder_target_tokens": targets})):
-                row = {
-                    "task": cfg.mixture_or_task_name,
-                    "inputs": _strip(inputs[j]),
-                    "targets": _strip(targets[j]),
-                    "prediction": _strip(tokens[j]),
-                    "score": float(scores[j]),
-                }
-                if detokenize is not None:
-                    for key in ("inputs", "targets", "prediction"):
-                        row[f"{key}_text"] = detokenize(row[key])
-                rows.append(row)
+        try:
+            for i, local in enumerate(it):
+                if eval_steps is not None and i >= eval_steps:
+                    break
+                multi_task_prompt.check_task_tokens(local["encoder_input_tokens"], multi_task)
+                batch = sharding.global_batch(local, mesh)
+                tokens, scores = predict(trainable, frozen, batch, jax.random.PRNGKey(seed))
+                # Whole global rows on every process (each host read only its shard), so the
+                # file process 0 writes holds every host's examples.
+                tokens = sharding.to_host(tokens, mesh)[:, -1]
+                scores = sharding.to_host(scores, mesh)[:, -1]
+                inputs = sharding.to_host(batch["encoder_input_tokens"], mesh)
+                targets = sharding.to_host(batch["decoder_target_tokens"], mesh)
+                for j in np.flatnonzero(data.real_rows({"decoder_target_tokens": targets})):
+                    row = {
+                        "task": cfg.mixture_or_task_name,
+                        "inputs": _strip(inputs[j]),
+                        "targets": _strip(targets[j]),
+                        "prediction": _strip(tokens[j]),
+                        "score": float(scores[j]),
+                    }
+                    if detokenize is not None:
+                        for key in ("inputs", "targets", "prediction"):
+                            row[f"{key}_text"] = detokenize(row[key])
+                    rows.append(row)
+        finally:
+            del it  # not by the GC: see trainer.train's loop
     return rows
 
 

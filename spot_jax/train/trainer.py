@@ -17,6 +17,7 @@ from etils import epath
 
 from spot_jax import axes, data
 from spot_jax.data.config import DatasetConfig
+from spot_jax.models import multi_task_prompt
 from spot_jax.models.prompted import PromptedT5
 from spot_jax.train import (
     checkpoints,
@@ -237,6 +238,7 @@ def train(
                 save(0)
             for step in range(start_step + 1, train_steps + 1):
                 local = next(batches)
+                multi_task_prompt.check_task_tokens(local["encoder_input_tokens"], model.multi_task)
                 batch = sharding.global_batch(local, mesh)
                 state, metrics = train_step(state, frozen, batch, dropout_rng)
                 if one_in_flight:
@@ -280,6 +282,10 @@ def train(
     finally:
         bar.close()
         ckpt.close()
+        # Freed here rather than by the garbage collector: an error leaves this frame in a
+        # reference cycle with its traceback, and a tf.data iterator (SeqIO's prefetching
+        # batches) destroyed inside a GC pass deadlocked the exiting process.
+        del batches
     return last
 
 

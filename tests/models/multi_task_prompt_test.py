@@ -112,13 +112,24 @@ def test_gradients_reach_the_shared_prompt_and_only_the_tasks_in_the_batch():
     assert used[0] > 0 and used[2] > 0 and used[1] == 0 and used[3] == 0
 
 
-def test_an_unknown_task_index_gives_nan_in_its_row_only():
+def test_a_row_of_no_known_task_gets_no_task_prompt_and_the_host_check_refuses_it():
     batch = _batch()
     model = _model("add", num_tasks=2)
     tasked = _tasked(batch, [0, 5, 1, 0])  # task 5 of 2
-    logits = np.asarray(jax.jit(model.logits)(_init(model, _tasked(batch, [0] * 4)), tasked))
-    assert np.isnan(logits[1]).all()
-    assert np.isfinite(logits[[0, 2, 3]]).all()
+    params = _init(model, _tasked(batch, [0] * 4))
+    got = jax.jit(model.logits)(params, tasked)
+    shared = np.asarray(_flat(params)[SHARED])
+    one = {k: v[1:2] for k, v in batch.items()}
+    single = prompted.PromptedT5(CFG, prompt_length=P)
+    want = jax.jit(single.logits)(_single(params, shared), one)
+    np.testing.assert_allclose(got[1:2], want, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match=r"token ids \[32094\] name no task.*NUM_TASKS 2"):
+        multi_task_prompt.check_task_tokens(tasked["encoder_input_tokens"], model.multi_task)
+    # Padding rows (all zeros, as an eval split's last batch has) are no examples.
+    padded = np.asarray(_tasked(batch, [0, 1, 1, 0])["encoder_input_tokens"]).copy()
+    padded[3] = 0
+    multi_task_prompt.check_task_tokens(padded, model.multi_task)
+    multi_task_prompt.check_task_tokens(padded, None)
 
 
 def test_scanned_equals_loop():

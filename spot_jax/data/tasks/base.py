@@ -214,7 +214,8 @@ def register_specs(specs: Iterable[TaskSpec]) -> list[str]:
 
 
 def train_size(task_name: str) -> int:
-    """Train examples of a task (few-shot and taskless variants: those of what they read).
+    """Train examples of a task (few-shot, taskless and task-index variants: those of what
+    they read).
 
     `PREPROCESSED_TRAIN_SIZES` first (tasks whose preprocessing adds or drops examples), then
     the TFDS builder info when it knows the split, else `KNOWN_TRAIN_SIZES`.
@@ -222,6 +223,9 @@ def train_size(task_name: str) -> int:
     Raises:
         ValueError: when neither knows the task.
     """
+    from spot_jax.data.tasks import task_index
+
+    task_name = task_index.source_task(task_name)
     base = task_name.removesuffix(TASKLESS_SUFFIX)
     if base in PREPROCESSED_TRAIN_SIZES:
         return PREPROCESSED_TRAIN_SIZES[base]

@@ -1,0 +1,144 @@
+"""A multi-task prompt run end to end through `spot-jax`, on a `spot_multitask__` mixture of
+catalog tasks with mock TFDS data: trained, saved in prompt-tuning's numpy layout, evaluated
+per task in place and from its numpy checkpoint elsewhere, refused where it does not fit."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("seqio")
+SPM = Path(os.environ["SPOT_JAX_TEST_SHARED"]) / "fixtures" / "t5_sentencepiece.model"
+REPO = Path(__file__).resolve().parents[2]
+pytestmark = [
+    pytest.mark.tf,
+    pytest.mark.slow,
+    pytest.mark.skipif(not SPM.exists(), reason="T5 SentencePiece model not available"),
+]
+
+RTE, CB = "spot_glue_rte_v200", "spot_super_glue_cb_v102"
+MIXTURE = f"spot_multitask__{RTE}__{CB}"
+SHARED_FILE = "encoder.prompt.prompt.shared_prompt"
+TASKS_FILE = "encoder.prompt.prompt.task_prompts.embedding"
+
+# Every job through the CLI's entry point in one process (the tiny model compiles once); each
+# job's exit code goes to a JSON line, its stderr follows a `@@job <name>` line.
+_JOBS_SCRIPT = """
+import json, sys
+import gin
+from spot_jax import cli
+
+root = sys.argv[1]
+multi = ["--gin.MULTI_TASK_PROMPT='concat'", "--gin.NUM_TASKS=2", "--gin.TASK_PROMPT_LENGTH=2"]
+common = [
+    "--gin_file=models/t5_1_1/t5x_test_tiny.gin",
+    "--gin.TASK_FEATURE_LENGTHS={'inputs': 64, 'targets': 16}",
+    "--gin.BATCH_SIZE=4",
+]
+run = f"{root}/run"
+shared = f"{run}/numpy_checkpoints/checkpoint_3/encoder.prompt.prompt.shared_prompt"
+cb = "task_index_1__spot_super_glue_cb_v102"
+jobs = {
+    "train": ["train", "--gin_file=test/tiny_prompt.gin", f"--gin.MODEL_DIR={run}",
+              "--gin.MIXTURE_OR_TASK_NAME='%s'" % sys.argv[2], "--gin.TRAIN_STEPS=3",
+              "--gin.CHECKPOINT_PERIOD=3", "--gin.EVAL_PERIOD=3", *multi],
+    "eval_here": ["eval", "--gin_file=test/tiny_eval.gin", f"--gin.MODEL_DIR={run}",
+                  f"--gin.MIXTURE_OR_TASK_NAME='{cb}'", *multi],
+    "eval_elsewhere": ["eval", "--gin_file=test/tiny_eval.gin", f"--gin.MODEL_DIR={root}/other",
+                       f"--gin.MIXTURE_OR_TASK_NAME='{cb}'", f"--gin.PROMPT_FILE='{shared}'",
+                       *multi],
+    "eval_single": ["eval", "--gin_file=test/tiny_eval.gin", f"--gin.MODEL_DIR={run}",
+                    f"--gin.MIXTURE_OR_TASK_NAME='{cb}'"],
+    "eval_unindexed": ["eval", "--gin_file=test/tiny_eval.gin", f"--gin.MODEL_DIR={run}",
+                       "--gin.MIXTURE_OR_TASK_NAME='spot_super_glue_cb_v102'", *multi],
+    "train_unindexed": ["train", "--gin_file=test/tiny_prompt.gin",
+                        f"--gin.MODEL_DIR={root}/unindexed",
+                        "--gin.MIXTURE_OR_TASK_NAME='spot_super_glue_cb_v102'",
+                        "--gin.TRAIN_STEPS=1", *multi],
+}
+for name, argv in jobs.items():
+    print(f"@@job {name}", file=sys.stderr, flush=True)
+    code = cli.main(argv + common)
+    gin.clear_config()
+    print(json.dumps({"job": name, "code": code}), flush=True)
+"""
+
+
+def _env():
+    flags = re.sub(r"--xla_force_host_platform_device_count=\d+", "", os.environ["XLA_FLAGS"])
+    return {
+        **os.environ,
+        "XLA_FLAGS": flags.strip(),
+        "JAX_PLATFORMS": "cpu",
+        "SPOT_JAX_TFDS_MOCK": "4",
+        "SPOT_JAX_VOCAB": str(SPM),
+    }
+
+
+@pytest.fixture(scope="module")
+def jobs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("multitask")
+    result = subprocess.run(
+        [sys.executable, "-c", _JOBS_SCRIPT, str(root), MIXTURE],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        cwd=REPO,
+        timeout=540,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    lines = [json.loads(x) for x in result.stdout.splitlines() if x.startswith('{"job"')]
+    stderr = dict(part.split("\n", 1) for part in result.stderr.split("@@job ")[1:])
+    return root, {x["job"]: {**x, "stderr": stderr[x["job"]]} for x in lines}
+
+
+def _records(model_dir):
+    return [json.loads(line) for line in (model_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_the_run_trains_and_saves_the_shared_prompt_and_task_table(jobs):
+    root, done = jobs
+    assert done["train"]["code"] == 0, done["train"]["stderr"]
+    run = root / "run"
+    model = json.loads((run / "model.json").read_text())
+    assert model["multi_task_prompt"] == "concat"
+    assert (model["num_tasks"], model["task_prompt_length"], model["prompt_length"]) == (2, 2, 5)
+    saved = run / "numpy_checkpoints" / "checkpoint_3"
+    assert sorted(p.name for p in saved.iterdir()) == [SHARED_FILE, TASKS_FILE]
+    shared, table = np.load(saved / SHARED_FILE), np.load(saved / TASKS_FILE)
+    emb = model["emb_dim"]
+    assert shared.shape == (3, emb) and table.shape == (2, 2 * emb)
+    first = run / "numpy_checkpoints" / "checkpoint_0"
+    assert not np.allclose(np.load(first / SHARED_FILE), shared)
+    assert not np.allclose(np.load(first / TASKS_FILE), table)
+    # The periodic eval reports each task of the mixture on its own.
+    last = [r for r in _records(run) if r.get("step") == 3][-1]
+    assert f"eval/task_index_1__{CB}/accuracy" in last
+    assert f"eval/task_index_0__{RTE}/accuracy" in last
+
+
+def test_a_task_is_evaluated_in_place_and_from_the_numpy_checkpoint_alike(jobs):
+    root, done = jobs
+    for job in ("eval_here", "eval_elsewhere"):
+        assert done[job]["code"] == 0, done[job]["stderr"]
+    here = _records(root / "run")[-1]
+    elsewhere = json.loads((root / "other" / "eval_metrics.json").read_text())
+    assert here["task"] == f"task_index_1__{CB}" and "eval/accuracy" in here
+    assert elsewhere["eval/loss"] == pytest.approx(here["eval/loss"], rel=1e-5)
+
+
+def test_refusals_name_what_to_set(jobs):
+    _, done = jobs
+    single = done["eval_single"]
+    assert single["code"] == 1 and "multi_task_prompt" in single["stderr"]
+    assert "--gin.MULTI_TASK_PROMPT=" in single["stderr"]
+    # Inputs without their task's sentinel: refused before a step, in training and in eval
+    # (and the process still exits: the job's data iterator is not left to the GC).
+    for job in ("train_unindexed", "eval_unindexed"):
+        assert done[job]["code"] == 1, job
+        assert "name no task of this multi-task prompt" in done[job]["stderr"], job
