@@ -64,7 +64,12 @@ def _mixture(lib, args):
 
 def _add(lib, args):
     entry = lib.add(
-        args.model_dir, args.name, args.checkpoint, args.embedding_step, args.best_metric
+        args.model_dir,
+        args.name,
+        args.checkpoint,
+        args.embedding_step,
+        args.best_metric,
+        task_index=args.task_index,
     )
     m = entry.meta
     print(

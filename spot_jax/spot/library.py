@@ -129,8 +129,11 @@ class Library:
         checkpoint: str | int = "best",
         embedding_at: int | None = None,
         best_metric: str | None = None,
+        task_index: int | None = None,
     ) -> Entry:
-        """Adds a run's prompt (and its early checkpoint as task embedding) as a new entry.
+        """Adds a run's prompt (and its early checkpoint as task embedding) as a new entry; a
+        multi-task run's `task_index` i: its shared prompt combined with task i's (the prompt
+        the standard model reads for task i).
 
         Args:
           model_dir: the training run's MODEL_DIR.
@@ -151,13 +154,20 @@ class Library:
           LibraryError: the run is of another model than the library's (prompt length, width or
             frozen checkpoint), has no checkpoint at the library's embedding step, holds a
             non-finite prompt, never recorded `best_metric`, the name is taken or invalid, or
-            the run is incomplete or trained per-layer prompts, another attention rule or
-            multi-task prompts. The library is left unchanged.
+            the run is incomplete, trained per-layer prompts or another attention rule, or
+            `task_index` does not fit the run. The library is left unchanged.
         """
         model_dir = absolute_path(model_dir)
         info = runs_lib.run_info(model_dir)
-        placed = (("per_layer_prompt", "none"), ("prompt_attention", None))
-        for key, default in (*placed, ("multi_task_prompt", "none")):
+        multi_task = info["multi_task_prompt"] != "none"
+        if multi_task != (task_index is not None):
+            raise LibraryError(
+                f"{model_dir} trained {info['num_tasks']} task prompts: pass --task-index I "
+                "(0-based) to add task I's prompt"
+                if multi_task
+                else f"--task-index is for multi-task runs; {model_dir} trained one prompt"
+            )
+        for key, default in (("per_layer_prompt", "none"), ("prompt_attention", None)):
             if info[key] != default:
                 raise LibraryError(
                     f"{model_dir} trained with {key} {info[key]!r}: a library entry is one input "
@@ -182,8 +192,17 @@ class Library:
             "run_dir": str(model_dir),
             "prompt_source": str(runs_lib.prompt_file(model_dir, step)),
         }
-        prompt = _load(runs_lib.prompt_file(model_dir, step))
-        embedding = _load(runs_lib.prompt_file(model_dir, emb_step))
+        if multi_task:
+            (prompt, source), (embedding, emb_source) = (
+                runs_lib.task_prompt(model_dir, s, task_index, info) for s in (step, emb_step)
+            )
+            task = runs_lib.indexed_task(info["task"], task_index)
+            meta.update(
+                task=task, task_index=task_index, prompt_source=source, embedding_source=emb_source
+            )
+        else:
+            prompt = _load(runs_lib.prompt_file(model_dir, step))
+            embedding = _load(runs_lib.prompt_file(model_dir, emb_step))
         return self.write(name or model_dir.name, prompt, embedding, meta, str(model_dir))
 
     def add_file(

@@ -43,6 +43,13 @@ def parser() -> argparse.ArgumentParser:
         help="task-embedding checkpoint step (closest kept; default the library's, and for "
         "a first entry SPoT's 10000, or the earliest non-zero in a shorter run)",
     )
+    s.add_argument(
+        "--task-index",
+        type=int,
+        default=None,
+        help="a multi-task run's task (0-based): adds its shared prompt combined with that "
+        "task's (for its own best checkpoint, pass --best-metric eval/task_index_I__TASK/...)",
+    )
     s = cmd("add-file", "add a prompt file (e.g. prompt-tuning's released prompts)")
     s.add_argument("--prompt", required=True, help="[P, H] prompt .npy / numpy checkpoint")
     s.add_argument("--embedding", required=True, help="[P, H] task embedding (early prompt)")

@@ -20,6 +20,9 @@ from absl import logging
 from etils import epath
 
 PROMPT_FILE = "encoder.prompt.prompt.prompt"
+# A multi-task run's (`models.multi_task_prompt`): the shared prompt and the task table.
+SHARED_PROMPT_FILE = "encoder.prompt.prompt.shared_prompt"
+TASK_PROMPTS_FILE = "encoder.prompt.prompt.task_prompts.embedding"
 # SPoT's task embedding: the prompt after 10K steps, the same step for every task (Vu et al.
 # §3.2, fn. 13: other checkpoints did worse; prompts of differing steps compare less well).
 SPOT_EMBEDDING_STEP = 10_000
@@ -43,10 +46,11 @@ class LibraryError(ValueError):
 def read_macros(config_gin: str) -> dict[str, Any]:
     """Top-level macro values (`NAME = literal`) of an operative config.gin.
 
-    Values that are not Python literals (gin references, multi-line values) are skipped.
+    Values that are not Python literals (gin references, multi-line values) are skipped; a
+    value gin wrapped onto the next line (`NAME = \\`, a long mixture name) is read whole.
     """
     macros = {}
-    for line in config_gin.splitlines():
+    for line in re.sub(r"\\\n\s*", " ", config_gin).splitlines():
         m = re.fullmatch(r"([A-Z][A-Z0-9_]*)\s*=\s*(.+)", line.strip())
         if m:
             with contextlib.suppress(ValueError, SyntaxError):
@@ -62,13 +66,47 @@ def numpy_steps(model_dir: epath.PathLike) -> list[int]:
     steps = []
     for d in root.iterdir():
         m = re.fullmatch(r"checkpoint_(\d+)", d.name)
-        if m and (d / PROMPT_FILE).exists():
+        if m and ((d / PROMPT_FILE).exists() or (d / SHARED_PROMPT_FILE).exists()):
             steps.append(int(m.group(1)))
     return sorted(steps)
 
 
-def prompt_file(model_dir: epath.PathLike, step: int) -> epath.Path:
-    return epath.Path(model_dir) / "numpy_checkpoints" / f"checkpoint_{step}" / PROMPT_FILE
+def prompt_file(model_dir: epath.PathLike, step: int, name: str = PROMPT_FILE) -> epath.Path:
+    return epath.Path(model_dir) / "numpy_checkpoints" / f"checkpoint_{step}" / name
+
+
+def indexed_task(run_task: str | None, index: int) -> str:
+    """A multi-task run's task `index`: of `spot_multitask__a__b`, a or b; else `<task>[task i]`."""
+    from spot_jax.data.config import MULTITASK_PREFIX
+
+    tasks = (run_task or "").removeprefix(MULTITASK_PREFIX).split("__")
+    is_named = bool(run_task) and run_task.startswith(MULTITASK_PREFIX) and index < len(tasks)
+    return tasks[index] if is_named else f"{run_task}[task {index}]"
+
+
+def task_prompt(
+    model_dir: epath.PathLike, step: int, index: int, info: dict
+) -> tuple[np.ndarray, str]:
+    """Task `index`'s whole [P, H] prompt in a multi-task run's save at `step` and where it is
+    from: its shared prompt combined with the task's (what the standard prompted model reads as
+    its prompt for that task's inputs, the task sentinel dropped)."""
+    from spot_jax.models import multi_task_prompt
+
+    split = multi_task_prompt.MultiTask(
+        info["num_tasks"], info["multi_task_prompt"], info["task_prompt_length"]
+    )
+    if not 0 <= index < split.num_tasks:
+        raise LibraryError(f"task index {index}: the run trained {split.num_tasks} task prompts")
+    arrays = []
+    for name in (SHARED_PROMPT_FILE, TASK_PROMPTS_FILE):
+        path = prompt_file(model_dir, step, name)
+        if not path.exists():
+            raise LibraryError(f"{path} does not exist")
+        with path.open("rb") as f:
+            arrays.append(np.asarray(np.load(f), np.float32))
+    shared, table = arrays
+    combined = np.asarray(split.combined(shared, table[index]), np.float32)
+    return combined, f"{prompt_file(model_dir, step, SHARED_PROMPT_FILE)} + task {index}"
 
 
 def read_metrics(model_dir: epath.PathLike) -> dict[int, dict[str, float]]:
@@ -351,6 +389,8 @@ def run_info(model_dir: epath.PathLike) -> dict[str, Any]:
         "per_layer_prompt": model.get("per_layer_prompt", "none"),
         "prompt_attention": model.get("prompt_attention"),
         "multi_task_prompt": model.get("multi_task_prompt", "none"),
+        "num_tasks": int(model.get("num_tasks", 0)),
+        "task_prompt_length": int(model.get("task_prompt_length", 0)),
         "emb_dim": int(model["emb_dim"]),
         "fingerprint": fingerprint(shape, ckpt, seed),
         "frozen": ckpt if ckpt else f"seeded-init:{seed}",

@@ -154,7 +154,8 @@ def _load(
     missing = [k for k in others if k not in restored]
     if missing:
         raise checkpoints.CheckpointError(
-            f"prompts {missing[:2]}...: neither beside {path} nor in a train checkpoint "
+            f"the model's other prompts {missing[:2]}... (per-layer prompts, task prompts): "
+            f"neither beside {path} nor in a train checkpoint "
             f"of {model_dir}; evaluate the run's MODEL_DIR (or keep its numpy checkpoint folder "
             "whole)"
         )

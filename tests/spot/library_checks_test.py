@@ -181,3 +181,19 @@ def test_pearson_and_relative_error_reduction():
     with pytest.raises(ValueError, match="no error to reduce"):
         analysis.relative_error_reduction(100.0, 100.0)
     json.dumps(s)  # plain floats, ready for --json
+
+
+def test_run_macros_are_read_also_where_gin_wrapped_a_long_value():
+    text = (
+        "BATCH_SIZE = 32\n"
+        "MIXTURE_OR_TASK_NAME = \\\n"
+        "    'spot_multitask__spot_glue_rte_v200__spot_super_glue_cb_v102'\n"
+        "PROMPT = @prompts.random_uniform()\n"
+    )
+    macros = runs_lib.read_macros(text)
+    assert macros == {
+        "BATCH_SIZE": 32,
+        "MIXTURE_OR_TASK_NAME": "spot_multitask__spot_glue_rte_v200__spot_super_glue_cb_v102",
+    }
+    assert runs_lib.indexed_task(macros["MIXTURE_OR_TASK_NAME"], 1) == "spot_super_glue_cb_v102"
+    assert runs_lib.indexed_task("my_mixture", 0) == "my_mixture[task 0]"

@@ -25,20 +25,35 @@ RTE, CB = "spot_glue_rte_v200", "spot_super_glue_cb_v102"
 MIXTURE = f"spot_multitask__{RTE}__{CB}"
 SHARED_FILE = "encoder.prompt.prompt.shared_prompt"
 TASKS_FILE = "encoder.prompt.prompt.task_prompts.embedding"
+SHARED = "encoder/prompt/prompt/shared_prompt"
+TASKS = "encoder/prompt/prompt/task_prompts/embedding"
 
 # Every job through the CLI's entry point in one process (the tiny model compiles once); each
-# job's exit code goes to a JSON line, its stderr follows a `@@job <name>` line.
+# job's exit code goes to a JSON line, its output follows a `@@job <name>` line.
 _JOBS_SCRIPT = """
 import json, sys
 import gin
 from spot_jax import cli
 
+from spot_jax import axes
+from spot_jax.models import config, prompted
+from spot_jax.train import frozen_checkpoint, initial_params, sharding
+
 root = sys.argv[1]
+# Frozen weights to train on (and to export the run with).
+cfg = config.named_config("t5x_test_tiny")
+frozen = initial_params.build_params(
+    prompted.PromptedT5(cfg, prompt_length=0), sharding.make_mesh(1), axes.standard_rules(),
+    batch_size=4, feature_lengths={"inputs": 64, "targets": 16}, initial_checkpoint_path=None,
+    seed=3,
+)[0]
+frozen_checkpoint.save_frozen(f"{root}/frozen", frozen, cfg)
 multi = ["--gin.MULTI_TASK_PROMPT='concat'", "--gin.NUM_TASKS=2", "--gin.TASK_PROMPT_LENGTH=2"]
 common = [
     "--gin_file=models/t5_1_1/t5x_test_tiny.gin",
     "--gin.TASK_FEATURE_LENGTHS={'inputs': 64, 'targets': 16}",
     "--gin.BATCH_SIZE=4",
+    f"--gin.INITIAL_CHECKPOINT_PATH='{root}/frozen'",
 ]
 run = f"{root}/run"
 shared = f"{run}/numpy_checkpoints/checkpoint_3/encoder.prompt.prompt.shared_prompt"
@@ -61,9 +76,17 @@ jobs = {
                         "--gin.MIXTURE_OR_TASK_NAME='spot_super_glue_cb_v102'",
                         "--gin.TRAIN_STEPS=1", *multi],
 }
-for name, argv in jobs.items():
+exports = {
+    "export_t5x": ["export", "--to", "t5x", "--input", run, "--output", f"{root}/t5x"],
+    "export_hf": ["export", "--to", "hf", "--input", run, "--output", f"{root}/hf"],
+    "library_task": ["library", "add", "--library", f"{root}/lib", run, "--task-index", "1",
+                     "--checkpoint", "latest", "--embedding-step", "3", "--name", "cb"],
+    "library_plain": ["library", "add", "--library", f"{root}/lib", run, "--name", "all"],
+}
+for name, argv in [*jobs.items(), *exports.items()]:
     print(f"@@job {name}", file=sys.stderr, flush=True)
-    code = cli.main(argv + common)
+    print(f"@@job {name}", flush=True)
+    code = cli.main(argv + (common if name in jobs else []))
     gin.clear_config()
     print(json.dumps({"job": name, "code": code}), flush=True)
 """
@@ -93,8 +116,13 @@ def jobs(tmp_path_factory):
     )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     lines = [json.loads(x) for x in result.stdout.splitlines() if x.startswith('{"job"')]
-    stderr = dict(part.split("\n", 1) for part in result.stderr.split("@@job ")[1:])
-    return root, {x["job"]: {**x, "stderr": stderr[x["job"]]} for x in lines}
+    stderr, stdout = (
+        dict(part.split("\n", 1) for part in text.split("@@job ")[1:])
+        for text in (result.stderr, result.stdout)
+    )
+    return root, {
+        x["job"]: {**x, "stderr": stderr[x["job"]], "stdout": stdout[x["job"]]} for x in lines
+    }
 
 
 def _records(model_dir):
@@ -142,3 +170,35 @@ def test_refusals_name_what_to_set(jobs):
     for job in ("train_unindexed", "eval_unindexed"):
         assert done[job]["code"] == 1, job
         assert "name no task of this multi-task prompt" in done[job]["stderr"], job
+
+
+def test_export_writes_them_for_t5x_and_says_why_peft_gets_no_adapter(jobs):
+    from spot_jax.interop import t5x
+
+    root, done = jobs
+    for job in ("export_t5x", "export_hf"):
+        assert done[job]["code"] == 0, done[job]["stderr"]
+    saved = root / "run" / "numpy_checkpoints" / "checkpoint_3"
+    exported = t5x.T5XCheckpoint(root / "t5x" / "checkpoint_3")
+    for name, file in ((SHARED, SHARED_FILE), (TASKS, TASKS_FILE)):
+        np.testing.assert_array_equal(exported.read(name), np.load(saved / file), err_msg=name)
+    assert "multitask_prompts.ConcatMultiTaskPrompt" in done["export_t5x"]["stdout"]
+    assert "PEFT has no such prompts" in done["export_hf"]["stdout"]
+    assert (root / "hf" / "model.safetensors").exists()
+    assert not (root / "hf" / "prompt_adapter").exists()
+
+
+def test_the_library_takes_one_tasks_whole_prompt(jobs):
+    root, done = jobs
+    assert done["library_task"]["code"] == 0, done["library_task"]["stderr"]
+    entry = root / "lib" / "cb"
+    meta = json.loads((entry / "meta.json").read_text())
+    assert meta["task"] == CB and meta["task_index"] == 1 and meta["step"] == 3
+    saved = root / "run" / "numpy_checkpoints" / "checkpoint_3"
+    shared, table = np.load(saved / SHARED_FILE), np.load(saved / TASKS_FILE)
+    want = np.concatenate([shared, table[1].reshape(2, -1)])  # 'concat': shared, then task 1's
+    np.testing.assert_array_equal(np.load(entry / "prompt.npy"), want)
+    first = root / "run" / "numpy_checkpoints" / "checkpoint_3"  # the embedding step given
+    assert meta["embedding_source"] == f"{first / SHARED_FILE} + task 1"
+    plain = done["library_plain"]
+    assert plain["code"] == 1 and "pass --task-index I" in plain["stderr"]
