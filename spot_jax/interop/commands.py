@@ -233,7 +233,12 @@ def export_main(argv: list[str]) -> int:
         )
         if args.target == "t5x":
             layer_prompts += [prompt_params.SHARED_PROMPT_PATH, prompt_params.TASK_PROMPTS_PATH]
-            kind_ = "AddMultiTaskPrompt" if combine == "add" else "ConcatMultiTaskPrompt"
+            kind_ = {
+                "add": "AddMultiTaskPrompt",
+                "concat": "ConcatMultiTaskPrompt",
+                "concat_features": "ConcatFeaturesMultiTaskPrompt",
+                "project": "ProjectMultiTaskPrompt",
+            }[combine]
             _log(
                 note + "written at encoder/prompt/prompt/{shared_prompt,task_prompts/embedding}; "
                 "a T5X run needs prompt-tuning's multi_task_t5_1_1_prompt.gin with "

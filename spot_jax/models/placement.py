@@ -44,14 +44,19 @@ def check(
 
 
 def check_multi_task(
-    prompt_length: int, combine: str, num_tasks: int, task_length: int, max_segments: int
+    prompt_length: int,
+    embed_dim: int,
+    max_segments: int,
+    combine: str,
+    *split: int,
 ) -> multi_task_prompt.MultiTask | None:
-    """The multi-task split of the prompt ('none': None), or why it cannot be."""
+    """The multi-task split of the prompt ('none': None), or why it cannot be. `split`:
+    `MultiTask`'s num_tasks, task_length, shared_features."""
     if combine == "none":
-        if num_tasks or task_length:
+        if any(split):
             raise ValueError(
-                f"NUM_TASKS {num_tasks} / TASK_PROMPT_LENGTH {task_length} are for a multi-task "
-                f"prompt: set MULTI_TASK_PROMPT to one of {multi_task_prompt.COMBINES}"
+                f"NUM_TASKS / TASK_PROMPT_LENGTH / SHARED_PROMPT_FEATURES {list(split)} are for a "
+                f"multi-task prompt: set MULTI_TASK_PROMPT to one of {multi_task_prompt.COMBINES}"
             )
         return None
     if not prompt_length or max_segments:
@@ -60,4 +65,6 @@ def check_multi_task(
             f"unpacked rows (max_segments {max_segments}; PACK=False): each row's first token "
             "picks its task's prompt"
         )
-    return multi_task_prompt.MultiTask(num_tasks, combine, task_length).check(prompt_length)
+    num_tasks, task_length, shared_features = split
+    split_ = multi_task_prompt.MultiTask(num_tasks, combine, task_length, shared_features)
+    return split_.check(prompt_length, embed_dim)

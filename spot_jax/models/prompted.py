@@ -68,10 +68,10 @@ class PromptedT5:
         of attention allowed around the prompt (`models.prompt_attention.KINDS`, prompt-tuning's
         extended masks: 'prompt->input', 'prompt->prompt', 'prompt->prompt;causal'; inputs
         always see inputs and the prompt). Needs 'prefix' and unpacked rows.
-      multi_task_prompt: 'none' (default), or 'add' / 'concat': a prompt shared by
-        `num_tasks` tasks combined with each task's own (`multi_task_prompt`, prompt-tuning's
-        extended multi-task prompts; 'concat': `task_prompt_length` of the prompt's rows are the
-        task's). Every input then leads with its task's sentinel (`task_index_*` tasks).
+      multi_task_prompt: 'none' (default), or one of `multi_task_prompt.COMBINES`: a prompt
+        shared by `num_tasks` tasks combined with each task's own (prompt-tuning's extended
+        multi-task prompts; `task_prompt_length` rows for 'concat', `shared_prompt_features`
+        columns for 'concat_features' and 'project'). Inputs lead with their task's sentinel.
     """
 
     def __init__(
@@ -89,15 +89,18 @@ class PromptedT5:
         multi_task_prompt: str = "none",
         num_tasks: int = 0,
         task_prompt_length: int = 0,
+        shared_prompt_features: int = 0,
     ):
         self.prompt_attention = placement.check(
             prompt_length, prompt_position, per_layer_prompt, prompt_attention, max_segments
         )
+        split = (num_tasks, task_prompt_length, shared_prompt_features)
         self.multi_task = placement.check_multi_task(
-            prompt_length, multi_task_prompt, num_tasks, task_prompt_length, max_segments
+            prompt_length, config.emb_dim, max_segments, multi_task_prompt, *split
         )
-        self.multi_task_prompt = multi_task_prompt
-        self.num_tasks, self.task_prompt_length = num_tasks, task_prompt_length
+        self.multi_task_prompt, self.num_tasks = multi_task_prompt, num_tasks
+        self.task_prompt_length = task_prompt_length
+        self.shared_prompt_features = shared_prompt_features
         self.per_layer_prompt = per_layer_prompt
         self.prompt_position = prompt_position
         self.config = config

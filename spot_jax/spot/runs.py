@@ -93,7 +93,10 @@ def task_prompt(
     from spot_jax.models import multi_task_prompt
 
     split = multi_task_prompt.MultiTask(
-        info["num_tasks"], info["multi_task_prompt"], info["task_prompt_length"]
+        info["num_tasks"],
+        info["multi_task_prompt"],
+        info["task_prompt_length"],
+        info["shared_prompt_features"],
     )
     if not 0 <= index < split.num_tasks:
         raise LibraryError(f"task index {index}: the run trained {split.num_tasks} task prompts")
@@ -378,6 +381,7 @@ def run_info(model_dir: epath.PathLike) -> dict[str, Any]:
         "multi_task_prompt",
         "num_tasks",
         "task_prompt_length",
+        "shared_prompt_features",
     )
     shape = {k: v for k, v in model.items() if k not in placement}
     ckpt, seed = macros.get("INITIAL_CHECKPOINT_PATH"), macros.get("SEED", 0)
@@ -391,6 +395,7 @@ def run_info(model_dir: epath.PathLike) -> dict[str, Any]:
         "multi_task_prompt": model.get("multi_task_prompt", "none"),
         "num_tasks": int(model.get("num_tasks", 0)),
         "task_prompt_length": int(model.get("task_prompt_length", 0)),
+        "shared_prompt_features": int(model.get("shared_prompt_features", 0)),
         "emb_dim": int(model["emb_dim"]),
         "fingerprint": fingerprint(shape, ckpt, seed),
         "frozen": ckpt if ckpt else f"seeded-init:{seed}",

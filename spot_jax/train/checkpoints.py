@@ -47,6 +47,7 @@ PLACEMENT_DEFAULTS = {
     "multi_task_prompt": "none",
     "num_tasks": 0,
     "task_prompt_length": 0,
+    "shared_prompt_features": 0,
 }
 PLACEMENT_MACROS = {
     "prompt_position": "PROMPT_POSITION",
@@ -55,6 +56,7 @@ PLACEMENT_MACROS = {
     "multi_task_prompt": "MULTI_TASK_PROMPT",
     "num_tasks": "NUM_TASKS",
     "task_prompt_length": "TASK_PROMPT_LENGTH",
+    "shared_prompt_features": "SHARED_PROMPT_FEATURES",
 }
 
 

@@ -21,13 +21,14 @@ CFG = config.named_config("tiny", dtype="float32")
 SHARED, TASKS = prompted.SHARED_PROMPT_PATH, prompted.TASK_PROMPTS_PATH
 
 
-def _model(combine="add", num_tasks=3, task_length=0, cfg=CFG, **kw):
+def _model(combine="add", num_tasks=3, task_length=0, cfg=CFG, features=0, **kw):
     return prompted.PromptedT5(
         cfg,
         prompt_length=P,
         multi_task_prompt=combine,
         num_tasks=num_tasks,
         task_prompt_length=task_length,
+        shared_prompt_features=features,
         **kw,
     )
 
@@ -55,22 +56,39 @@ def _single(params, prompt):
 
 
 def _combined(flat, combine, task):
+    """Task `task`'s whole prompt, written out as prompt-tuning's combination functions say."""
     shared, row = np.asarray(flat[SHARED]), np.asarray(flat[TASKS][task])
-    rows = row.reshape(-1, shared.shape[-1])
+    h = CFG.emb_dim
+    if combine == "project":  # each shared row through the task's affine map
+        h_s = shared.shape[1]
+        kernel, bias = row[: h_s * h].reshape(h_s, h), row[h_s * h :]
+        return np.stack([shared[i] @ kernel + bias for i in range(P)])
+    if combine == "concat_features":  # the shared columns, then the task's
+        return np.concatenate([shared, row.reshape(P, -1)], axis=1)
+    rows = row.reshape(-1, h)
     return shared + rows if combine == "add" else np.concatenate([shared, rows])
 
 
-@pytest.mark.parametrize("combine,task_length", [("add", 0), ("concat", 1)])
-def test_each_row_gets_its_tasks_combined_prompt(combine, task_length):
+H = CFG.emb_dim
+SPLITS = {  # combine: (task_length, shared_features, shared shape, task row size)
+    "add": (0, 0, (P, H), P * H),
+    "concat": (1, 0, (P - 1, H), 1 * H),
+    "concat_features": (0, 3, (P, 3), P * (H - 3)),
+    "project": (0, 2, (P, 2), 2 * H + H),
+}
+
+
+@pytest.mark.parametrize("combine", list(SPLITS))
+def test_each_row_gets_its_tasks_combined_prompt(combine):
     batch = _batch()
     tasks = [2, 0, 1, 2]
-    model = _model(combine, task_length=task_length)
+    task_length, features, shared_shape, row_size = SPLITS[combine]
+    model = _model(combine, task_length=task_length, features=features)
     tasked = _tasked(batch, tasks)
     params = _init(model, tasked)
     flat = _flat(params)
-    rows = P if combine == "add" else task_length
-    assert flat[SHARED].shape == (P if combine == "add" else P - task_length, CFG.emb_dim)
-    assert flat[TASKS].shape == (3, rows * CFG.emb_dim)
+    assert flat[SHARED].shape == shared_shape
+    assert flat[TASKS].shape == (3, row_size)
     got = jax.jit(model.logits)(params, tasked)
     single = prompted.PromptedT5(CFG, prompt_length=P)
     for r, task in enumerate(tasks):
@@ -176,6 +194,9 @@ def test_initial_params_put_prompt_init_on_the_shared_prompt():
         (dict(num_tasks=0), "NUM_TASKS >= 1"),
         (dict(combine="concat", task_length=0), "TASK_PROMPT_LENGTH"),
         (dict(combine="add", task_length=2), "for 'concat'"),
+        (dict(combine="concat_features"), "0 < SHARED_PROMPT_FEATURES < emb_dim"),
+        (dict(combine="concat_features", features=H), "0 < SHARED_PROMPT_FEATURES < emb_dim"),
+        (dict(combine="add", features=2), "for 'concat_features' and 'project'"),
         (dict(combine="sum"), "expected one of"),
         (dict(max_segments=2), "unpacked rows"),
         (dict(combine="none", num_tasks=3), "MULTI_TASK_PROMPT"),

@@ -2,17 +2,15 @@
 family trains, and eval writes the task's own metrics to metrics.jsonl."""
 
 import json
-import os
-import re
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from catalog_env import SPM, mock_catalog_env
 
 pytest.importorskip("seqio")
-SPM = Path(os.environ["SPOT_JAX_TEST_SHARED"]) / "fixtures" / "t5_sentencepiece.model"
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = [
     pytest.mark.tf,
@@ -76,17 +74,6 @@ for task in tasks:
 """
 
 
-def _env():
-    flags = re.sub(r"--xla_force_host_platform_device_count=\d+", "", os.environ["XLA_FLAGS"])
-    return {
-        **os.environ,
-        "XLA_FLAGS": flags.strip(),
-        "JAX_PLATFORMS": "cpu",
-        "SPOT_JAX_TFDS_MOCK": "4",
-        "SPOT_JAX_VOCAB": str(SPM),
-    }
-
-
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("catalog")
@@ -94,7 +81,7 @@ def runs(tmp_path_factory):
         [sys.executable, "-c", _JOBS_SCRIPT, str(root), *TASK_METRICS],
         capture_output=True,
         text=True,
-        env=_env(),
+        env=mock_catalog_env(),
         cwd=REPO,
         timeout=540,
     )

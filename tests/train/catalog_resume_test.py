@@ -1,17 +1,15 @@
 """Resume after SIGKILL on a real catalog task (spot_glue_rte_v200, mock TFDS data): the rerun
 reads the batches an uninterrupted job reads from the checkpoint's data position on."""
 
-import os
-import re
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from catalog_env import SPM, mock_catalog_env
 
 pytest.importorskip("seqio")
-SPM = Path(os.environ["SPOT_JAX_TEST_SHARED"]) / "fixtures" / "t5_sentencepiece.model"
 REPO = Path(__file__).resolve().parents[2]
 PROMPT = "encoder.prompt.prompt.prompt"
 TASK = "spot_glue_rte_v200"
@@ -21,17 +19,6 @@ pytestmark = [
     pytest.mark.tf,
     pytest.mark.skipif(not SPM.exists(), reason="T5 SentencePiece model not available"),
 ]
-
-
-def _env():
-    flags = re.sub(r"--xla_force_host_platform_device_count=\d+", "", os.environ["XLA_FLAGS"])
-    return {
-        **os.environ,
-        "XLA_FLAGS": flags.strip(),
-        "JAX_PLATFORMS": "cpu",
-        "SPOT_JAX_TFDS_MOCK": str(MOCK_EXAMPLES),
-        "SPOT_JAX_VOCAB": str(SPM),
-    }
 
 
 def _train_cmd(model_dir, steps):
@@ -50,7 +37,7 @@ def _start(model_dir, steps):
     return subprocess.Popen(
         _train_cmd(model_dir, steps),
         cwd=REPO,
-        env=_env(),
+        env=mock_catalog_env(MOCK_EXAMPLES),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

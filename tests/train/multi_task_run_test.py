@@ -3,17 +3,15 @@ catalog tasks with mock TFDS data: trained, saved in prompt-tuning's numpy layou
 per task in place and from its numpy checkpoint elsewhere, refused where it does not fit."""
 
 import json
-import os
-import re
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from catalog_env import SPM, mock_catalog_env
 
 pytest.importorskip("seqio")
-SPM = Path(os.environ["SPOT_JAX_TEST_SHARED"]) / "fixtures" / "t5_sentencepiece.model"
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = [
     pytest.mark.tf,
@@ -92,17 +90,6 @@ for name, argv in [*jobs.items(), *exports.items()]:
 """
 
 
-def _env():
-    flags = re.sub(r"--xla_force_host_platform_device_count=\d+", "", os.environ["XLA_FLAGS"])
-    return {
-        **os.environ,
-        "XLA_FLAGS": flags.strip(),
-        "JAX_PLATFORMS": "cpu",
-        "SPOT_JAX_TFDS_MOCK": "4",
-        "SPOT_JAX_VOCAB": str(SPM),
-    }
-
-
 @pytest.fixture(scope="module")
 def jobs(tmp_path_factory):
     root = tmp_path_factory.mktemp("multitask")
@@ -110,7 +97,7 @@ def jobs(tmp_path_factory):
         [sys.executable, "-c", _JOBS_SCRIPT, str(root), MIXTURE],
         capture_output=True,
         text=True,
-        env=_env(),
+        env=mock_catalog_env(),
         cwd=REPO,
         timeout=540,
     )
