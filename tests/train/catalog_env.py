@@ -3,6 +3,8 @@
 
 import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 SPM = Path(os.environ["SPOT_JAX_TEST_SHARED"]) / "fixtures" / "t5_sentencepiece.model"
@@ -19,3 +21,18 @@ def mock_catalog_env(mock_examples: int = 4) -> dict[str, str]:
         "SPOT_JAX_TFDS_MOCK": str(mock_examples),
         "SPOT_JAX_VOCAB": str(SPM),
     }
+
+
+def run_script(script: str, *args: str, timeout: int = 540) -> subprocess.CompletedProcess:
+    """Runs a Python script (several CLI jobs in one process: the tiny model compiles once) in
+    that environment from the repository root; a non-zero exit fails the test with its output."""
+    result = subprocess.run(
+        [sys.executable, "-c", script, *args],
+        capture_output=True,
+        text=True,
+        env=mock_catalog_env(),
+        cwd=Path(__file__).resolve().parents[2],
+        timeout=timeout,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    return result

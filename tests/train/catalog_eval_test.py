@@ -2,16 +2,12 @@
 family trains, and eval writes the task's own metrics to metrics.jsonl."""
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
-from catalog_env import SPM, mock_catalog_env
+from catalog_env import SPM, run_script
 
 pytest.importorskip("seqio")
-REPO = Path(__file__).resolve().parents[2]
 pytestmark = [
     pytest.mark.tf,
     pytest.mark.slow,
@@ -77,15 +73,7 @@ for task in tasks:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("catalog")
-    result = subprocess.run(
-        [sys.executable, "-c", _JOBS_SCRIPT, str(root), *TASK_METRICS],
-        capture_output=True,
-        text=True,
-        env=mock_catalog_env(),
-        cwd=REPO,
-        timeout=540,
-    )
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    run_script(_JOBS_SCRIPT, str(root), *TASK_METRICS)
     return root
 
 

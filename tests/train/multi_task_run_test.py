@@ -3,16 +3,12 @@ catalog tasks with mock TFDS data: trained, saved in prompt-tuning's numpy layou
 per task in place and from its numpy checkpoint elsewhere, refused where it does not fit."""
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
-from catalog_env import SPM, mock_catalog_env
+from catalog_env import SPM, run_script
 
 pytest.importorskip("seqio")
-REPO = Path(__file__).resolve().parents[2]
 pytestmark = [
     pytest.mark.tf,
     pytest.mark.slow,
@@ -93,15 +89,7 @@ for name, argv in [*jobs.items(), *exports.items()]:
 @pytest.fixture(scope="module")
 def jobs(tmp_path_factory):
     root = tmp_path_factory.mktemp("multitask")
-    result = subprocess.run(
-        [sys.executable, "-c", _JOBS_SCRIPT, str(root), MIXTURE],
-        capture_output=True,
-        text=True,
-        env=mock_catalog_env(),
-        cwd=REPO,
-        timeout=540,
-    )
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    result = run_script(_JOBS_SCRIPT, str(root), MIXTURE)
     lines = [json.loads(x) for x in result.stdout.splitlines() if x.startswith('{"job"')]
     stderr, stdout = (
         dict(part.split("\n", 1) for part in text.split("@@job ")[1:])
