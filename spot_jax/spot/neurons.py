@@ -138,6 +138,11 @@ def frozen_model(model_dir: epath.PathLike) -> tuple[PromptedT5, dict]:
 
     model_dir = epath.Path(model_dir)
     info = runs_lib.run_info(model_dir)
+    if info["multi_task_prompt"] != "none":
+        raise runs_lib.LibraryError(
+            f"{model_dir} trained multi-task prompts: its activations depend on each input's "
+            "task; measure neurons on a library entry of one task (library add --task-index)"
+        )
     text = (model_dir / "config.gin").read_text()
     macros = runs_lib.read_macros(text)
     gin.clear_config()

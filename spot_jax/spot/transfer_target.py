@@ -122,11 +122,19 @@ def load_target(
             eval_data = data.with_lengths(gin.get_configurable(data_config.DatasetConfig)())
         prompt_length = _query(gin, "PROMPT_LENGTH", None)
         position = _query(gin, "PROMPT_POSITION", None)
+        multi_task = _query(gin, "MULTI_TASK_PROMPT", "none")
         ckpt = _query(gin, "INITIAL_CHECKPOINT_PATH", None)
         seed = int(_query(gin, "SEED", 0))
         steps = _query(gin, "EVAL_STEPS", None) if eval_steps == "config" else eval_steps
     finally:
         gin.clear_config()
+    if multi_task != "none":
+        raise ValueError(
+            f"target {name}: {path} trains a multi-task prompt (MULTI_TASK_PROMPT "
+            f"{multi_task!r}), whose inputs lead with task sentinels; a transfer target is one "
+            "task in the standard prompted model: give that task's config (its plain "
+            "MIXTURE_OR_TASK_NAME, MULTI_TASK_PROMPT='none')"
+        )
     if run_dir is not None and (prompt_length is None or position is None):
         info = runs_lib.run_info(run_dir)
         prompt_length = info["prompt_length"] if prompt_length is None else prompt_length

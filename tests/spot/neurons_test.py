@@ -50,3 +50,17 @@ def test_activations_have_one_gate_row_per_layer_of_the_probed_stack():
     np.testing.assert_allclose(m, m.T)
     np.testing.assert_allclose(np.diag(m), 1.0)
     assert m[0, 2] == pytest.approx(1.0) and m[0, 1] < 1.0
+
+
+def test_a_multi_task_run_is_refused_with_what_to_measure_instead(tmp_path):
+    import json
+
+    from fake_runs import fake_run
+
+    from spot_jax.spot import runs as runs_lib
+
+    run = fake_run(tmp_path, "multi", "spot_multitask__a__b", seed=0)
+    model = json.loads((run / "model.json").read_text())
+    (run / "model.json").write_text(json.dumps({**model, "multi_task_prompt": "add"}))
+    with pytest.raises(runs_lib.LibraryError, match="library add --task-index"):
+        neurons.frozen_model(run)

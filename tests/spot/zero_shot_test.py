@@ -111,3 +111,11 @@ def test_target_specs():
     )
     with pytest.raises(ValueError, match="neither a run directory nor a gin file"):
         transfer_target.load_target("t", "/no/such/thing")
+
+
+def test_a_multi_task_config_is_no_transfer_target():
+    multi = ["MODEL_DIR = '/tmp/unused'", "MULTI_TASK_PROMPT = 'add'", "NUM_TASKS = 2"]
+    with pytest.raises(ValueError, match="multi-task prompt .* plain MIXTURE_OR_TASK_NAME"):
+        transfer_target.load_target("t", "test/tiny_prompt.gin", bindings=multi)
+    plain = transfer_target.load_target("t", "test/tiny_prompt.gin", ["MODEL_DIR = '/tmp/x'"])
+    assert plain.prompt_length == 5
